@@ -1,0 +1,106 @@
+//! The edge every binary shares: parse flags, run, print the error chain, map the exit code.
+//!
+//! Exit codes (DESIGN.md): 0 done, 1 failed, 2 bad usage or unusable input.
+//! A broken pipe anywhere in the chain is success: `stash --list | head -1` must not complain.
+
+use std::io::{self, BufRead, Write};
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::Error;
+
+/// An error that only carries an exit code: the tool has already said what it needed to.
+#[derive(Debug, thiserror::Error)]
+#[error("exit {0}")]
+pub struct Exit(pub u8);
+
+/// Parses `C` from the command line, runs `run`, and turns its result into an exit code.
+pub fn run_main<C: Parser>(run: fn(C) -> anyhow::Result<()>) -> ExitCode {
+    let cli = C::parse(); // clap prints usage errors itself and exits 2
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => ExitCode::from(report(&e)),
+    }
+}
+
+/// Prints `e` (one line: what failed and where, then the causes) and returns its exit code.
+pub fn report(e: &anyhow::Error) -> u8 {
+    if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
+        return *code;
+    }
+    for cause in e.chain() {
+        if let Some(io) = cause.downcast_ref::<io::Error>()
+            && io.kind() == io::ErrorKind::BrokenPipe
+        {
+            return 0;
+        }
+        if let Some(Error::Io { source, .. }) = cause.downcast_ref::<Error>()
+            && source.kind() == io::ErrorKind::BrokenPipe
+        {
+            return 0;
+        }
+    }
+    let usage = e.chain().any(|c| matches!(c.downcast_ref::<Error>(), Some(Error::Usage(_))));
+    let mut err = io::stderr().lock();
+    let _ = writeln!(err, "error: {e:#}");
+    if usage { 2 } else { 1 }
+}
+
+/// Resolves a ref argument: `-` reads one from stdin, either a bare line or the JSON object
+/// another tool printed with `--json` (its `"ref"` field).
+pub fn ref_arg(arg: &str) -> crate::Result<String> {
+    if arg != "-" {
+        return Ok(arg.to_owned());
+    }
+    let mut text = String::new();
+    io::stdin().lock().read_to_string_lossy(&mut text)?;
+    parse_ref_text(&text)
+}
+
+/// The ref in `text`: a JSON object's `"ref"` field, or the first non-empty line.
+pub fn parse_ref_text(text: &str) -> crate::Result<String> {
+    let trimmed = text.trim();
+    if trimmed.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(trimmed)
+            .map_err(|e| Error::Usage(format!("stdin: not a JSON object with a \"ref\": {e}")))?;
+        return v
+            .get("ref")
+            .and_then(|r| r.as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| Error::Usage("stdin: JSON object has no \"ref\" field".into()));
+    }
+    trimmed
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| Error::Usage("stdin: expected an image ref, got nothing".into()))
+}
+
+trait ReadLossy {
+    fn read_to_string_lossy(&mut self, out: &mut String) -> crate::Result<()>;
+}
+
+impl<R: BufRead> ReadLossy for R {
+    fn read_to_string_lossy(&mut self, out: &mut String) -> crate::Result<()> {
+        let mut buf = Vec::new();
+        self.read_to_end(&mut buf).map_err(|e| Error::io("<stdin>", e))?;
+        out.push_str(&String::from_utf8_lossy(&buf));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ref_from_line_or_json() -> crate::Result<()> {
+        assert_eq!(parse_ref_text("\n oci:/s:a:b \n")?, "oci:/s:a:b");
+        assert_eq!(parse_ref_text(r#"{"schema":1,"ref":"oci:/s:a:b"}"#)?, "oci:/s:a:b");
+        assert!(parse_ref_text("").is_err());
+        assert!(parse_ref_text("{\"x\":1}").is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,46 @@
+//! Typed errors that callers can branch on and that map to exit codes.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in `stackcore`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O error on a named path.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        /// The path the operation was on.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Input that cannot be used as given (bad flags, bad names, not a description): exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// Any other failure, with a message saying what and where.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it happened on.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Adds a path to an `io::Result`, turning it into our [`Result`].
+pub trait IoContext<T> {
+    /// Attach `path` to the error.
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}

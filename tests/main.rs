@@ -1,0 +1,1 @@
+//! Integration tests: the real binaries, alone and in pipes.
