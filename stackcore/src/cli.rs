@@ -41,7 +41,9 @@ pub fn report(e: &anyhow::Error) -> u8 {
             return 0;
         }
     }
-    let usage = e.chain().any(|c| matches!(c.downcast_ref::<Error>(), Some(Error::Usage(_))));
+    let usage = e
+        .chain()
+        .any(|c| matches!(c.downcast_ref::<Error>(), Some(Error::Usage(_))));
     let mut err = io::stderr().lock();
     let _ = writeln!(err, "error: {e:#}");
     if usage { 2 } else { 1 }
@@ -85,7 +87,8 @@ trait ReadLossy {
 impl<R: BufRead> ReadLossy for R {
     fn read_to_string_lossy(&mut self, out: &mut String) -> crate::Result<()> {
         let mut buf = Vec::new();
-        self.read_to_end(&mut buf).map_err(|e| Error::io("<stdin>", e))?;
+        self.read_to_end(&mut buf)
+            .map_err(|e| Error::io("<stdin>", e))?;
         out.push_str(&String::from_utf8_lossy(&buf));
         Ok(())
     }
@@ -98,9 +101,57 @@ mod tests {
     #[test]
     fn ref_from_line_or_json() -> crate::Result<()> {
         assert_eq!(parse_ref_text("\n oci:/s:a:b \n")?, "oci:/s:a:b");
-        assert_eq!(parse_ref_text(r#"{"schema":1,"ref":"oci:/s:a:b"}"#)?, "oci:/s:a:b");
+        assert_eq!(
+            parse_ref_text(r#"{"schema":1,"ref":"oci:/s:a:b"}"#)?,
+            "oci:/s:a:b"
+        );
         assert!(parse_ref_text("").is_err());
         assert!(parse_ref_text("{\"x\":1}").is_err());
         Ok(())
     }
+}
+
+/// The store a tool uses: `--store`, else the default place (see
+/// [`crate::oci::default_store_path`]).
+pub fn store_path(flag: Option<&std::path::Path>) -> std::path::PathBuf {
+    flag.map_or_else(crate::oci::default_store_path, std::path::Path::to_path_buf)
+}
+
+/// Messages for people, on stderr: one plain line per step, silenced by `--quiet`.
+#[derive(Debug, Clone, Copy)]
+pub struct Log {
+    /// `--quiet`.
+    pub quiet: bool,
+    /// The tool's name, prefixed to each line.
+    pub tool: &'static str,
+}
+
+impl Log {
+    /// One step line.
+    pub fn step(&self, msg: impl std::fmt::Display) {
+        if !self.quiet {
+            let _ = writeln!(io::stderr().lock(), "{}: {msg}", self.tool);
+        }
+    }
+
+    /// A warning; shown even with `--quiet`.
+    pub fn warn(&self, msg: impl std::fmt::Display) {
+        let _ = writeln!(io::stderr().lock(), "{}: warning: {msg}", self.tool);
+    }
+}
+
+/// Prints `value` as one line of JSON on stdout.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Prints one line on stdout.
+pub fn print_line(line: impl std::fmt::Display) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
 }
