@@ -1,1 +1,5 @@
 //! Integration tests: the real binaries, alone and in pipes.
+
+mod util;
+
+mod stash;
