@@ -337,9 +337,9 @@ impl Image {
                 let desc = pick(&index, name.as_deref(), &r.to_string())?;
                 Image::from_descriptor(src, desc, r.to_string())
             }
-            ImageRef::Registry(_) => Err(Error::Usage(format!(
-                "{r}: registry refs are read by pulling them into the store first (not supported yet)"
-            ))),
+            ImageRef::Registry(_) => {
+                crate::registry::open_image(r, store, &crate::registry::RegistryOptions::default())
+            }
         }
     }
 

@@ -9,7 +9,8 @@ use stackcore::Error;
 use stackcore::apply::{unstash_to_dir, unstash_to_tar};
 use stackcore::cli::{Log, print_json, ref_arg, store_path};
 use stackcore::extract::ExtractOptions;
-use stackcore::image::{Image, ImageRef};
+use stackcore::image::ImageRef;
+use stackcore::registry::{PlatformSpec, RegistryOptions, open_image};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -17,15 +18,18 @@ Examples:
   unstash oci:/var/lib/kiwi-stash:myimage:v1 --to root
   unstash oci-archive:/var/tmp/kiwi-stash/old/old.tar --to root
   unstash myimage --output - | tar -tvf -        # the merged tree as one tar
-  stash --root r --json | unstash - --to copy";
+  stash --root r --json | unstash - --to copy
+  unstash docker://registry.example.org/os/base:v1 --to root   # pulled into the store first
+  unstash docker://127.0.0.1:5000/ns/x --tls-verify=false --to root";
 
 /// Write an image's merged root tree (every layer applied, whiteouts honoured) to a
 /// directory or a tar stream; nothing is ever written outside the target.
 #[derive(Debug, Parser)]
 #[command(name = "unstash", version, about, after_help = EXAMPLES)]
 pub struct Cli {
-    /// The image: NAME[:TAG], oci:DIR[:NAME[:TAG]], oci-archive:FILE[:NAME[:TAG]], or - to
-    /// read a ref (or another tool's --json) from stdin.
+    /// The image: NAME[:TAG], oci:DIR[:NAME[:TAG]], oci-archive:FILE[:NAME[:TAG]],
+    /// docker://HOST[:PORT]/REPO[:TAG|@DIGEST] (pulled into the store first, kept as
+    /// HOST/REPO:TAG), or - to read a ref (or another tool's --json) from stdin.
     #[arg(value_name = "REF")]
     pub image: String,
     /// Write the tree here (must not exist, or be empty); it appears only when complete.
@@ -39,9 +43,17 @@ pub struct Cli {
     /// Write the merged tree as one uncompressed tar to FILE, or - for stdout.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// The store for NAME[:TAG] refs.
+    /// The store for NAME[:TAG] refs, and where docker:// refs are pulled to.
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
+    /// Verify registry TLS certificates against the system's CA roots; false speaks plain
+    /// HTTP, for a registry on a private network.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub tls_verify: bool,
+    /// The image to pull from an image index (default: linux on this machine's architecture).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<PlatformSpec>,
     /// Do not restore xattrs whose names match GLOB (`*` wildcard); repeatable.
     #[arg(long, value_name = "GLOB")]
     pub xattrs_exclude: Vec<String>,
@@ -62,7 +74,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let text = ref_arg(&cli.image)?;
     let r = ImageRef::parse(&text)?;
     let store = store_path(cli.store.as_deref());
-    let img = Image::open(&r, &store).with_context(|| format!("opening {r}"))?;
+    let registry = RegistryOptions {
+        tls_verify: cli.tls_verify,
+        platform: cli.platform.clone(),
+        log: Some(log),
+    };
+    let img = open_image(&r, &store, &registry).with_context(|| format!("opening {r}"))?;
     let digest = img.digest().clone();
     let layers = img.manifest.layers.len();
     let opts = ExtractOptions {
