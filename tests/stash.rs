@@ -61,7 +61,7 @@ t lib/fifo 1100000000.1
 ";
 
 /// Adds what the text spec cannot say: long and non-UTF-8 names, a sparse file.
-fn extras(root: &std::path::Path) -> Result<()> {
+pub fn extras(root: &std::path::Path) -> Result<()> {
     let long_dir = root.join("x".repeat(120));
     fs::create_dir(&long_dir)?;
     fs::write(long_dir.join("y".repeat(250)), b"long name")?;

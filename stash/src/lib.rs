@@ -205,7 +205,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("{name}:{} vanished from the store", cli.tag))?;
             let t = Instant::now();
             let p = push(&store, &desc, dest, &registry)
-                .with_context(|| format!("pushing {name}:{} to {dest}", cli.tag))?;
+                .with_context(|| format!("pushing stash {name}:{}", cli.tag))?;
             Some((p, t.elapsed().as_secs_f64()))
         }
         None => None,
@@ -270,8 +270,8 @@ fn push_existing(
         Error::Usage("--push without --root pushes an existing stash: name it with --container-name NAME [--tag TAG]".into())
     })?;
     let full = format!("{name}:{}", cli.tag);
-    let store = Store::open(store_dir)
-        .with_context(|| format!("opening store {}", store_dir.display()))?;
+    let store =
+        Store::open(store_dir).with_context(|| format!("opening store {}", store_dir.display()))?;
     let desc = store.resolve(&full)?.ok_or_else(|| {
         Error::Other(format!(
             "no stash {full} in {} (stash --list shows what is there)",
@@ -279,7 +279,8 @@ fn push_existing(
         ))
     })?;
     let start = Instant::now();
-    let pushed = push(&store, &desc, dest, registry).with_context(|| format!("pushing {full} to {dest}"))?;
+    let pushed =
+        push(&store, &desc, dest, registry).with_context(|| format!("pushing stash {full}"))?;
     if cli.json {
         #[derive(serde::Serialize)]
         struct Report<'a> {

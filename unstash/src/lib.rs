@@ -9,8 +9,9 @@ use stackcore::Error;
 use stackcore::apply::{unstash_to_dir, unstash_to_tar};
 use stackcore::cli::{Log, print_json, ref_arg, store_path};
 use stackcore::extract::ExtractOptions;
-use stackcore::image::ImageRef;
-use stackcore::registry::{PlatformSpec, RegistryOptions, open_image};
+use stackcore::image::{BlobSource, Image, ImageRef};
+use stackcore::oci::Store;
+use stackcore::registry::{PlatformSpec, PullOutcome, RegistryOptions, RegistryRef, pull_ref};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -79,7 +80,25 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         platform: cli.platform.clone(),
         log: Some(log),
     };
-    let img = open_image(&r, &store, &registry).with_context(|| format!("opening {r}"))?;
+    let (img, pulled) = match &r {
+        // The registry's errors name the ref already; no context line repeating it.
+        ImageRef::Registry(text) => {
+            let rr = RegistryRef::parse(text)?;
+            let s = Store::open_for_write(&store)
+                .with_context(|| format!("opening store {} to pull into", store.display()))?;
+            let pulled = pull_ref(&s, &rr, &registry)?;
+            let img = Image::from_descriptor(
+                BlobSource::Layout(s),
+                pulled.descriptor.clone(),
+                pulled.ref_name.clone(),
+            )?;
+            (img, Some(pulled))
+        }
+        _ => (
+            Image::open(&r, &store).with_context(|| format!("opening {r}"))?,
+            None,
+        ),
+    };
     let digest = img.digest().clone();
     let layers = img.manifest.layers.len();
     let opts = ExtractOptions {
@@ -144,6 +163,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             layers: usize,
             #[serde(flatten)]
             outcome: &'a stackcore::apply::UnstashOutcome,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pulled: Option<&'a PullOutcome>,
             seconds: f64,
         }
         print_json(&Report {
@@ -152,6 +173,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             digest: digest.to_string(),
             layers,
             outcome: &outcome,
+            pulled: pulled.as_ref(),
             seconds: secs,
         })?;
     }

@@ -94,8 +94,7 @@ pub fn lookup(text: &str, host: &str, file: &Path) -> Result<Option<(String, Str
         auth: Option<String>,
     }
     let bad = |msg: String| Error::Other(format!("auth file {}: {msg}", file.display()));
-    let parsed: AuthFile =
-        serde_json::from_str(text).map_err(|e| bad(format!("bad JSON: {e}")))?;
+    let parsed: AuthFile = serde_json::from_str(text).map_err(|e| bad(format!("bad JSON: {e}")))?;
     let wanted = |key: &str| {
         let k = normalize_key(key);
         k == host
@@ -106,14 +105,11 @@ pub fn lookup(text: &str, host: &str, file: &Path) -> Result<Option<(String, Str
     let entry = parsed
         .auths
         .get(host)
-        .or_else(|| {
-            parsed
-                .auths
-                .iter()
-                .find(|(k, _)| wanted(k))
-                .map(|(_, v)| v)
-        });
-    let Some(auth) = entry.and_then(|e| e.auth.as_deref()).filter(|a| !a.is_empty()) else {
+        .or_else(|| parsed.auths.iter().find(|(k, _)| wanted(k)).map(|(_, v)| v));
+    let Some(auth) = entry
+        .and_then(|e| e.auth.as_deref())
+        .filter(|a| !a.is_empty())
+    else {
         return Ok(None);
     };
     let decoded = STANDARD
@@ -121,9 +117,11 @@ pub fn lookup(text: &str, host: &str, file: &Path) -> Result<Option<(String, Str
         .map_err(|e| bad(format!("auths.{host}.auth: not base64: {e}")))?;
     let decoded = String::from_utf8(decoded)
         .map_err(|_| bad(format!("auths.{host}.auth: not UTF-8 user:password")))?;
-    let (user, pass) = decoded
-        .split_once(':')
-        .ok_or_else(|| bad(format!("auths.{host}.auth: expected base64 of user:password")))?;
+    let (user, pass) = decoded.split_once(':').ok_or_else(|| {
+        bad(format!(
+            "auths.{host}.auth: expected base64 of user:password"
+        ))
+    })?;
     Ok(Some((user.to_owned(), pass.to_owned())))
 }
 
@@ -312,8 +310,18 @@ mod tests {
         let err = lookup(r#"{"auths":{"h":{"auth":"!!"}}}"#, "h", f)
             .expect_err("bad base64")
             .to_string();
-        assert!(err.contains("/x/auth.json") && err.contains("base64"), "{err}");
-        assert!(lookup(&format!(r#"{{"auths":{{"h":{{"auth":"{}"}}}}}}"#, enc("nocolon")), "h", f).is_err());
+        assert!(
+            err.contains("/x/auth.json") && err.contains("base64"),
+            "{err}"
+        );
+        assert!(
+            lookup(
+                &format!(r#"{{"auths":{{"h":{{"auth":"{}"}}}}}}"#, enc("nocolon")),
+                "h",
+                f
+            )
+            .is_err()
+        );
         assert!(lookup("not json", "h", f).is_err());
         Ok(())
     }
@@ -331,13 +339,19 @@ mod tests {
         };
         std::fs::write(&b, entry("second")).map_err(|e| Error::io(&b, e))?;
         let missing = dir.path().join("missing.json");
-        let got = find_credentials("h:1", &[missing.clone(), a.clone(), b.clone()])?
-            .expect("found in b");
-        assert_eq!((got.username.as_str(), got.source.as_path()), ("second", b.as_path()));
+        let got =
+            find_credentials("h:1", &[missing.clone(), a.clone(), b.clone()])?.expect("found in b");
+        assert_eq!(
+            (got.username.as_str(), got.source.as_path()),
+            ("second", b.as_path())
+        );
         std::fs::write(&a, entry("first")).map_err(|e| Error::io(&a, e))?;
         let got = find_credentials("h:1", &[a.clone(), b.clone()])?.expect("found in a");
         assert_eq!(got.username, "first");
-        assert_eq!(got.basic_header(), format!("Basic {}", STANDARD.encode("first:pw")));
+        assert_eq!(
+            got.basic_header(),
+            format!("Basic {}", STANDARD.encode("first:pw"))
+        );
         assert!(!format!("{got:?}").contains("pw"));
         assert!(find_credentials("nope:1", &[a, b])?.is_none());
         Ok(())

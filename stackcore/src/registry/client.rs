@@ -137,7 +137,8 @@ impl Client {
                     return Err(self.error(
                         None,
                         format!(
-                            "{method} {url}: {e}{}",
+                            "{method} {url}: {}{}",
+                            describe(&e, self.base.starts_with("https:")),
                             if attempt > 1 {
                                 format!(" (tried {attempt} times)")
                             } else {
@@ -253,7 +254,11 @@ impl Client {
         }
         let mut url = realm.clone();
         for (i, (k, v)) in query.iter().enumerate() {
-            url.push(if i == 0 && !realm.contains('?') { '?' } else { '&' });
+            url.push(if i == 0 && !realm.contains('?') {
+                '?'
+            } else {
+                '&'
+            });
             url.push_str(k);
             url.push('=');
             url.push_str(&percent_encode(v));
@@ -320,7 +325,11 @@ impl Client {
 
     /// The error for a 401/403 that our credentials (or their absence) did not get past.
     pub fn unauthorized(&self, status: u16) -> Error {
-        let word = if status == 403 { "denied" } else { "unauthorized" };
+        let word = if status == 403 {
+            "denied"
+        } else {
+            "unauthorized"
+        };
         let message = match &self.creds {
             Some(c) => format!(
                 "{word}: wrong user name or password (credentials from {})",
@@ -407,11 +416,39 @@ fn registry_message(resp: &mut Response<ureq::Body>) -> String {
     }
 }
 
+/// Dropped or refused connections and timeouts are retried; TLS failures, bad URLs and
+/// unknown hosts are not (they do not get better by waiting).
 fn retryable(e: &ureq::Error) -> bool {
-    matches!(
-        e,
-        ureq::Error::Io(_) | ureq::Error::Timeout(_) | ureq::Error::ConnectionFailed
-    )
+    use std::io::ErrorKind as K;
+    match e {
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            K::ConnectionReset
+                | K::ConnectionAborted
+                | K::ConnectionRefused
+                | K::BrokenPipe
+                | K::UnexpectedEof
+                | K::TimedOut
+                | K::Interrupted
+                | K::NotConnected
+        ),
+        ureq::Error::Timeout(_) | ureq::Error::ConnectionFailed => true,
+        _ => false,
+    }
+}
+
+/// A transport error for people: what failed, and a hint when TLS met plain HTTP.
+fn describe(e: &ureq::Error, tls: bool) -> String {
+    let text = e.to_string();
+    let tls_failed = matches!(e, ureq::Error::Tls(_) | ureq::Error::Rustls(_))
+        || matches!(e, ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData);
+    if tls && tls_failed {
+        format!(
+            "{text} (TLS failed; for a plain-HTTP registry on a private network give --tls-verify=false)"
+        )
+    } else {
+        text
+    }
 }
 
 pub(crate) fn backoff(attempt: u32) -> Duration {

@@ -12,7 +12,10 @@ use crate::digest::Digest;
 use crate::oci::Store;
 
 fn path(store: &Store, digest: &Digest) -> PathBuf {
-    store.cache_dir().join("registry-origins").join(digest.hex())
+    store
+        .cache_dir()
+        .join("registry-origins")
+        .join(digest.hex())
 }
 
 /// The repositories (`HOST/REPO`) a blob is known to be in.

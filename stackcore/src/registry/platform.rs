@@ -143,9 +143,10 @@ mod tests {
             ("linux/arm/v5", None),
         ];
         for &(spec, want) in table {
-            let got = spec.parse::<PlatformSpec>()?.pick(&idx).map(|d| {
-                u8::from_str_radix(&d.digest.hex()[..2], 16).expect("hex digest")
-            });
+            let got = spec
+                .parse::<PlatformSpec>()?
+                .pick(&idx)
+                .map(|d| u8::from_str_radix(&d.digest.hex()[..2], 16).expect("hex digest"));
             assert_eq!(got, want, "{spec}");
         }
         assert_eq!(

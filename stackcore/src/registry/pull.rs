@@ -8,12 +8,12 @@ use super::client::{Body, Client, header_str};
 use super::origins;
 use super::platform::PlatformSpec;
 use super::reference::RegistryRef;
+use crate::Result;
 use crate::digest::Digest;
 use crate::image::{BlobSource, Image};
 use crate::oci::Store;
 use crate::oci::store::MAX_JSON_BLOB;
 use crate::oci::types::{Descriptor, Index, Manifest, media};
-use crate::Result;
 
 /// Every manifest kind we read, for `Accept`.
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -74,7 +74,8 @@ pub fn pull_ref(store: &Store, r: &RegistryRef, opts: &RegistryOptions) -> Resul
             )
         })?;
         opts.step(format_args!("{spec}: manifest {}", child.digest));
-        (media_type, bytes) = fetch_manifest(&mut c, r, child.digest.as_str(), Some(&child.digest))?;
+        (media_type, bytes) =
+            fetch_manifest(&mut c, r, child.digest.as_str(), Some(&child.digest))?;
         if bytes.len() as u64 != child.size {
             return Err(c.error(
                 None,
@@ -163,7 +164,7 @@ fn fetch_manifest(
     let mut resp = c.send("GET", &url, &[("Accept", MANIFEST_ACCEPT)], Body::None)?;
     let status = resp.status().as_u16();
     if status == 404 {
-        return Err(c.status_error(resp, &format!("no manifest {reference}")));
+        return Err(c.status_error(resp, "not in the registry"));
     }
     if status != 200 {
         return Err(c.status_error(resp, &format!("fetching manifest {reference}")));
@@ -292,10 +293,7 @@ fn fetch_blob(c: &mut Client, store: &Store, r: &RegistryRef, desc: &Descriptor)
             Err(e) => {
                 return Err(c.error(
                     None,
-                    format!(
-                        "fetching blob {}: {e} (tried {attempt} times)",
-                        desc.digest
-                    ),
+                    format!("fetching blob {}: {e} (tried {attempt} times)", desc.digest),
                 ));
             }
         }
@@ -315,7 +313,11 @@ mod tests {
                 "application/json",
                 media::INDEX,
             ),
-            (r#"{"schemaVersion":2}"#, media::DOCKER_MANIFEST, media::DOCKER_MANIFEST),
+            (
+                r#"{"schemaVersion":2}"#,
+                media::DOCKER_MANIFEST,
+                media::DOCKER_MANIFEST,
+            ),
             (r#"{"manifests":[]}"#, "text/plain", media::INDEX),
             (r#"{"layers":[]}"#, "", media::MANIFEST),
         ];

@@ -66,9 +66,10 @@ pub fn push(
         )));
     }
     let mut bytes = Vec::new();
-    store.open_blob(manifest)?.read_to_end(&mut bytes).map_err(|e| {
-        Error::Other(format!("reading manifest {}: {e}", manifest.digest))
-    })?;
+    store
+        .open_blob(manifest)?
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::Other(format!("reading manifest {}: {e}", manifest.digest)))?;
     let parsed: Manifest = serde_json::from_slice(&bytes)
         .map_err(|e| Error::Other(format!("manifest {}: bad JSON: {e}", manifest.digest)))?;
     let mut blobs: Vec<&Descriptor> = Vec::new();
@@ -114,11 +115,7 @@ pub fn push(
             }
         }
     }
-    let url = c.url(&format!(
-        "/v2/{}/manifests/{}",
-        dest.repo,
-        dest.reference()
-    ));
+    let url = c.url(&format!("/v2/{}/manifests/{}", dest.repo, dest.reference()));
     let resp = c.send(
         "PUT",
         &url,
@@ -208,7 +205,10 @@ fn push_blob(
         let location = header_str(&start, "location").ok_or_else(|| {
             c.error(
                 None,
-                format!("starting the upload of {}: no Location in the answer", desc.digest),
+                format!(
+                    "starting the upload of {}: no Location in the answer",
+                    desc.digest
+                ),
             )
         })?;
         let mut put = c.url(location);

@@ -1,0 +1,658 @@
+//! Registries: push and pull against Debian's `docker-registry` (the distribution project's
+//! registry), started per test on 127.0.0.1 with a free port and killed when the test ends.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use sha2::Digest as _;
+
+use crate::skip;
+use crate::stash::{RICH, extras};
+use crate::util::{Workdir, assert_same, dump, have, is_root, json, output, run};
+
+const REGISTRY: &str = "docker-registry";
+
+/// A running registry; killed (by its PID) and reaped on drop, whatever the test did.
+struct Registry {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Registry {
+    /// Starts a registry storing under `w/NAME-data`; `htpasswd` turns on Basic auth.
+    fn start(w: &Workdir, name: &str, htpasswd: Option<&Path>) -> Result<Registry> {
+        // A free port: bind port 0, note what the kernel gave, let it go.
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let data = w.path(&format!("{name}-data"));
+        let auth = htpasswd.map_or_else(String::new, |p| {
+            format!(
+                "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
+                p.display()
+            )
+        });
+        let config = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
+             delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+            data.display()
+        );
+        let config_path = w.path(&format!("{name}-config.yml"));
+        fs::write(&config_path, config)?;
+        let log = w.path(&format!("{name}.log"));
+        let child = Command::new(REGISTRY)
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&log)?)
+            .stderr(fs::File::create(&log)?)
+            .spawn()
+            .context("starting docker-registry")?;
+        let mut reg = Registry { child, port, log };
+        reg.wait_ready()?;
+        Ok(reg)
+    }
+
+    /// Waits until `GET /v2/` answers (200, or 401 with auth on).
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "docker-registry exited ({status}) before answering:\n{}",
+                    fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            if let Ok(code) = http_status(self.port, "/v2/")
+                && (code == 200 || code == 401)
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "docker-registry on port {} did not answer GET /v2/ within 30 s:\n{}",
+                    self.port,
+                    fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn url(&self, repo_tag: &str) -> String {
+        format!("docker://{}/{repo_tag}", self.host())
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        // Best effort: the child may have died already; either way it is reaped.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The status code of a plain `GET` (HTTP/1.0, so the server closes when done).
+fn http_status(port: u16, path: &str) -> Result<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head)?;
+    let text = String::from_utf8_lossy(&head);
+    Ok(text.get(9..12).context("status line")?.parse()?)
+}
+
+/// Skips when the registry binary is missing (`.ci/run` installs it).
+macro_rules! need_registry {
+    () => {
+        if !have(REGISTRY) {
+            skip!("docker-registry not installed (.ci/run installs it)");
+        }
+    };
+}
+
+fn b64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Writes an auth file (containers-auth.json shape) for `host`.
+fn auth_file(path: &Path, host: &str, user: &str, pass: &str) -> Result<()> {
+    let v =
+        serde_json::json!({"auths": {host: {"auth": b64(format!("{user}:{pass}").as_bytes())}}});
+    fs::write(path, serde_json::to_vec_pretty(&v)?)?;
+    Ok(())
+}
+
+/// A small tree that any user can stash and get back exactly.
+const PLAIN: &str = r"
+d . 755 0:0
+d etc 755 0:0
+f etc/os-release 644 0:0 NAME=test\n
+d usr 755 0:0
+d usr/bin 755 0:0
+f usr/bin/tool 755 0:0 @200000
+h usr/bin/tool2 usr/bin/tool
+l usr/bin/link tool
+t etc/os-release 1700000000.5
+";
+
+fn plain_tree(w: &Workdir, rel: &str) -> Result<PathBuf> {
+    let spec = if is_root() {
+        PLAIN.to_owned()
+    } else {
+        // Owners as the running user: chown to 0 needs root.
+        let (u, g) = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
+        PLAIN.replace(" 0:0", &format!(" {u}:{g}"))
+    };
+    w.tree(rel, &spec)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", sha2::Sha256::digest(bytes))
+}
+
+#[test]
+fn privileged_registry_push_inspect_pull_every_attribute() -> Result<()> {
+    need_registry!();
+    if !is_root() {
+        skip!("needs root (owners, devices, security xattrs)");
+    }
+    let w = Workdir::new("registry-roundtrip")?;
+    let reg = Registry::start(&w, "reg", None)?;
+    let root = w.tree("root", RICH)?;
+    extras(&root)?;
+    let before = dump(&root)?;
+    let dest = reg.url("ns/x:latest");
+    let out = run(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "root",
+        "--push",
+        &dest,
+        "--tls-verify=false",
+        "--json",
+    ]))?;
+    let report = json(&out)?;
+    let manifest = report["manifest"].as_str().context("manifest")?.to_owned();
+    assert_eq!(report["pushed"]["ref"], dest.as_str());
+    assert_eq!(report["pushed"]["digest"], manifest.as_str());
+    assert_eq!(report["pushed"]["blobs_uploaded"], 2, "{report}"); // config + layer
+    assert_eq!(report["pushed"]["blobs_skipped"], 0, "{report}");
+
+    // skopeo sees the same manifest digest, and the same bytes.
+    if have("skopeo") {
+        let inspect = json(&run(w.cmd("skopeo").args([
+            "inspect",
+            "--tls-verify=false",
+            &dest,
+        ]))?)?;
+        assert_eq!(inspect["Digest"], manifest.as_str());
+        let raw = w
+            .cmd("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false", &dest])
+            .output()?;
+        assert!(raw.status.success());
+        assert_eq!(sha256_hex(&raw.stdout), manifest);
+    } else {
+        eprintln!("skopeo not installed: skipping the skopeo inspect check");
+    }
+
+    // Pulled into another store and written out: the same tree in every attribute.
+    let out = run(w.bin("unstash").args([
+        &dest,
+        "--tls-verify=false",
+        "--store",
+        "store2",
+        "--to",
+        "back",
+        "--json",
+    ]))?;
+    let report = json(&out)?;
+    assert_eq!(report["digest"], manifest.as_str());
+    assert_eq!(report["pulled"]["blobs_fetched"], 2, "{report}");
+    assert_same(&before, &dump(&w.path("back"))?)?;
+    let blocks = std::os::unix::fs::MetadataExt::blocks(&fs::metadata(w.path("back/sparse"))?);
+    assert!(blocks < 64, "sparse file came back with {blocks} blocks");
+    Ok(())
+}
+
+#[test]
+fn registry_pull_keeps_the_image_under_its_registry_name_and_dedups() -> Result<()> {
+    need_registry!();
+    let w = Workdir::new("registry-pull")?;
+    let reg = Registry::start(&w, "reg", None)?;
+    plain_tree(&w, "root")?;
+    let before = dump(&w.path("root"))?;
+    let dest = reg.url("ns/x:v1");
+    let out = run(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "root",
+        "--container-name",
+        "plain",
+        "--push",
+        &dest,
+        "--tls-verify=false",
+        "--json",
+        "--quiet",
+    ]))?;
+    let manifest = json(&out)?["manifest"]
+        .as_str()
+        .context("manifest")?
+        .to_owned();
+
+    let pull = |to: &str, what: &str| -> Result<Value> {
+        json(&run(w.bin("unstash").args([
+            what,
+            "--tls-verify=false",
+            "--store",
+            "pulled",
+            "--to",
+            to,
+            "--json",
+            "--quiet",
+        ]))?)
+    };
+    let first = pull("back1", &dest)?;
+    assert_eq!(first["pulled"]["blobs_fetched"], 2, "{first}");
+    assert_eq!(
+        first["pulled"]["ref_name"],
+        format!("{}/ns/x:v1", reg.host())
+    );
+    assert_same(&before, &dump(&w.path("back1"))?)?;
+    // Again: every blob is in the store already; nothing is fetched.
+    let second = pull("back2", &dest)?;
+    assert_eq!(second["pulled"]["blobs_fetched"], 0, "{second}");
+    assert_eq!(second["pulled"]["blobs_present"], 2, "{second}");
+    // By digest: the same image.
+    let by_digest = format!("docker://{}/ns/x@{manifest}", reg.host());
+    let third = pull("back3", &by_digest)?;
+    assert_eq!(third["digest"], manifest.as_str());
+    assert_same(&before, &dump(&w.path("back3"))?)?;
+    // Kept under HOST/REPO:TAG: usable as a local name, and listed.
+    run(w.bin("unstash").args([
+        &format!("{}/ns/x:v1", reg.host()),
+        "--store",
+        "pulled",
+        "--to",
+        "back4",
+        "--quiet",
+    ]))?;
+    assert_same(&before, &dump(&w.path("back4"))?)?;
+    let index: Value = serde_json::from_slice(&fs::read(w.path("pulled/index.json"))?)?;
+    let names: Vec<&str> = index["manifests"]
+        .as_array()
+        .context("manifests")?
+        .iter()
+        .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&format!("{}/ns/x:v1", reg.host()).as_str()),
+        "{names:?}"
+    );
+    // Unknown tags and unreachable registries fail with one line naming the ref.
+    let missing = reg.url("ns/x:nope");
+    let o = output(w.bin("unstash").args([
+        &missing,
+        "--tls-verify=false",
+        "--store",
+        "pulled",
+        "--to",
+        "nope",
+        "--quiet",
+    ]))?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with(&format!("error: {missing}: not in the registry")),
+        "{err}"
+    );
+    assert!(!w.path("nope").exists());
+    Ok(())
+}
+
+#[test]
+fn registry_second_tag_and_second_repo_upload_no_blob_twice() -> Result<()> {
+    need_registry!();
+    let w = Workdir::new("registry-dedup")?;
+    let reg = Registry::start(&w, "reg", None)?;
+    plain_tree(&w, "root")?;
+    let stash = |extra: &[&str]| -> Result<Value> {
+        let mut c = w.bin("stash");
+        c.args(["--store", "store", "--container-name", "plain", "--json"])
+            .args(["--tls-verify=false", "--quiet"])
+            .args(extra);
+        json(&run(&mut c)?)
+    };
+    let first = stash(&["--root", "root", "--push", &reg.url("ns/x:latest")])?;
+    assert_eq!(first["pushed"]["blobs_uploaded"], 2, "{first}");
+    // The same stash under a second tag: every blob is there; only the manifest is sent.
+    let second = stash(&["--push", &reg.url("ns/x:second")])?;
+    assert_eq!(second["pushed"]["blobs_uploaded"], 0, "{second}");
+    assert_eq!(second["pushed"]["blobs_skipped"], 2, "{second}");
+    assert_eq!(second["pushed"]["digest"], first["manifest"]);
+    assert_eq!(second["ref"], first["ref"]);
+    // Another repository of the same registry: mounted, not uploaded.
+    let third = stash(&["--push", &reg.url("other/y:latest")])?;
+    assert_eq!(third["pushed"]["blobs_uploaded"], 0, "{third}");
+    assert_eq!(third["pushed"]["blobs_mounted"], 2, "{third}");
+    // A change: only the new layer and the new config go up.
+    fs::write(w.path("root/etc/new"), b"new file\n")?;
+    let fourth = stash(&["--root", "root", "--push", &reg.url("ns/x:latest")])?;
+    assert_eq!(fourth["layers"], 2, "{fourth}");
+    assert_eq!(fourth["pushed"]["blobs_uploaded"], 2, "{fourth}");
+    assert_eq!(fourth["pushed"]["blobs_skipped"], 1, "{fourth}");
+    // Without --json: the pushed ref on stdout.
+    let line = run(w.bin("stash").args([
+        "--store",
+        "store",
+        "--container-name",
+        "plain",
+        "--push",
+        &reg.url("ns/x:third"),
+        "--tls-verify=false",
+        "--quiet",
+    ]))?;
+    assert_eq!(line.trim(), reg.url("ns/x:third"));
+    // Both tags resolve to what the registry was given.
+    if have("skopeo") {
+        for (tag, want) in [
+            ("second", &first["manifest"]),
+            ("latest", &fourth["manifest"]),
+        ] {
+            let inspect = json(&run(w.cmd("skopeo").args([
+                "inspect",
+                "--tls-verify=false",
+                &reg.url(&format!("ns/x:{tag}")),
+            ]))?)?;
+            assert_eq!(&inspect["Digest"], want, "{tag}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn registry_basic_auth_with_credentials_from_an_auth_file() -> Result<()> {
+    need_registry!();
+    if !have("htpasswd") {
+        skip!("htpasswd not installed (apache2-utils; .ci/run installs it)");
+    }
+    let w = Workdir::new("registry-auth")?;
+    let line = run(w.cmd("htpasswd").args(["-Bbn", "builder", "s3cret pass"]))?;
+    fs::write(w.path("htpasswd"), line.trim())?;
+    let reg = Registry::start(&w, "reg", Some(&w.path("htpasswd")))?;
+    plain_tree(&w, "root")?;
+    let before = dump(&w.path("root"))?;
+    let good = w.path("auth.json");
+    auth_file(&good, &reg.host(), "builder", "s3cret pass")?;
+    let bad = w.path("wrong.json");
+    auth_file(&bad, &reg.host(), "builder", "not it")?;
+    let none = w.path("none.json");
+    auth_file(&none, "elsewhere.example:5000", "x", "y")?;
+    let dest = reg.url("ns/x:latest");
+
+    let stash = |auth: &Path| {
+        let mut c = w.bin("stash");
+        c.args([
+            "--store",
+            "store",
+            "--root",
+            "root",
+            "--container-name",
+            "plain",
+        ])
+        .args(["--push", &dest, "--tls-verify=false", "--json", "--quiet"])
+        .env("REGISTRY_AUTH_FILE", auth)
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("HOME", w.path("home"));
+        c
+    };
+    // Wrong password: exit 1, one clear line naming the ref and where the credentials came from.
+    let o = output(&mut stash(&bad))?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let want = format!(
+        "{dest}: unauthorized: wrong user name or password (credentials from {})",
+        bad.display()
+    );
+    assert!(err.contains(&want), "wanted {want:?} in:\n{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // No credentials for this registry: says so, and where it looked.
+    let o = output(&mut stash(&none))?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("unauthorized: the registry wants credentials and there are none for")
+            && err.contains(&none.display().to_string()),
+        "{err}"
+    );
+    // The right ones: pushed.
+    let report = json(&run(&mut stash(&good))?)?;
+    assert_eq!(report["pushed"]["blobs_uploaded"], 2, "{report}");
+    // Pull with them too; a wrong password fails the pull the same way.
+    let pull = |auth: &Path, to: &str| {
+        let mut c = w.bin("unstash");
+        c.args([&dest, "--tls-verify=false", "--store", "pulled", "--to", to])
+            .arg("--quiet")
+            .env("REGISTRY_AUTH_FILE", auth)
+            .env_remove("XDG_RUNTIME_DIR")
+            .env("HOME", w.path("home"));
+        c
+    };
+    let o = output(&mut pull(&bad, "back-bad"))?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains(&want), "{err}");
+    assert!(!w.path("back-bad").exists());
+    run(&mut pull(&good, "back"))?;
+    assert_same(&before, &dump(&w.path("back"))?)?;
+    // Docker's config.json is read too, when nothing earlier has credentials.
+    fs::create_dir_all(w.path("home/.docker"))?;
+    auth_file(
+        &w.path("home/.docker/config.json"),
+        &reg.host(),
+        "builder",
+        "s3cret pass",
+    )?;
+    run(&mut pull(&w.path("absent.json"), "back-docker"))?;
+    assert_same(&before, &dump(&w.path("back-docker"))?)?;
+    Ok(())
+}
+
+#[test]
+fn registry_image_index_picks_the_platform() -> Result<()> {
+    need_registry!();
+    if !have("skopeo") {
+        skip!("skopeo not installed (needed to push an image index)");
+    }
+    let w = Workdir::new("registry-index")?;
+    let reg = Registry::start(&w, "reg", None)?;
+    let a = plain_tree(&w, "a")?;
+    let b = plain_tree(&w, "b")?;
+    fs::write(b.join("etc/os-release"), b"NAME=other\n")?;
+    let stash = |root: &str, name: &str| -> Result<Value> {
+        json(&run(w.bin("stash").args([
+            "--store",
+            "store",
+            "--root",
+            root,
+            "--container-name",
+            name,
+            "--json",
+            "--quiet",
+        ]))?)
+    };
+    let ma = stash("a", "for-amd")?;
+    let mb = stash("b", "for-arm")?;
+    // An image index over both, written into the store beside them.
+    let desc = |m: &Value, arch: &str, variant: Option<&str>| -> Result<Value> {
+        let digest = m["manifest"].as_str().context("manifest")?;
+        let size = fs::metadata(w.path(&format!(
+            "store/blobs/sha256/{}",
+            digest.trim_start_matches("sha256:")
+        )))?
+        .len();
+        let mut platform = serde_json::json!({"architecture": arch, "os": "linux"});
+        if let Some(v) = variant {
+            platform["variant"] = v.into();
+        }
+        Ok(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest, "size": size, "platform": platform,
+        }))
+    };
+    let host_arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let other_arch = if host_arch == "s390x" {
+        "ppc64le"
+    } else {
+        "s390x"
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [desc(&ma, host_arch, None)?, desc(&mb, other_arch, Some("v9"))?],
+    });
+    let bytes = serde_json::to_vec(&index)?;
+    let digest = sha256_hex(&bytes);
+    fs::write(
+        w.path(&format!(
+            "store/blobs/sha256/{}",
+            digest.trim_start_matches("sha256:")
+        )),
+        &bytes,
+    )?;
+    let mut layout: Value = serde_json::from_slice(&fs::read(w.path("store/index.json"))?)?;
+    layout["manifests"]
+        .as_array_mut()
+        .context("manifests")?
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": digest, "size": bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi:latest"},
+        }));
+    fs::write(w.path("store/index.json"), serde_json::to_vec(&layout)?)?;
+    let dest = reg.url("ns/multi:latest");
+    run(w.cmd("skopeo").args([
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:multi:latest", w.path("store").display()),
+        &dest,
+    ]))?;
+
+    let unstash = |to: &str, extra: &[&str]| {
+        let mut c = w.bin("unstash");
+        c.args([&dest, "--tls-verify=false", "--store", "pulled", "--to", to])
+            .args(["--json", "--quiet"])
+            .args(extra);
+        c
+    };
+    // This machine's platform by default; another with --platform.
+    let got = json(&run(&mut unstash("host", &[]))?)?;
+    assert_eq!(got["digest"], ma["manifest"]);
+    assert_same(&dump(&a)?, &dump(&w.path("host"))?)?;
+    let other = format!("linux/{other_arch}");
+    let got = json(&run(&mut unstash("other", &["--platform", &other]))?)?;
+    assert_eq!(got["digest"], mb["manifest"]);
+    assert_same(&dump(&b)?, &dump(&w.path("other"))?)?;
+    // A platform the index lacks: a clear error listing what it has.
+    let o = output(&mut unstash("none", &["--platform", "linux/mips64le"]))?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the image index has no linux/mips64le image")
+            && err.contains(&format!("linux/{other_arch}/v9")),
+        "{err}"
+    );
+    // A bad --platform is bad usage.
+    let o = output(&mut unstash("bad", &["--platform", "linux"]))?;
+    assert_eq!(o.status.code(), Some(2));
+    Ok(())
+}
+
+#[test]
+fn registry_refs_and_flags_are_checked_before_any_network() -> Result<()> {
+    let w = Workdir::new("registry-usage")?;
+    plain_tree(&w, "root")?;
+    // --push wants a docker:// ref.
+    let o = output(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "root",
+        "--container-name",
+        "x1",
+        "--push",
+        "oci:/tmp/x",
+    ]))?;
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    // A push of an existing stash needs its name.
+    let o =
+        output(
+            w.bin("stash")
+                .args(["--store", "store", "--push", "docker://127.0.0.1:1/ns/x"]),
+        )?;
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    // Uppercase repositories do not exist.
+    let o = output(w.bin("unstash").args([
+        "docker://127.0.0.1:1/NS/x",
+        "--store",
+        "store",
+        "--to",
+        "out",
+    ]))?;
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    // Nothing listening: exit 1, the ref named, nothing written.
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let r = format!("docker://127.0.0.1:{port}/ns/x:latest");
+    let o = output(w.bin("unstash").args([
+        &r,
+        "--tls-verify=false",
+        "--store",
+        "store",
+        "--to",
+        "out",
+        "--quiet",
+    ]))?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.starts_with(&format!("error: {r}: ")), "{err}");
+    assert!(!w.path("out").exists());
+    Ok(())
+}
