@@ -4,13 +4,19 @@ use std::process::Command;
 
 #[test]
 fn help_works() {
-    let out = Command::new(env!("CARGO_BIN_EXE_stackbuild")).arg("--help").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_stackbuild"))
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: stackbuild"));
 }
 
 #[test]
 fn bad_flag_exits_2() {
-    let out = Command::new(env!("CARGO_BIN_EXE_stackbuild")).arg("--no-such-flag").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_stackbuild"))
+        .arg("--no-such-flag")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }

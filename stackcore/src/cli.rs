@@ -41,7 +41,9 @@ pub fn report(e: &anyhow::Error) -> u8 {
             return 0;
         }
     }
-    let usage = e.chain().any(|c| matches!(c.downcast_ref::<Error>(), Some(Error::Usage(_))));
+    let usage = e
+        .chain()
+        .any(|c| matches!(c.downcast_ref::<Error>(), Some(Error::Usage(_))));
     let mut err = io::stderr().lock();
     let _ = writeln!(err, "error: {e:#}");
     if usage { 2 } else { 1 }
@@ -85,7 +87,8 @@ trait ReadLossy {
 impl<R: BufRead> ReadLossy for R {
     fn read_to_string_lossy(&mut self, out: &mut String) -> crate::Result<()> {
         let mut buf = Vec::new();
-        self.read_to_end(&mut buf).map_err(|e| Error::io("<stdin>", e))?;
+        self.read_to_end(&mut buf)
+            .map_err(|e| Error::io("<stdin>", e))?;
         out.push_str(&String::from_utf8_lossy(&buf));
         Ok(())
     }
@@ -98,7 +101,10 @@ mod tests {
     #[test]
     fn ref_from_line_or_json() -> crate::Result<()> {
         assert_eq!(parse_ref_text("\n oci:/s:a:b \n")?, "oci:/s:a:b");
-        assert_eq!(parse_ref_text(r#"{"schema":1,"ref":"oci:/s:a:b"}"#)?, "oci:/s:a:b");
+        assert_eq!(
+            parse_ref_text(r#"{"schema":1,"ref":"oci:/s:a:b"}"#)?,
+            "oci:/s:a:b"
+        );
         assert!(parse_ref_text("").is_err());
         assert!(parse_ref_text("{\"x\":1}").is_err());
         Ok(())

@@ -7,9 +7,11 @@
 //! |---|---|
 //! | [`cli`] | `run_main`: error printing, exit codes, reading a ref from stdin |
 //! | [`error`] | the typed [`Error`] and [`Result`] |
+//! | [`kiwi`] | KIWI description parsing, merging, upgrading and linting (`kiwimerge`) |
 #![warn(missing_docs)]
 
 pub mod cli;
 pub mod error;
+pub mod kiwi;
 
 pub use error::{Error, Result};
