@@ -181,15 +181,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         // stderr failing is no reason to withhold the merged output
         let _ = writeln!(err, "kiwimerge: {d}");
     }
-    match &cli.output {
-        Some(path) => write_atomic(path, out.xml.as_bytes())?,
-        None => {
-            let mut stdout = std::io::stdout().lock();
-            stdout
-                .write_all(out.xml.as_bytes())
-                .context("writing to stdout")?;
-            stdout.flush().context("writing to stdout")?;
-        }
+    if let Some(path) = &cli.output {
+        write_atomic(path, out.xml.as_bytes())?;
+    } else {
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(out.xml.as_bytes())
+            .context("writing to stdout")?;
+        stdout.flush().context("writing to stdout")?;
     }
     let warnings = out.diags.iter().any(|d| d.level == Level::Warning);
     if out.has_errors() || (cli.strict && warnings) {
