@@ -1,1 +1,3 @@
 //! Integration tests: the real binaries, alone and in pipes.
+
+mod kiwimerge;
