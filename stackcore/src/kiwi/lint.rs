@@ -259,3 +259,132 @@ fn w9_shadowed(root: &Element, overlays: &[&Element], diags: &mut Vec<Diag>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Result;
+    use crate::kiwi::xml::parse;
+
+    const PROFILES: &str = r#"<profiles><profile name="A" description="a" import="true"/><profile name="B" description="b"><requires profile="A"/></profile><profile name="C" description="c"/></profiles>"#;
+
+    #[test]
+    fn e1_follows_selections_and_arch() -> Result<()> {
+        // (body, expected E1 messages' selection names)
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "<preferences><type image=\"oem\"/></preferences><preferences><type image=\"oem\"/></preferences>",
+                &[
+                    "the default selection",
+                    "profile A",
+                    "profile B",
+                    "profile C",
+                ],
+            ),
+            (
+                "<preferences profiles=\"A\"><type image=\"oem\"/></preferences><preferences profiles=\"C\"><type image=\"oem\"/></preferences>",
+                &[],
+            ),
+            // B requires A, so B sees both
+            (
+                "<preferences profiles=\"A\"><type image=\"oem\"/></preferences><preferences profiles=\"B\"><type image=\"oem\"/></preferences>",
+                &["profile B"],
+            ),
+            // default selection is import="true" A
+            (
+                "<preferences><type image=\"iso\"/></preferences><preferences profiles=\"A\"><type image=\"iso\"/></preferences>",
+                &["the default selection", "profile A", "profile B"],
+            ),
+            (
+                "<preferences arch=\"x86_64\"><type image=\"oem\"/></preferences><preferences arch=\"aarch64,s390x\"><type image=\"oem\"/></preferences>",
+                &[],
+            ),
+            (
+                "<preferences arch=\"x86_64\"><type image=\"oem\"/></preferences><preferences><type image=\"oem\"/></preferences>",
+                &[
+                    "the default selection",
+                    "profile A",
+                    "profile B",
+                    "profile C",
+                ],
+            ),
+            (
+                "<preferences><type image=\"oem\"/><type image=\"iso\"/></preferences>",
+                &[],
+            ),
+        ];
+        for (body, want) in cases {
+            let doc = parse(format!("<image>{PROFILES}{body}</image>").as_bytes(), "t")?;
+            let mut diags = Vec::new();
+            e1_type_unique(&doc.root, &mut diags);
+            let got: Vec<String> = diags
+                .iter()
+                .map(|d| {
+                    d.message
+                        .split(" is not unique in ")
+                        .nth(1)
+                        .unwrap_or("")
+                        .split(':')
+                        .next()
+                        .unwrap_or("")
+                        .to_owned()
+                })
+                .collect();
+            assert_eq!(got, *want, "{body}");
+            assert!(
+                diags
+                    .iter()
+                    .all(|d| d.level == Level::Error && d.code == "E1")
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn warnings() -> Result<()> {
+        let cases: &[(&str, &[&str])] = &[
+            ("<preferences><version>1</version></preferences>", &[]),
+            ("<preferences/>", &["W2"]),
+            (
+                "<preferences><version>1</version></preferences><packages type=\"image\" profiles=\"A,Z\"/>",
+                &["W1"],
+            ),
+            (
+                "<preferences><version>1</version></preferences><packages type=\"image\" profiles=\"A, C\"/>",
+                &["W1", "W7"],
+            ),
+            (
+                "<preferences><version>1</version><type image=\"oci\" derived_from=\"x\"/></preferences>",
+                &["W3"],
+            ),
+            (
+                "<preferences><version>1</version><type image=\"oem\" derived_from=\"x\" format=\"qcow2\"/></preferences>",
+                &["W8"],
+            ),
+            (
+                "<preferences><version>1</version><type image=\"oem\" derived_from=\"x\" format=\"oci:qcow2\"/></preferences>",
+                &[],
+            ),
+            (
+                "<preferences><version>1</version><type image=\"iso\" filesystem=\"xfs\" btrfs_quota_groups=\"true\"/></preferences>",
+                &["W8", "W8"],
+            ),
+            (
+                "<preferences><version>1</version><type image=\"oem\"><bootloader name=\"systemd_boot\" output_console=\"serial\"/></type></preferences>",
+                &["W8"],
+            ),
+            (
+                "<preferences><version>1</version></preferences><repository type=\"rpm-md\" architectures=\"amd64\"><source path=\"x\"/></repository>",
+                &["W8"],
+            ),
+        ];
+        for (body, want) in cases {
+            let doc = parse(format!("<image>{PROFILES}{body}</image>").as_bytes(), "t")?;
+            let mut diags = Vec::new();
+            lint(&doc.root, &[], &mut diags);
+            let got: Vec<&str> = diags.iter().map(|d| d.code).collect();
+            assert_eq!(got, *want, "{body}: {diags:?}");
+        }
+        Ok(())
+    }
+}

@@ -171,7 +171,12 @@ fn find(parent: &Element, o: &Element, spec: Spec, key: &Key) -> Vec<usize> {
         .iter()
         .enumerate()
         .filter_map(|(i, n)| match n {
-            Node::Element(e) if e.name == o.name && e.ns == o.ns && spec.key(e) == *key => Some(i),
+            Node::Element(e)
+                if (spec.any_name() || (e.name == o.name && e.ns == o.ns))
+                    && spec.key(e) == *key =>
+            {
+                Some(i)
+            }
             _ => None,
         })
         .collect()
@@ -369,16 +374,36 @@ impl<'d> Merger<'d> {
         }
     }
 
-    /// G8: an element the table does not know is carried over unless an identical one exists.
+    /// G8: an element the table does not know is carried over unless an identical one
+    /// exists. With `km:action="remove"`, identical elements (directives aside) are deleted.
     fn merge_unknown(&mut self, parent: &mut Element, o: &Element, comments: &[String]) {
         let mut copy = o.clone();
         copy.strip_km();
-        let exists = parent.elements().any(|e| {
-            let mut e = e.clone();
-            e.strip_km();
-            e == copy
-        });
-        if !exists {
+        let same: Vec<usize> = parent
+            .children
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| match n {
+                Node::Element(e) => {
+                    let mut e = e.clone();
+                    e.strip_km();
+                    (e == copy).then_some(i)
+                }
+                _ => None,
+            })
+            .collect();
+        if o.km_attr("action") == Some("remove") {
+            if same.is_empty() {
+                self.warn(
+                    "W4",
+                    format!(
+                        "km:action=\"remove\": no element identical to {} in the base",
+                        describe(o)
+                    ),
+                );
+            }
+            delete_all(&mut parent.children, &same);
+        } else if same.is_empty() {
             self.warn(
                 "W5",
                 format!("unknown element {} carried over", describe(o)),
@@ -749,4 +774,171 @@ pub fn primary_fixup(root: &mut Element, diags: &mut Vec<Diag>) {
         }
     }
     root.walk_mut(&mut |e| e.overlay_primary = false);
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Result;
+    use crate::kiwi::{MergeOptions, load_description, merge, xml};
+
+    /// Merges `overlay` onto `base` (both wrapped in `<image>`), returns canonical output
+    /// and the diagnostic codes.
+    fn run(base: &str, overlay: &str) -> Result<(String, Vec<&'static str>)> {
+        let b = load_description(
+            format!(r#"<image schemaversion="8.5" name="b">{base}</image>"#).as_bytes(),
+            "base",
+            None,
+        )?;
+        let o = load_description(
+            format!(r#"<image xmlns:km="urn:kiwimerge:1">{overlay}</image>"#).as_bytes(),
+            "overlay",
+            None,
+        )?;
+        let opts = MergeOptions {
+            lint: false,
+            ..MergeOptions::default()
+        };
+        let out = merge(b, vec![o], &opts)?;
+        Ok((out.xml, out.diags.iter().map(|d| d.code).collect()))
+    }
+
+    fn canon(inner: &str) -> Result<String> {
+        let doc = xml::parse(
+            format!(r#"<image schemaversion="8.5" name="b">{inner}</image>"#).as_bytes(),
+            "want",
+        )?;
+        Ok(xml::serialize(&doc))
+    }
+
+    #[test]
+    fn merge_rules() -> Result<()> {
+        // (rule, base, overlay, expected, diagnostic codes)
+        let cases: &[(&str, &str, &str, &str, &[&str])] = &[
+            (
+                "G1 removes every section of the group, with leading comments",
+                "<!--c--><users><user name=\"a\"/></users><users><user name=\"b\"/></users><users profiles=\"P\"><user name=\"c\"/></users>",
+                "<users km:action=\"remove\"/>",
+                "<users profiles=\"P\"><user name=\"c\"/></users>",
+                &[],
+            ),
+            (
+                "G1 remove without match warns",
+                "<packages type=\"image\"><package name=\"a\" arch=\"x86_64\"/></packages>",
+                "<packages type=\"image\"><package name=\"a\" km:action=\"remove\"/></packages>",
+                "<packages type=\"image\"><package name=\"a\" arch=\"x86_64\"/></packages>",
+                &["W4"],
+            ),
+            (
+                "G3 atomic replace keeps position, drops later duplicates",
+                "<packages type=\"image\"><package name=\"a\"/><package name=\"b\"/><package name=\"a\"/></packages>",
+                "<packages type=\"image\"><package name=\"a\" bootinclude=\"true\"/></packages>",
+                "<packages type=\"image\"><package name=\"a\" bootinclude=\"true\"/><package name=\"b\"/></packages>",
+                &[],
+            ),
+            (
+                "G3 km:action=replace on a container",
+                "<preferences><type image=\"oem\" filesystem=\"btrfs\"><bootloader name=\"grub2\"/></type></preferences>",
+                "<preferences><type image=\"oem\" filesystem=\"xfs\" km:action=\"replace\"/></preferences>",
+                "<preferences><type image=\"oem\" filesystem=\"xfs\"/></preferences>",
+                &[],
+            ),
+            (
+                "G4 attribute merge and remove-attributes",
+                "<preferences><type image=\"oem\" a=\"1\" b=\"2\"><oemconfig><oem-swap>true</oem-swap></oemconfig></type></preferences>",
+                "<preferences><type image=\"oem\" b=\"3\" c=\"4\" km:remove-attributes=\"a zz\"><oemconfig><oem-resize>false</oem-resize></oemconfig></type></preferences>",
+                "<preferences><type image=\"oem\" b=\"3\" c=\"4\"><oemconfig><oem-swap>true</oem-swap><oem-resize>false</oem-resize></oemconfig></type></preferences>",
+                &["W4"],
+            ),
+            (
+                "G5 child found in the second group member; emptied member dropped",
+                "<preferences><version>1</version></preferences><preferences><locale>en</locale><timezone>UTC</timezone></preferences>",
+                "<preferences><locale>de</locale><timezone km:action=\"remove\"/><keytable>us</keytable></preferences>",
+                "<preferences><version>1</version><keytable>us</keytable></preferences><preferences><locale>de</locale></preferences>",
+                &[],
+            ),
+            (
+                "G5 NEEDS-CHILD member left empty is dropped",
+                "<users><user name=\"a\"/></users><users><user name=\"b\"/></users>",
+                "<users><user name=\"b\" km:action=\"remove\"/></users>",
+                "<users><user name=\"a\"/></users>",
+                &["W6"],
+            ),
+            (
+                "G6 textset inserts only new texts",
+                "<preferences><showlicense>a</showlicense></preferences>",
+                "<preferences><showlicense> a </showlicense><showlicense>b</showlicense></preferences>",
+                "<preferences><showlicense>a</showlicense><showlicense>b</showlicense></preferences>",
+                &[],
+            ),
+            (
+                "G7 contacts replaced as a set at the first one's position",
+                "<description type=\"system\"><author>x</author><contact>a</contact><contact>b</contact><specification>s</specification></description>",
+                "<description type=\"system\"><contact>c</contact><contact>d</contact></description>",
+                "<description type=\"system\"><author>x</author><contact>c</contact><contact>d</contact><specification>s</specification></description>",
+                &[],
+            ),
+            (
+                "G8 unknown element carried once",
+                "<foo a=\"1\"/>",
+                "<foo a=\"1\"/><bar/>",
+                "<foo a=\"1\"/><bar/>",
+                &["W5"],
+            ),
+            (
+                "G9 first occurrence wins within an overlay section group",
+                "<preferences><locale>en</locale></preferences>",
+                "<preferences><locale>de</locale></preferences><preferences><locale>fr</locale></preferences>",
+                "<preferences><locale>de</locale></preferences>",
+                &["W4"],
+            ),
+            (
+                "insert position: canonical order at image level, after same name inside",
+                "<description type=\"system\"/><preferences/><packages type=\"image\"/>",
+                "<repository alias=\"r\"><source path=\"p\"/></repository><profiles><profile name=\"P\" description=\"p\"/></profiles>",
+                "<description type=\"system\"/><profiles><profile name=\"P\" description=\"p\"/></profiles><preferences/><repository alias=\"r\"><source path=\"p\"/></repository><packages type=\"image\"/>",
+                &[],
+            ),
+            (
+                "repository keyed by source path without alias; scope is part of the key",
+                "<repository type=\"rpm-md\"><source path=\"a\"/></repository><repository profiles=\"P\"><source path=\"a\"/></repository>",
+                "<repository km:action=\"remove\"><source path=\"a\"/></repository>",
+                "<repository profiles=\"P\"><source path=\"a\"/></repository>",
+                &[],
+            ),
+            (
+                "extension children keyed by namespace",
+                "<extension xmlns:x=\"urn:x\"><x:a v=\"1\"/></extension>",
+                "<extension xmlns:x=\"urn:x\"><x:b v=\"2\"/></extension>",
+                "<extension xmlns:x=\"urn:x\"><x:b v=\"2\"/></extension>",
+                &[],
+            ),
+            (
+                "km:action=remove inside a new element is dropped with a warning",
+                "",
+                "<users profiles=\"P\"><user name=\"a\"/><user name=\"b\" km:action=\"remove\"/></users>",
+                "<users profiles=\"P\"><user name=\"a\"/></users>",
+                &["W4"],
+            ),
+            (
+                "primary fix-up clears co-active types only",
+                "<profiles><profile name=\"A\" description=\"a\"/><profile name=\"B\" description=\"b\"/></profiles><preferences profiles=\"A\"><type image=\"oem\" primary=\"true\"/></preferences><preferences profiles=\"B\"><type image=\"oem\" primary=\"true\"/></preferences>",
+                "<preferences profiles=\"A\"><type image=\"iso\" primary=\"true\"/></preferences>",
+                "<profiles><profile name=\"A\" description=\"a\"/><profile name=\"B\" description=\"b\"/></profiles><preferences profiles=\"A\"><type image=\"oem\"/><type image=\"iso\" primary=\"true\"/></preferences><preferences profiles=\"B\"><type image=\"oem\" primary=\"true\"/></preferences>",
+                &["W6"],
+            ),
+            (
+                "comments: replacing atomic brings overlay comments, merged container drops them",
+                "<!--old--><repository alias=\"r\"><source path=\"a\"/></repository><preferences><!--keep--><type image=\"oem\"/></preferences>",
+                "<!--new--><repository alias=\"r\"><source path=\"b\"/></repository><preferences><!--dropped--><type image=\"oem\" format=\"qcow2\"/></preferences>",
+                "<!--new--><repository alias=\"r\"><source path=\"b\"/></repository><preferences><!--keep--><type image=\"oem\" format=\"qcow2\"/></preferences>",
+                &[],
+            ),
+        ];
+        for (rule, base, overlay, want, codes) in cases {
+            let (got, diags) = run(base, overlay)?;
+            assert_eq!(got, canon(want)?, "{rule}");
+            assert_eq!(&diags, codes, "{rule}");
+        }
+        Ok(())
+    }
 }

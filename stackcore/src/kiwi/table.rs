@@ -222,16 +222,10 @@ impl Spec {
             .collect()
     }
 
-    /// The names of the attributes that make up the key (used to tell a directive-only
-    /// element from a complete one in messages).
-    pub fn key_attrs(&self) -> Vec<&'static str> {
-        self.key
-            .iter()
-            .filter_map(|p| match p {
-                Part::Attr(a) | Part::Set(a) => Some(*a),
-                _ => None,
-            })
-            .collect()
+    /// Whether elements of different names can match: children of `<extension>` are keyed
+    /// by namespace alone, because kiwi allows one top-level element per namespace.
+    pub fn any_name(&self) -> bool {
+        self.key.contains(&Part::NsUri)
     }
 }
 
