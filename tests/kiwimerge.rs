@@ -146,6 +146,56 @@ for sel in [None] + [[p] for p in profiles]:
 print(','.join(bad))
 ";
 
+/// Compares what kiwi's `XMLState` getters say about argv[1] and argv[2] for the default
+/// selection and every profile: build type (exported), version, package manager, locale,
+/// package lists, users with groups, repositories, collections, archives, ignores,
+/// drivers, strip lists. Prints `SELECTIONS n`, then one `DIFF` line per difference.
+const KIWI_EQUIVALENT: &str = r"
+import sys, logging, io
+logging.disable(logging.CRITICAL)
+from kiwi.xml_description import XMLDescription
+from kiwi.xml_state import XMLState
+def facts(path):
+    xml = XMLDescription(path).load()
+    profiles = [p.get_name() for ps in xml.get_profiles() for p in ps.get_profile()]
+    out = {}
+    for sel in [None] + [[p] for p in profiles]:
+        name = sel[0] if sel else '<default>'
+        try:
+            st = XMLState(xml, sel)
+        except Exception as e:
+            out[name] = type(e).__name__
+            continue
+        def g(f):
+            try:
+                return f()
+            except Exception as e:
+                return 'raises ' + type(e).__name__
+        def typ():
+            b = io.StringIO()
+            st.build_type.export(b, 0)
+            return b.getvalue()
+        def repos():
+            return [(r.get_alias(), r.get_type(), r.get_priority(), r.get_imageinclude(), r.get_source().get_path(), r.get_profiles(), r.get_arch()) for r in st.get_repository_sections()]
+        def users():
+            return sorted((u.get_name(), u.get_password(), u.get_home(), tuple(sorted(st.get_user_groups(u.get_name())))) for u in st.get_users())
+        out[name] = dict(
+            type=g(typ), version=g(st.get_image_version), pm=g(st.get_package_manager), locale=g(st.get_locale),
+            system=g(st.get_system_packages), bootstrap=g(st.get_bootstrap_packages),
+            delete=g(lambda: st.get_to_become_deleted_packages(True)), uninstall=g(lambda: st.get_to_become_deleted_packages(False)),
+            users=g(users), repos=g(repos), collections=g(st.get_system_collections), bcollections=g(st.get_bootstrap_collections),
+            archives=g(st.get_system_archives), barchives=g(st.get_bootstrap_archives), ignores=g(st.get_system_ignore_packages),
+            drivers=g(st.get_drivers_list), strip=g(lambda: [st.get_strip_list(t) for t in ('delete', 'tools', 'libs')]),
+        )
+    return out
+a, b = facts(sys.argv[1]), facts(sys.argv[2])
+bad = [(k, f) for k in a for f in (a[k] if isinstance(a[k], dict) else {'': 0}) if (a[k].get(f) if isinstance(a[k], dict) else a[k]) != (b.get(k, {}).get(f) if isinstance(b.get(k), dict) else b.get(k))]
+print('SELECTIONS', len(a))
+for k, f in bad:
+    print('DIFF', k, f, repr(a[k][f] if isinstance(a[k], dict) else a[k])[:300], '!=', repr(b[k][f] if isinstance(b[k], dict) else b[k])[:300])
+sys.exit(1 if bad or a.keys() != b.keys() else 0)
+";
+
 #[test]
 fn kiwimerge_examples_byte_exact() -> Result<()> {
     let mut seen = 0;
@@ -821,15 +871,21 @@ fn kiwimerge_corpus_normalisation_matches_kiwi() -> Result<()> {
 }
 
 #[test]
-fn kiwimerge_corpus_self_merge_is_idempotent() -> Result<()> {
+fn kiwimerge_corpus_self_merge_is_idempotent_and_kiwi_equivalent() -> Result<()> {
+    let name = "kiwimerge_corpus_self_merge_is_idempotent_and_kiwi_equivalent";
     let Some(shared) = shared_dir() else {
-        skip(
-            "kiwimerge_corpus_self_merge_is_idempotent",
-            "corpus not found",
-        );
+        skip(name, "corpus not found");
         return Ok(());
     };
+    let kiwi = have_kiwi();
+    if !kiwi {
+        skip(
+            name,
+            "python3 cannot import kiwi: kiwi equivalence not checked",
+        );
+    }
     let tmp = tempfile::tempdir()?;
+    let mut selections = 0;
     for base in corpus_bases(&shared.join("corpus"))? {
         let bb = kiwimerge([&base, &base])?;
         ensure!(
@@ -838,7 +894,6 @@ fn kiwimerge_corpus_self_merge_is_idempotent() -> Result<()> {
             base.display(),
             stderr(&bb)
         );
-        // write next to nothing: the merged file has its includes resolved
         let p = tmp.path().join("bb.xml");
         std::fs::write(&p, &bb.stdout)?;
         let bbb = kiwimerge([&p, &base])?;
@@ -846,6 +901,28 @@ fn kiwimerge_corpus_self_merge_is_idempotent() -> Result<()> {
             bb.stdout == bbb.stdout,
             "{}: merge(B,B) != merge(merge(B,B),B)",
             base.display()
+        );
+        if kiwi {
+            let out = python(KIWI_EQUIVALENT, &[&base, &p])?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            ensure!(
+                out.status.success(),
+                "{}: merge(B,B) is not kiwi-equivalent to B:\n{text}{}",
+                base.display(),
+                stderr(&out)
+            );
+            selections += text
+                .lines()
+                .find_map(|l| l.strip_prefix("SELECTIONS "))
+                .context("selection count")?
+                .trim()
+                .parse::<usize>()?;
+        }
+    }
+    if kiwi {
+        assert_eq!(
+            selections, 68,
+            "default + every profile over the 9 loadable bases"
         );
     }
     Ok(())
