@@ -48,8 +48,11 @@ pub struct Cli {
     #[arg(long, value_name = "V")]
     pub schema_version: Option<String>,
 
-    /// Do not resolve <include>; carry the elements (keyed by their from=).
-    #[arg(long)]
+    /// Carry `<include>` elements instead of resolving them.
+    #[arg(
+        long,
+        help = "Do not resolve <include>; carry the elements (keyed by their from=)"
+    )]
     pub keep_includes: bool,
 
     /// Materialise BASE for host architecture A before merging.
@@ -60,8 +63,12 @@ pub struct Cli {
     #[arg(long, value_name = "P", value_delimiter = ',')]
     pub select_profiles: Option<Vec<String>>,
 
-    /// Keep only <type image=T> in BASE and make it primary.
-    #[arg(long, value_name = "T")]
+    /// Keep only `<type image=T>` in BASE.
+    #[arg(
+        long,
+        value_name = "T",
+        help = "Keep only <type image=T> in BASE and make it primary"
+    )]
     pub select_type: Option<String>,
 
     /// Treat warnings as errors (exit 1; the output is still written).

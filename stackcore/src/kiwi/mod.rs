@@ -21,8 +21,8 @@
 //! |---|---|
 //! | [`xml`] | the tree, parsing with hostile-input limits, canonical output (§3) |
 //! | [`table`] | kinds and keys of every KIWI element (§4, §5.2) |
-//! | [`merge`] | applying an overlay, directives, the `primary` fix-up (§5) |
-//! | [`include`] | `<include>` resolution (§6) |
+//! | [`merge`](mod@merge) | applying an overlay, directives, the `primary` fix-up (§5) |
+//! | [`include`](mod@include) | `<include>` resolution (§6) |
 //! | [`upgrade`] | schema versions 7.4 → 8.5 (§7) |
 //! | [`lint`] | E1, W1–W9 (§8) |
 //! | [`select`] | `--select-arch/-profiles/-type` (§9) |
