@@ -560,6 +560,46 @@ fn kiwimerge_exit_codes_and_diagnostics() -> Result<()> {
             stdout_lacks: &["<version>1</version>"],
         },
         Case {
+            name: "includes resolved in place",
+            files: &[
+                (
+                    "inc/b.xml",
+                    r#"<image schemaversion="7.4" name="i"><preferences><version>1</version><packagemanager>dnf</packagemanager></preferences><include from="this://c.xml"/><packages type="image"/></image>"#,
+                ),
+                (
+                    "inc/c.xml",
+                    r#"<image><!-- top --><repository alias="r" use_for_bootstrap="true"><source path="p"/></repository></image>"#,
+                ),
+                ("o.xml", "<image/>"),
+            ],
+            args: &["--schema-version", "8.5", "inc/b.xml", "o.xml"],
+            code: 0,
+            stderr_has: &[],
+            stdout_has: &[
+                "</preferences>\n    <repository alias=\"r\">\n",
+                "<packagemanager>dnf4</packagemanager>",
+                "schemaversion=\"8.5\"",
+            ],
+            stdout_lacks: &["<include", "top", "use_for_bootstrap"],
+        },
+        Case {
+            name: "--keep-includes carries them",
+            files: &[
+                (
+                    "inc/b.xml",
+                    r#"<image schemaversion="8.5" name="i"><preferences><version>1</version></preferences><include from="this://c.xml"/></image>"#,
+                ),
+                ("o.xml", r#"<image><include from="this://d.xml"/></image>"#),
+            ],
+            args: &["--keep-includes", "inc/b.xml", "o.xml"],
+            code: 0,
+            stderr_has: &["<include> kept"],
+            stdout_has: &[
+                "<include from=\"this://c.xml\"/>\n    <include from=\"this://d.xml\"/>\n</image>",
+            ],
+            stdout_lacks: &[],
+        },
+        Case {
             name: "km:reset and remove-attributes on the root",
             files: &[(
                 "o.xml",

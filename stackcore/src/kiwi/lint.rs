@@ -205,6 +205,15 @@ fn w8_schematron(root: &Element, diags: &mut Vec<Diag>) {
                 }
             }
         }
+        "packages" => {
+            let ptype = el.attr("type").unwrap_or("");
+            if ptype != "bootstrap" && el.elements().any(|c| c.name == "collectionModule") {
+                warn(diags, "W8", format!("{}: <collectionModule> is only allowed in bootstrap packages", describe(el)));
+            }
+            if el.attr("bootstrap_package").is_some() && package_manager(root).is_some_and(|pm| pm != "apt") {
+                warn(diags, "W8", format!("{}: bootstrap_package is only allowed with the apt package manager", describe(el)));
+            }
+        }
         "repository" => {
             let rtype = el.attr("type").unwrap_or("");
             for a in &el.attrs {
@@ -215,6 +224,15 @@ fn w8_schematron(root: &Element, diags: &mut Vec<Diag>) {
         }
         _ => {}
     });
+}
+
+/// The first `<packagemanager>` in document order (kiwi is first-wins).
+fn package_manager(root: &Element) -> Option<String> {
+    root.elements()
+        .filter(|p| p.name == "preferences")
+        .flat_map(Element::elements)
+        .find(|c| c.name == "packagemanager")
+        .map(|c| c.text().trim().to_owned())
 }
 
 /// W9: a preferences scalar an overlay sets is shadowed by an earlier co-active section of
