@@ -1076,3 +1076,92 @@ fn kiwimerge_corpus_vm_overlay_smoke() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn kiwimerge_stash_exports_vm_overlay() -> Result<()> {
+    let name = "kiwimerge_stash_exports_vm_overlay";
+    let Some(shared) = shared_dir() else {
+        skip(name, "shared kiwimerge material not found");
+        return Ok(());
+    };
+    let exports = shared.join("fixtures/root-exports");
+    if !exports.is_dir() {
+        skip(name, "fixtures/root-exports not found");
+        return Ok(());
+    }
+    let overlay = examples_dir().join("01-container-stash-to-vm/overlay.xml");
+    // What kiwi wrote into <root>/image/config.xml, with the selection the root was built
+    // for (corpus/SOURCES.md), as stackbuild would call kiwimerge (SPEC §11).
+    let cases: &[(&str, &[&str])] = &[
+        ("02-docker.image-config.xml", &[]),
+        (
+            "01-microos.image-config.xml",
+            &["--select-arch", "x86_64", "--select-profiles", "Standard"],
+        ),
+        (
+            "07-almalinux.image-config.xml",
+            &[
+                "--select-arch",
+                "x86_64",
+                "--select-profiles",
+                "Container-Base-Generic",
+                "--select-type",
+                "oci",
+            ],
+        ),
+    ];
+    let tmp = tempfile::tempdir()?;
+    let mut outputs = Vec::new();
+    for (file, args) in cases {
+        let base = exports.join(file);
+        let out = Command::new(kiwimerge_path())
+            .args(*args)
+            .arg(&base)
+            .arg(&overlay)
+            .output()?;
+        ensure!(
+            out.status.code() == Some(0),
+            "{file}: exit {:?}:\n{}",
+            out.status.code(),
+            stderr(&out)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let types: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("<type "))
+            .collect();
+        ensure!(
+            types.iter().any(|t| t.contains(" image=\"oem\"")),
+            "{file}: the VM type is there: {types:?}"
+        );
+        ensure!(
+            !types.iter().any(|t| t.contains(" image=\"docker\"")),
+            "{file}: no docker type is left: {types:?}"
+        );
+        let p = tmp.path().join(file);
+        std::fs::write(&p, &out.stdout)?;
+        outputs.push((p, stderr(&out).contains("W8: ")));
+    }
+    if !have_kiwi() {
+        skip(
+            name,
+            "python3 cannot import kiwi: kiwi verdicts not checked",
+        );
+        return Ok(());
+    }
+    let refs: Vec<&Path> = outputs.iter().map(|(p, _)| p.as_path()).collect();
+    let out = python(KIWI_LOAD, &refs)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    for (p, w8) in &outputs {
+        let rejected = text
+            .lines()
+            .any(|l| l.starts_with(&format!("REJECT {}", p.display())));
+        ensure!(
+            rejected == *w8,
+            "{}: kiwi rejects={rejected}, W8={w8}\n{text}",
+            p.display()
+        );
+    }
+    Ok(())
+}

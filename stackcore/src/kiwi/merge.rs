@@ -14,24 +14,39 @@ use super::xml::{Element, KM_NS, Node, local_name};
 use super::{Diag, Level};
 use crate::{Error, Result};
 
-/// A short human description of an element for messages: `<package name="vim">`.
+/// Attributes that identify an element best, shown first in messages.
+const TELLING: &[&str] = &[
+    "name",
+    "image",
+    "alias",
+    "type",
+    "from",
+    "profiles",
+    "arch",
+    "number",
+    "provider",
+    "action",
+    "interface",
+];
+
+/// A short human description of an element for messages: `<package name="vim">`. Shows
+/// identifying attributes first (stash exports order attributes alphabetically, which would
+/// otherwise hide `image=` behind `btrfs_*`), at most three.
 pub fn describe(el: &Element) -> String {
+    let mut shown: Vec<&super::xml::Attr> = Vec::new();
+    for t in TELLING {
+        shown.extend(el.attrs.iter().find(|a| a.name == *t));
+    }
+    for a in &el.attrs {
+        if !a.is_km() && !a.is_ns_decl() && !shown.iter().any(|s| s.name == a.name) {
+            shown.push(a);
+        }
+    }
     let mut s = format!("<{}", el.name);
-    for a in el
-        .attrs
-        .iter()
-        .filter(|a| !a.is_km() && !a.is_ns_decl())
-        .take(3)
-    {
+    for a in shown.iter().take(3) {
         let _ = write!(s, " {}=\"{}\"", a.name, a.value);
     }
-    if el
-        .attrs
-        .iter()
-        .filter(|a| !a.is_km() && !a.is_ns_decl())
-        .count()
-        > 3
-    {
+    if shown.len() > 3 {
         s.push_str(" …");
     }
     s.push('>');
