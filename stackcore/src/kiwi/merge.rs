@@ -512,7 +512,12 @@ impl<'d> Merger<'d> {
             return;
         };
         delete_all(&mut b.children, rest);
-        let start = leading_start(&b.children, first);
+        // As for atomic replacement: base comments stay unless the overlay brings its own.
+        let start = if news.first().is_some_and(|(_, c)| !c.is_empty()) {
+            leading_start(&b.children, first)
+        } else {
+            first
+        };
         let nodes: Vec<Node> = news
             .into_iter()
             .flat_map(|(e, c)| {
@@ -890,6 +895,13 @@ mod tests {
                 "<description type=\"system\"><author>x</author><contact>a</contact><contact>b</contact><specification>s</specification></description>",
                 "<description type=\"system\"><contact>c</contact><contact>d</contact></description>",
                 "<description type=\"system\"><author>x</author><contact>c</contact><contact>d</contact><specification>s</specification></description>",
+                &[],
+            ),
+            (
+                "G7 keeps base comments when the overlay has none",
+                "<description type=\"system\"><!--who--><contact>a</contact></description>",
+                "<description type=\"system\"><contact>c</contact></description>",
+                "<description type=\"system\"><!--who--><contact>c</contact></description>",
                 &[],
             ),
             (
