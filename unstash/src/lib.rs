@@ -54,6 +54,7 @@ pub struct Cli {
 }
 
 /// Runs `unstash`.
+#[allow(clippy::needless_pass_by_value)] // the signature `run_main` calls
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let log = Log {
         quiet: cli.quiet,
