@@ -1,3 +1,7 @@
 //! Integration tests: the real binaries, alone and in pipes.
+#![allow(clippy::format_push_string, clippy::format_collect)] // test dumps build text freely
+
+mod util;
 
 mod kiwimerge;
+mod stash;

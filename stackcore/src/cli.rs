@@ -110,3 +110,48 @@ mod tests {
         Ok(())
     }
 }
+
+/// The store a tool uses: `--store`, else the default place (see
+/// [`crate::oci::default_store_path`]).
+pub fn store_path(flag: Option<&std::path::Path>) -> std::path::PathBuf {
+    flag.map_or_else(crate::oci::default_store_path, std::path::Path::to_path_buf)
+}
+
+/// Messages for people, on stderr: one plain line per step, silenced by `--quiet`.
+#[derive(Debug, Clone, Copy)]
+pub struct Log {
+    /// `--quiet`.
+    pub quiet: bool,
+    /// The tool's name, prefixed to each line.
+    pub tool: &'static str,
+}
+
+impl Log {
+    /// One step line.
+    pub fn step(&self, msg: impl std::fmt::Display) {
+        if !self.quiet {
+            let _ = writeln!(io::stderr().lock(), "{}: {msg}", self.tool);
+        }
+    }
+
+    /// A warning; shown even with `--quiet`.
+    pub fn warn(&self, msg: impl std::fmt::Display) {
+        let _ = writeln!(io::stderr().lock(), "{}: warning: {msg}", self.tool);
+    }
+}
+
+/// Prints `value` as one line of JSON on stdout.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Prints one line on stdout.
+pub fn print_line(line: impl std::fmt::Display) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}

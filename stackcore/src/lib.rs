@@ -5,13 +5,39 @@
 //!
 //! | module | what it owns |
 //! |---|---|
+//! | [`apply`] | writing an image or a stack of sources into a directory, once per entry |
 //! | [`cli`] | `run_main`: error printing, exit codes, reading a ref from stdin |
 //! | [`error`] | the typed [`Error`] and [`Result`] |
+//! | [`digest`] | `sha256:` digests, hashing writers, verifying readers |
+//! | [`entry`] | one file-system entry and its metadata |
+//! | [`tree`] | walking a root tree in a deterministic order |
+//! | [`tar`] | the PAX tar codec (strict reader, deterministic writer) |
+//! | [`layer`] | layer compression, reading, indexes and the overlay model |
+//! | [`oci`] | OCI JSON types and the image-layout store |
+//! | [`extract`] | writing entries into a directory without ever escaping it |
+//! | [`image`] | image refs; opening images from stores, layouts and archives |
+//! | [`stash`] | stashing a tree: full the first time, the difference after that |
+//! | [`description`] | name and author from a root's `image/config.xml` |
+//! | [`timefmt`] | RFC 3339 timestamps |
+//! | [`failpoint`] | named crash points for tests |
 //! | [`kiwi`] | KIWI description parsing, merging, upgrading and linting (`kiwimerge`) |
 #![warn(missing_docs)]
 
+pub mod apply;
 pub mod cli;
+pub mod description;
+pub mod digest;
+pub mod entry;
 pub mod error;
+pub mod extract;
+pub mod failpoint;
+pub mod image;
 pub mod kiwi;
+pub mod layer;
+pub mod oci;
+pub mod stash;
+pub mod tar;
+pub mod timefmt;
+pub mod tree;
 
 pub use error::{Error, Result};

@@ -1,13 +1,336 @@
-//! `stash`: see the README and `stash --help`.
+//! `stash`: keep a root tree as a layer of an OCI image in the store.
 
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context as _;
 use clap::Parser;
+use stackcore::Error;
+use stackcore::cli::{Log, print_json, print_line, store_path};
+use stackcore::image::{Archive, BlobSource, Image};
+use stackcore::layer::Compression;
+use stackcore::oci::Store;
+use stackcore::stash::{StashOptions, stash, valid_name, valid_tag};
 
-/// Command line of `stash`.
+const EXAMPLES: &str = "\
+Examples:
+  stash --root build/image-root                 # name from image/config.xml, tag latest
+  stash --root rootfs --container-name base --tag v1 --json
+  stash --list
+  stash --root r --json | unstash - --to copy   # pipes take the ref or the JSON";
+
+/// Keep a root tree as an OCI image: the whole tree the first time, only what changed after.
 #[derive(Debug, Parser)]
-#[command(name = "stash", version, about)]
-pub struct Cli {}
+#[allow(clippy::struct_excessive_bools)] // command-line switches
+#[command(name = "stash", version, about, after_help = EXAMPLES)]
+pub struct Cli {
+    /// The root tree to stash (e.g. a KIWI `build/image-root`).
+    #[arg(long, value_name = "DIR", required_unless_present = "list")]
+    pub root: Option<PathBuf>,
+    /// Stash name; default: the `<image name=...>` of ROOT/image/config.xml.
+    #[arg(long, value_name = "NAME")]
+    pub container_name: Option<String>,
+    /// Tag.
+    #[arg(long, default_value = "latest")]
+    pub tag: String,
+    /// The store (an OCI image layout); default: `$KIWI_STASH_HOME`, else
+    /// `/var/lib/kiwi-stash` for root, else `$XDG_DATA_HOME/kiwi-stash`.
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// List the stashes instead (and the original plugin's, from /var/tmp/kiwi-stash).
+    #[arg(long, conflicts_with_all = ["root", "container_name"])]
+    pub list: bool,
+    /// Layer compression.
+    #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd", "none"])]
+    pub compression: String,
+    /// Compression level (gzip 1-9, default 6; zstd 1-19, default 3).
+    #[arg(long, value_name = "N")]
+    pub compression_level: Option<i32>,
+    /// Compression threads (default: all cores; the output is the same at any count).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub threads: usize,
+    /// Compare file contents instead of size and mtime to find changes.
+    #[arg(long)]
+    pub checksum: bool,
+    /// Print a JSON report on stdout instead of the ref.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
 
 /// Runs `stash`.
-pub fn run(_cli: Cli) -> anyhow::Result<()> {
-    anyhow::bail!("stash: not implemented yet")
+#[allow(clippy::needless_pass_by_value)] // the signature `run_main` calls
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let log = Log {
+        quiet: cli.quiet,
+        tool: "stash",
+    };
+    let store_dir = store_path(cli.store.as_deref());
+    if cli.list {
+        return list(&store_dir, cli.json);
+    }
+    let root = cli.root.clone().expect("clap requires --root");
+    let meta = std::fs::symlink_metadata(&root)
+        .map_err(|e| Error::Usage(format!("--root {}: {e}", root.display())))?;
+    if !meta.is_dir() {
+        return Err(Error::Usage(format!("--root {}: not a directory", root.display())).into());
+    }
+    let desc_path = root.join("image/config.xml");
+    let facts = match std::fs::read(&desc_path) {
+        Ok(xml) => Some(stackcore::description::facts(
+            &xml,
+            &desc_path.display().to_string(),
+        )?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io(&desc_path, e).into()),
+    };
+    let name = match (&cli.container_name, &facts) {
+        (Some(n), _) => n.clone(),
+        (None, Some(f)) => f.name.clone().ok_or_else(|| {
+            Error::Usage(format!(
+                "{}: no <image name=...>; give --container-name NAME",
+                desc_path.display()
+            ))
+        })?,
+        (None, None) => {
+            return Err(Error::Usage(format!(
+                "{} has no image/config.xml to take the stash name from; give --container-name NAME",
+                root.display()
+            ))
+            .into());
+        }
+    };
+    if !valid_name(&name) {
+        let whence = if cli.container_name.is_some() {
+            "--container-name".to_owned()
+        } else {
+            desc_path.display().to_string()
+        };
+        return Err(Error::Usage(format!(
+            "name {name:?} (from {whence}) cannot be used as a stash name: it must match \
+             ^[0-9a-zA-Z][0-9a-zA-Z-]*[0-9a-zA-Z]$ (letters, digits and dashes, starting and \
+             ending with a letter or digit); give another with --container-name"
+        ))
+        .into());
+    }
+    if !valid_tag(&cli.tag) {
+        return Err(Error::Usage(format!(
+            "tag {:?}: must match [A-Za-z0-9_][A-Za-z0-9._-]{{0,127}}",
+            cli.tag
+        ))
+        .into());
+    }
+    let compression = Compression::parse(&cli.compression, cli.compression_level)?;
+    let store = Store::open_for_write(&store_dir)
+        .with_context(|| format!("opening store {}", store_dir.display()))?;
+    let opts = StashOptions {
+        root: root.clone(),
+        name: name.clone(),
+        tag: cli.tag.clone(),
+        author: facts.and_then(|f| f.author),
+        compression,
+        threads: cli.threads,
+        checksum: cli.checksum,
+        created: stackcore::timefmt::now_or_source_date_epoch(),
+    };
+    log.step(format_args!(
+        "stashing {} as {name}:{} into {}",
+        root.display(),
+        cli.tag,
+        store.root().display()
+    ));
+    let start = Instant::now();
+    let outcome = stash(&store, &opts).with_context(|| format!("stashing {}", root.display()))?;
+    let secs = start.elapsed().as_secs_f64();
+    if outcome.layers_added == 0 {
+        log.step(format_args!(
+            "no change since the last stash of {name}:{}: no layer added",
+            cli.tag
+        ));
+    } else if let Some(l) = &outcome.layer {
+        log.step(format_args!(
+            "added layer {} ({} bytes; {} added, {} changed, {} deleted) in {secs:.2}s",
+            l.digest, l.size, outcome.added, outcome.changed, outcome.deleted
+        ));
+    }
+    if outcome.sockets_skipped > 0 {
+        log.warn(format_args!(
+            "{} sockets left out (they cannot be stashed)",
+            outcome.sockets_skipped
+        ));
+    }
+    if outcome.mount_points > 0 {
+        log.step(format_args!(
+            "{} mount points kept as empty directories",
+            outcome.mount_points
+        ));
+    }
+    if cli.json {
+        #[derive(serde::Serialize)]
+        struct Report<'a> {
+            schema: u32,
+            #[serde(flatten)]
+            outcome: &'a stackcore::stash::StashOutcome,
+            seconds: f64,
+        }
+        print_json(&Report {
+            schema: 1,
+            outcome: &outcome,
+            seconds: secs,
+        })
+    } else {
+        print_line(&outcome.reference)
+    }
+}
+
+/// One row of `stash --list`.
+#[derive(Debug, serde::Serialize)]
+struct Row {
+    #[serde(rename = "ref")]
+    reference: String,
+    name: String,
+    tag: String,
+    digest: String,
+    size: u64,
+    layers: usize,
+    created: Option<String>,
+}
+
+fn list(store_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    if store_dir.join("oci-layout").exists() {
+        let store = Store::open(store_dir)?;
+        for desc in store.read_index()?.manifests {
+            let Some(full) = desc.ref_name().map(str::to_owned) else {
+                continue;
+            };
+            let img = Image::from_descriptor(BlobSource::Layout(store.clone()), desc, full.clone())
+                .with_context(|| format!("reading stash {full}"))?;
+            let (name, tag) = stackcore::image::split_tag(&full);
+            rows.push(Row {
+                reference: format!("oci:{}:{full}", store.root().display()),
+                name: name.to_owned(),
+                tag: tag.to_owned(),
+                digest: img.digest().to_string(),
+                size: img.size(),
+                layers: img.manifest.layers.len(),
+                created: img.config.created.clone(),
+            });
+        }
+    }
+    let legacy = legacy_stashes();
+    if json {
+        #[derive(serde::Serialize)]
+        struct Listing {
+            schema: u32,
+            store: String,
+            stashes: Vec<Row>,
+            legacy: Vec<Row>,
+        }
+        return print_json(&Listing {
+            schema: 1,
+            store: store_dir.display().to_string(),
+            stashes: rows,
+            legacy,
+        });
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "# store {}", store_dir.display());
+    table(&mut out, &rows);
+    if !legacy.is_empty() {
+        let _ = writeln!(
+            out,
+            "# kiwi-ng system stash archives ({})",
+            legacy_home().display()
+        );
+        table(&mut out, &legacy);
+    }
+    print!("{out}");
+    Ok(())
+}
+
+fn table(out: &mut String, rows: &[Row]) {
+    let _ = writeln!(
+        out,
+        "{:<40} {:<19} {:>12} {:>6}  CREATED",
+        "NAME:TAG", "DIGEST", "SIZE", "LAYERS"
+    );
+    for r in rows {
+        let short = r
+            .digest
+            .strip_prefix("sha256:")
+            .map_or(r.digest.as_str(), |h| &h[..12]);
+        let _ = writeln!(
+            out,
+            "{:<40} sha256:{short} {:>12} {:>6}  {}",
+            format!("{}:{}", r.name, r.tag),
+            r.size,
+            r.layers,
+            r.created.as_deref().unwrap_or("-")
+        );
+    }
+}
+
+/// Where the original plugin kept its stashes (`$STACKBUILD_LEGACY_STASH_HOME` overrides it,
+/// for tests and unusual setups).
+fn legacy_home() -> PathBuf {
+    std::env::var_os("STACKBUILD_LEGACY_STASH_HOME")
+        .map_or_else(|| PathBuf::from("/var/tmp/kiwi-stash"), PathBuf::from)
+}
+
+/// The original plugin's stashes: `HOME/NAME/NAME.tar` OCI archives.
+fn legacy_stashes() -> Vec<Row> {
+    let home = legacy_home();
+    let mut rows = Vec::new();
+    let Ok(dirs) = std::fs::read_dir(&home) else {
+        return rows;
+    };
+    let mut names: Vec<String> = dirs
+        .filter_map(Result::ok)
+        .map(|d| d.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in names {
+        let file = home.join(&name).join(format!("{name}.tar"));
+        if !file.is_file() {
+            continue;
+        }
+        let archive = match Archive::open(&file) {
+            Ok(a) => std::sync::Arc::new(a),
+            Err(e) => {
+                eprintln!("stash: warning: {}: {e}", file.display());
+                continue;
+            }
+        };
+        let src = BlobSource::Archive(archive);
+        let index = match src.index() {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("stash: warning: {}: {e}", file.display());
+                continue;
+            }
+        };
+        for desc in index.manifests {
+            let full = desc
+                .ref_name()
+                .map_or_else(|| format!("{name}:latest"), str::to_owned);
+            let Ok(img) = Image::from_descriptor(src.clone(), desc, full.clone()) else {
+                continue;
+            };
+            let (n, t) = stackcore::image::split_tag(&full);
+            rows.push(Row {
+                reference: format!("oci-archive:{}:{full}", file.display()),
+                name: n.to_owned(),
+                tag: t.to_owned(),
+                digest: img.digest().to_string(),
+                size: img.size(),
+                layers: img.manifest.layers.len(),
+                created: img.config.created.clone(),
+            });
+        }
+    }
+    rows
 }

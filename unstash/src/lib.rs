@@ -1,13 +1,154 @@
-//! `unstash`: see the README and `unstash --help`.
+//! `unstash`: write an image's merged root tree to a directory or as one tar stream.
 
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context as _;
 use clap::Parser;
+use stackcore::Error;
+use stackcore::apply::{unstash_to_dir, unstash_to_tar};
+use stackcore::cli::{Log, print_json, ref_arg, store_path};
+use stackcore::extract::ExtractOptions;
+use stackcore::image::{Image, ImageRef};
 
-/// Command line of `unstash`.
+const EXAMPLES: &str = "\
+Examples:
+  unstash myimage --to /tmp/root                 # a stash in the default store
+  unstash oci:/var/lib/kiwi-stash:myimage:v1 --to root
+  unstash oci-archive:/var/tmp/kiwi-stash/old/old.tar --to root
+  unstash myimage --output - | tar -tvf -        # the merged tree as one tar
+  stash --root r --json | unstash - --to copy";
+
+/// Write an image's merged root tree (every layer applied, whiteouts honoured) to a
+/// directory or a tar stream; nothing is ever written outside the target.
 #[derive(Debug, Parser)]
-#[command(name = "unstash", version, about)]
-pub struct Cli {}
+#[command(name = "unstash", version, about, after_help = EXAMPLES)]
+pub struct Cli {
+    /// The image: NAME[:TAG], oci:DIR[:NAME[:TAG]], oci-archive:FILE[:NAME[:TAG]], or - to
+    /// read a ref (or another tool's --json) from stdin.
+    #[arg(value_name = "REF")]
+    pub image: String,
+    /// Write the tree here (must not exist, or be empty); it appears only when complete.
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "output",
+        conflicts_with = "output"
+    )]
+    pub to: Option<PathBuf>,
+    /// Write the merged tree as one uncompressed tar to FILE, or - for stdout.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// The store for NAME[:TAG] refs.
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Do not restore xattrs whose names match GLOB (`*` wildcard); repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub xattrs_exclude: Vec<String>,
+    /// Print a JSON report on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
 
 /// Runs `unstash`.
-pub fn run(_cli: Cli) -> anyhow::Result<()> {
-    anyhow::bail!("unstash: not implemented yet")
+#[allow(clippy::needless_pass_by_value)] // the signature `run_main` calls
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let log = Log {
+        quiet: cli.quiet,
+        tool: "unstash",
+    };
+    let text = ref_arg(&cli.image)?;
+    let r = ImageRef::parse(&text)?;
+    let store = store_path(cli.store.as_deref());
+    let img = Image::open(&r, &store).with_context(|| format!("opening {r}"))?;
+    let digest = img.digest().clone();
+    let layers = img.manifest.layers.len();
+    let opts = ExtractOptions {
+        xattrs_exclude: cli.xattrs_exclude.clone(),
+    };
+    let start = Instant::now();
+    let outcome = if let Some(dest) = &cli.to {
+        log.step(format_args!(
+            "writing {r} ({layers} layers) to {}",
+            dest.display()
+        ));
+        unstash_to_dir(img, dest, opts)
+            .with_context(|| format!("unstashing {r} to {}", dest.display()))?
+    } else {
+        let output = cli.output.clone().expect("clap requires --to or --output");
+        if output.as_os_str() == "-" {
+            if cli.json {
+                return Err(Error::Usage("--json and --output - both want stdout".into()).into());
+            }
+            let scratch = std::env::temp_dir();
+            let mut out = std::io::stdout().lock();
+            unstash_to_tar(img, &mut out, &scratch, opts)
+                .with_context(|| format!("unstashing {r}"))?
+        } else {
+            let output = std::path::absolute(&output)?;
+            let dir = output
+                .parent()
+                .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf);
+            let (file, tmp) = stackcore::oci::store::temp_file(&dir, ".unstash-tar")?;
+            let guard = TempGuard(Some(tmp.clone()));
+            let mut w = std::io::BufWriter::new(file);
+            let outcome = unstash_to_tar(img, &mut w, &dir, opts)
+                .with_context(|| format!("unstashing {r}"))?;
+            let file = w
+                .into_inner()
+                .map_err(|e| Error::io(&tmp, e.into_error()))?;
+            file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+            std::fs::rename(&tmp, &output).map_err(|e| Error::io(&output, e))?;
+            std::mem::forget(guard);
+            outcome
+        }
+    };
+    for w in outcome.stats.warnings() {
+        log.warn(w);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    log.step(format_args!(
+        "done in {secs:.2}s: {} files, {} dirs, {} symlinks, {} hardlinks, {} bytes",
+        outcome.stats.files,
+        outcome.stats.dirs,
+        outcome.stats.symlinks,
+        outcome.stats.hardlinks,
+        outcome.stats.bytes
+    ));
+    if cli.json {
+        #[derive(serde::Serialize)]
+        struct Report<'a> {
+            schema: u32,
+            #[serde(rename = "ref")]
+            reference: String,
+            digest: String,
+            layers: usize,
+            #[serde(flatten)]
+            outcome: &'a stackcore::apply::UnstashOutcome,
+            seconds: f64,
+        }
+        print_json(&Report {
+            schema: 1,
+            reference: r.to_string(),
+            digest: digest.to_string(),
+            layers,
+            outcome: &outcome,
+            seconds: secs,
+        })?;
+    }
+    Ok(())
+}
+
+/// Removes a temp file unless forgotten.
+struct TempGuard(Option<PathBuf>);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p); // best effort: a failed run's partial output
+        }
+    }
 }

@@ -1,0 +1,13 @@
+//! Named failpoints: `STACKBUILD_FAILPOINT=NAME` makes the process abort (as `kill -9`
+//! would stop it) when it reaches `NAME`, so tests can stop a run at its dangerous moments
+//! without timing luck. Costs one environment lookup per point reached.
+
+/// Aborts the process if `STACKBUILD_FAILPOINT` names `name`.
+pub fn hit(name: &str) {
+    if let Some(v) = std::env::var_os("STACKBUILD_FAILPOINT")
+        && v == name
+    {
+        eprintln!("failpoint {name}: aborting");
+        std::process::abort();
+    }
+}

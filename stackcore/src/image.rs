@@ -1,0 +1,500 @@
+//! Image references and opening images from a store, an OCI layout or an OCI archive.
+//!
+//! | form | meaning |
+//! |---|---|
+//! | `NAME[:TAG]` | a stash in the default store (or `--store`) |
+//! | `oci:DIR[:NAME[:TAG]]` | an OCI image layout directory |
+//! | `oci-archive:FILE[:NAME[:TAG]]` | a tar of an OCI image layout (the original plugin's stashes) |
+//! | `docker://HOST[:PORT]/REPO[:TAG\|@DIGEST]` | an image in a registry |
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::digest::{Digest, VerifyReader};
+use crate::error::IoContext;
+use crate::layer::index::{LayerIndex, layer_index};
+use crate::layer::model::Model;
+use crate::layer::read::{LayerStream, open_layer};
+use crate::oci::Store;
+use crate::oci::store::read_json_blob;
+use crate::oci::types::{Descriptor, ImageConfig, Index, Manifest, host_arch, media};
+use crate::tar::{TarReader, normalize_path};
+use crate::{Error, Result};
+
+/// A parsed image reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageRef {
+    /// `NAME[:TAG]` in the store.
+    Stash {
+        /// Name (may contain `/` for pulled images, `HOST/REPO`).
+        name: String,
+        /// Tag (`latest` when not given).
+        tag: String,
+    },
+    /// `oci:DIR[:REF]`.
+    Layout {
+        /// The layout directory.
+        dir: PathBuf,
+        /// The ref name inside it, if given.
+        name: Option<String>,
+    },
+    /// `oci-archive:FILE[:REF]`.
+    Archive {
+        /// The archive.
+        file: PathBuf,
+        /// The ref name inside it, if given.
+        name: Option<String>,
+    },
+    /// `docker://HOST/REPO[:TAG|@DIGEST]`.
+    Registry(String),
+}
+
+impl ImageRef {
+    /// Parses a reference.
+    pub fn parse(s: &str) -> Result<ImageRef> {
+        let usage = |msg: &str| Error::Usage(format!("image ref {s:?}: {msg}"));
+        if let Some(rest) = s.strip_prefix("oci:") {
+            let (dir, name) = split_dir(rest);
+            if dir.is_empty() {
+                return Err(usage("no directory after oci:"));
+            }
+            return Ok(ImageRef::Layout {
+                dir: dir.into(),
+                name,
+            });
+        }
+        if let Some(rest) = s.strip_prefix("oci-archive:") {
+            let (file, name) = split_dir(rest);
+            if file.is_empty() {
+                return Err(usage("no file after oci-archive:"));
+            }
+            return Ok(ImageRef::Archive {
+                file: file.into(),
+                name,
+            });
+        }
+        if let Some(rest) = s.strip_prefix("docker://") {
+            if rest.is_empty() {
+                return Err(usage("no registry after docker://"));
+            }
+            return Ok(ImageRef::Registry(rest.to_owned()));
+        }
+        if s.is_empty() {
+            return Err(Error::Usage("empty image ref".into()));
+        }
+        if s.contains("://") {
+            return Err(usage(
+                "unknown transport (expected oci:, oci-archive: or docker://)",
+            ));
+        }
+        let (name, tag) = split_tag(s);
+        if name.is_empty() || tag.is_empty() {
+            return Err(usage("expected NAME[:TAG]"));
+        }
+        Ok(ImageRef::Stash {
+            name: name.to_owned(),
+            tag: tag.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageRef::Stash { name, tag } => write!(f, "{name}:{tag}"),
+            ImageRef::Layout { dir, name } => {
+                write!(f, "oci:{}", dir.display())?;
+                name.as_ref().map_or(Ok(()), |n| write!(f, ":{n}"))
+            }
+            ImageRef::Archive { file, name } => {
+                write!(f, "oci-archive:{}", file.display())?;
+                name.as_ref().map_or(Ok(()), |n| write!(f, ":{n}"))
+            }
+            ImageRef::Registry(r) => write!(f, "docker://{r}"),
+        }
+    }
+}
+
+/// `DIR[:REF]`: the directory ends at the first `:`, as skopeo and umoci read it.
+fn split_dir(s: &str) -> (&str, Option<String>) {
+    match s.split_once(':') {
+        Some((d, r)) if !r.is_empty() => (d, Some(r.to_owned())),
+        Some((d, _)) => (d, None),
+        None => (s, None),
+    }
+}
+
+/// `NAME[:TAG]`: the tag follows the last `:` that has no `/` after it (`HOST:PORT/REPO`
+/// has no tag).
+pub fn split_tag(s: &str) -> (&str, &str) {
+    match s.rfind(':') {
+        Some(i) if !s[i + 1..].contains('/') => (&s[..i], &s[i + 1..]),
+        _ => (s, "latest"),
+    }
+}
+
+/// Whether a SOURCE argument is a path rather than an image ref (DESIGN.md "Image
+/// references"): it starts with `/`, `./` or `../`, or names an existing path.
+pub fn is_path_arg(s: &str) -> bool {
+    s.starts_with('/')
+        || s.starts_with("./")
+        || s.starts_with("../")
+        || s == "."
+        || s == ".."
+        || Path::new(s).exists()
+}
+
+/// Where blobs come from.
+#[derive(Debug, Clone)]
+pub enum BlobSource {
+    /// An OCI layout directory (our store or another).
+    Layout(Store),
+    /// An OCI archive, read in place.
+    Archive(Arc<Archive>),
+}
+
+impl BlobSource {
+    /// Opens a blob; the reader fails at its end unless digest and size match.
+    pub fn open_blob(&self, desc: &Descriptor) -> Result<VerifyReader<Box<dyn Read + Send>>> {
+        match self {
+            BlobSource::Layout(store) => {
+                let r = store.open_blob(desc)?.into_inner();
+                Ok(VerifyReader::new(
+                    Box::new(r),
+                    desc.digest.clone(),
+                    Some(desc.size),
+                    format!("blob {}", desc.digest),
+                ))
+            }
+            BlobSource::Archive(a) => a.open_blob(desc),
+        }
+    }
+
+    fn read_json<T: serde::de::DeserializeOwned>(&self, desc: &Descriptor) -> Result<T> {
+        read_json_blob(self.open_blob(desc)?, desc)
+    }
+
+    /// The layout's `index.json`.
+    pub fn index(&self) -> Result<Index> {
+        match self {
+            BlobSource::Layout(s) => s.read_index(),
+            BlobSource::Archive(a) => a.index(),
+        }
+    }
+
+    /// The store whose cache holds layer indexes (our own layouts only).
+    pub fn cache_store(&self) -> Option<&Store> {
+        match self {
+            BlobSource::Layout(s) => Some(s),
+            BlobSource::Archive(_) => None,
+        }
+    }
+}
+
+/// An OCI archive: a plain tar of a layout, read in place by offset.
+#[derive(Debug)]
+pub struct Archive {
+    path: PathBuf,
+    files: HashMap<Vec<u8>, (u64, u64)>,
+}
+
+impl Archive {
+    /// Indexes the archive's members.
+    pub fn open(path: &Path) -> Result<Archive> {
+        let file = File::open(path).at(path)?;
+        let counter = Counting {
+            inner: io::BufReader::new(file),
+            pos: 0,
+        };
+        let mut tar = TarReader::new(counter);
+        let mut files = HashMap::new();
+        let bad = |e: io::Error| {
+            Error::Other(format!(
+                "{}: not a readable OCI archive: {e}",
+                path.display()
+            ))
+        };
+        while let Some(h) = tar.next_header().map_err(bad)? {
+            if h.entry.kind == crate::entry::Kind::File {
+                let name = normalize_path(&h.entry.path).map_err(bad)?;
+                let pos = tar_pos(&mut tar);
+                files.insert(name, (pos, h.data_size));
+            }
+        }
+        Ok(Archive {
+            path: path.to_path_buf(),
+            files,
+        })
+    }
+
+    fn member(&self, name: &str) -> Result<Box<dyn Read + Send>> {
+        let (off, len) = *self.files.get(name.as_bytes()).ok_or_else(|| {
+            Error::Other(format!("{}: no {name} in the archive", self.path.display()))
+        })?;
+        let mut f = File::open(&self.path).at(&self.path)?;
+        f.seek(SeekFrom::Start(off)).at(&self.path)?;
+        Ok(Box::new(io::BufReader::new(f).take(len)))
+    }
+
+    fn index(&self) -> Result<Index> {
+        let mut bytes = Vec::new();
+        self.member("index.json")?
+            .read_to_end(&mut bytes)
+            .at(&self.path)?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Error::Other(format!(
+                "{}: index.json: bad JSON: {e}",
+                self.path.display()
+            ))
+        })
+    }
+
+    fn open_blob(&self, desc: &Descriptor) -> Result<VerifyReader<Box<dyn Read + Send>>> {
+        let r = self.member(&format!("blobs/sha256/{}", desc.digest.hex()))?;
+        Ok(VerifyReader::new(
+            r,
+            desc.digest.clone(),
+            Some(desc.size),
+            format!("blob {}", desc.digest),
+        ))
+    }
+}
+
+struct Counting<R> {
+    inner: R,
+    pos: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+fn tar_pos<R: Read>(tar: &mut TarReader<Counting<R>>) -> u64 {
+    // After a header, the reader sits at the start of that entry's data.
+    tar.inner_pos()
+}
+
+impl<R: Read> TarReader<Counting<R>> {
+    fn inner_pos(&mut self) -> u64 {
+        self.inner_ref().pos
+    }
+}
+
+/// An opened image: its manifest, config and where its blobs are.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// Where the blobs are.
+    pub source: BlobSource,
+    /// The manifest's descriptor.
+    pub manifest_desc: Descriptor,
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The config.
+    pub config: ImageConfig,
+    /// How the user named it.
+    pub name: String,
+}
+
+impl Image {
+    /// Opens `r`; `store` is the default store for `NAME[:TAG]` refs.
+    pub fn open(r: &ImageRef, store: &Path) -> Result<Image> {
+        match r {
+            ImageRef::Stash { name, tag } => {
+                let s = Store::open(store).map_err(|e| match e {
+                    Error::Other(m) if !store.exists() => Error::Other(format!(
+                        "no stash {name}:{tag}: the store {} does not exist ({m})",
+                        store.display()
+                    )),
+                    e => e,
+                })?;
+                let full = format!("{name}:{tag}");
+                let desc = s.resolve(&full)?.ok_or_else(|| {
+                    Error::Other(format!(
+                        "no stash {full} in {} (stash --list shows what is there)",
+                        s.root().display()
+                    ))
+                })?;
+                Image::from_descriptor(BlobSource::Layout(s), desc, full)
+            }
+            ImageRef::Layout { dir, name } => {
+                let s = Store::open(dir)?;
+                let index = s.read_index()?;
+                let desc = pick(&index, name.as_deref(), &r.to_string())?;
+                Image::from_descriptor(BlobSource::Layout(s), desc, r.to_string())
+            }
+            ImageRef::Archive { file, name } => {
+                let a = Arc::new(Archive::open(file)?);
+                let src = BlobSource::Archive(a);
+                let index = src.index()?;
+                let desc = pick(&index, name.as_deref(), &r.to_string())?;
+                Image::from_descriptor(src, desc, r.to_string())
+            }
+            ImageRef::Registry(_) => Err(Error::Usage(format!(
+                "{r}: registry refs are read by pulling them into the store first (not supported yet)"
+            ))),
+        }
+    }
+
+    /// Opens the image a manifest (or image index) descriptor points at.
+    pub fn from_descriptor(source: BlobSource, desc: Descriptor, name: String) -> Result<Image> {
+        let mut desc = desc;
+        if desc.media_type == media::INDEX || desc.media_type == media::DOCKER_LIST {
+            let index: Index = source.read_json(&desc)?;
+            check_media_type(index.media_type.as_deref(), &desc)?;
+            desc = pick_platform(&index, &name)?;
+        }
+        if desc.media_type != media::MANIFEST && desc.media_type != media::DOCKER_MANIFEST {
+            return Err(Error::Other(format!(
+                "{name}: manifest media type {:?} is not supported",
+                desc.media_type
+            )));
+        }
+        let manifest: Manifest = source.read_json(&desc)?;
+        check_media_type(manifest.media_type.as_deref(), &desc)?;
+        if manifest.schema_version != 2 {
+            return Err(Error::Other(format!(
+                "{name}: manifest schema version {} not supported",
+                manifest.schema_version
+            )));
+        }
+        if manifest.config.media_type != media::CONFIG
+            && manifest.config.media_type != media::DOCKER_CONFIG
+        {
+            return Err(Error::Other(format!(
+                "{name}: config media type {:?} is not supported",
+                manifest.config.media_type
+            )));
+        }
+        let config: ImageConfig = source.read_json(&manifest.config)?;
+        if config.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(Error::Other(format!(
+                "{name}: the manifest has {} layers but the config {} diff_ids",
+                manifest.layers.len(),
+                config.rootfs.diff_ids.len()
+            )));
+        }
+        for l in &manifest.layers {
+            crate::layer::read::Decoder::new(io::empty(), &l.media_type)
+                .map_err(|e| Error::Other(format!("{name}: layer {}: {e}", l.digest)))?;
+        }
+        Ok(Image {
+            source,
+            manifest_desc: desc,
+            manifest,
+            config,
+            name,
+        })
+    }
+
+    /// Opens layer `i` as a verified tar stream.
+    pub fn open_layer(&self, i: usize) -> Result<LayerStream<Box<dyn Read + Send>>> {
+        let desc = &self.manifest.layers[i];
+        open_layer(
+            self.source.open_blob(desc)?,
+            desc,
+            Some(&self.config.rootfs.diff_ids[i]),
+        )
+    }
+
+    /// The index of layer `i` (cached in our store).
+    pub fn layer_index(&self, i: usize) -> Result<LayerIndex> {
+        let desc = &self.manifest.layers[i];
+        layer_index(self.source.cache_store(), &desc.digest, || {
+            self.open_layer(i)
+        })
+    }
+
+    /// The modelled tree of the whole image, as source number `source`.
+    pub fn model(&self, source: u32) -> Result<Model> {
+        let mut m = Model::new();
+        for i in 0..self.manifest.layers.len() {
+            let index = self.layer_index(i)?;
+            m.apply_layer(source, i as u32, &index);
+        }
+        Ok(m)
+    }
+
+    /// The sum of the layers' compressed sizes.
+    pub fn size(&self) -> u64 {
+        self.manifest.layers.iter().map(|l| l.size).sum::<u64>()
+            + self.manifest.config.size
+            + self.manifest_desc.size
+    }
+
+    /// The manifest digest.
+    pub fn digest(&self) -> &Digest {
+        &self.manifest_desc.digest
+    }
+}
+
+fn check_media_type(doc: Option<&str>, desc: &Descriptor) -> Result<()> {
+    match doc {
+        Some(m) if m != desc.media_type => Err(Error::Other(format!(
+            "blob {}: its mediaType {m:?} disagrees with its descriptor's {:?}",
+            desc.digest, desc.media_type
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn pick(index: &Index, name: Option<&str>, shown: &str) -> Result<Descriptor> {
+    let names: Vec<&str> = index
+        .manifests
+        .iter()
+        .filter_map(Descriptor::ref_name)
+        .collect();
+    match name {
+        Some(n) => {
+            let with_latest = format!("{n}:latest");
+            index
+                .manifests
+                .iter()
+                .find(|d| d.ref_name() == Some(n))
+                .or_else(|| {
+                    if n.contains(':') {
+                        None
+                    } else {
+                        index
+                            .manifests
+                            .iter()
+                            .find(|d| d.ref_name() == Some(&with_latest))
+                    }
+                })
+                .cloned()
+                .ok_or_else(|| {
+                    Error::Other(format!(
+                        "{shown}: no image named {n:?} (there are: {})",
+                        names.join(", ")
+                    ))
+                })
+        }
+        None if index.manifests.len() == 1 => Ok(index.manifests[0].clone()),
+        None => Err(Error::Usage(format!(
+            "{shown}: holds {} images; name one with :NAME:TAG (there are: {})",
+            index.manifests.len(),
+            names.join(", ")
+        ))),
+    }
+}
+
+fn pick_platform(index: &Index, name: &str) -> Result<Descriptor> {
+    let arch = host_arch();
+    index
+        .manifests
+        .iter()
+        .find(|d| {
+            d.platform
+                .as_ref()
+                .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+        })
+        .cloned()
+        .ok_or_else(|| Error::Other(format!("{name}: the image index has no linux/{arch} image")))
+}

@@ -1,0 +1,197 @@
+//! A layer's index: the list of changes it makes, without its file contents.
+//!
+//! Built by reading the layer once (every digest checked), then cached in the store under
+//! the layer's blob digest, so planning an unstash, a stack or an incremental stash does not
+//! read every layer in full each time. The cache is safe to delete, is rebuilt when missing,
+//! and is never trusted over a mismatch: it records the layer digest it describes and a
+//! checksum of its own contents, and either failing means "rebuild".
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::Digest;
+use crate::entry::{Entry, Kind, parent};
+use crate::tar::{OPAQUE, WHITEOUT_PREFIX, normalize_path};
+use crate::{Error, Result};
+
+/// One change a layer makes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// Create or replace an entry (`path` and hardlink targets normalised). Files carry the
+    /// SHA-256 of their contents.
+    Put(Entry, Option<Digest>),
+    /// `.wh.NAME`: delete this path from the layers below.
+    Whiteout(Vec<u8>),
+    /// `.wh..wh..opq`: delete everything below this directory from the layers below.
+    Opaque(Vec<u8>),
+}
+
+/// Turns a raw tar header's entry into a [`Change`]: normalises the path with chroot
+/// semantics and recognises whiteouts (a regular file named `.wh.*`). Refuses names that
+/// cannot be valid: `.wh.`, `.wh..`, `.wh...`, other `.wh..wh.*`, a non-directory at the
+/// root, a hardlink to the root.
+pub fn classify(mut e: Entry) -> io::Result<Change> {
+    let raw = e.path.clone();
+    e.path = normalize_path(&raw)?;
+    let show = || String::from_utf8_lossy(&raw).into_owned();
+    let bad = |msg: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {msg}", show()));
+    let name = e.name().to_vec();
+    if e.kind == Kind::File && name.starts_with(WHITEOUT_PREFIX) {
+        let dir = parent(&e.path).to_vec();
+        if name == OPAQUE {
+            return Ok(Change::Opaque(dir));
+        }
+        let target = &name[WHITEOUT_PREFIX.len()..];
+        if target.is_empty()
+            || target == b"."
+            || target == b".."
+            || target.starts_with(WHITEOUT_PREFIX)
+        {
+            return Err(bad("invalid whiteout name"));
+        }
+        return Ok(Change::Whiteout(crate::entry::join(&dir, target)));
+    }
+    if e.path.is_empty() && e.kind != Kind::Dir {
+        return Err(bad(&format!("a {:?} entry for the root directory", e.kind)));
+    }
+    if e.kind == Kind::Hardlink {
+        e.link = normalize_path(&e.link)?;
+        if e.link.is_empty() {
+            return Err(bad("hardlink to the root directory"));
+        }
+        if e.link == e.path {
+            return Err(bad("hardlink to itself"));
+        }
+    }
+    if e.kind == Kind::Symlink && e.link.is_empty() {
+        return Err(bad("symlink with an empty target"));
+    }
+    Ok(Change::Put(e, None))
+}
+
+/// The changes of one layer, in tar order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerIndex {
+    /// The changes.
+    pub changes: Vec<Change>,
+}
+
+impl LayerIndex {
+    /// Reads a whole layer stream (verifying it) into an index.
+    pub fn read<R: Read>(mut layer: super::read::LayerStream<R>) -> Result<LayerIndex> {
+        let digest = layer.digest.clone();
+        let err = |e: io::Error| super::read::layer_error(&digest, &e);
+        let mut changes = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut buf = vec![0u8; 256 << 10];
+        while let Some(h) = layer.tar.next_header().map_err(err)? {
+            let mut change = classify(h.entry).map_err(err)?;
+            let key = match &change {
+                Change::Put(e, _) => e.path.clone(),
+                Change::Whiteout(p) => [b"\0wh/".as_slice(), p].concat(),
+                Change::Opaque(p) => [b"\0opq/".as_slice(), p].concat(),
+            };
+            if !seen.insert(key) {
+                return Err(err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "duplicate path in one layer: {}",
+                        String::from_utf8_lossy(change_path(&change))
+                    ),
+                )));
+            }
+            if let Change::Put(e, digest) = &mut change
+                && e.kind == Kind::File
+            {
+                let mut hash = Sha256::new();
+                let mut data = layer.tar.data();
+                loop {
+                    let n = data.read(&mut buf).map_err(err)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hash.update(&buf[..n]);
+                }
+                *digest = Some(Digest::from_hash(hash.finalize().into()));
+            }
+            changes.push(change);
+        }
+        layer.finish()?;
+        Ok(LayerIndex { changes })
+    }
+
+    /// Loads the cached index of layer `digest` from `cache_dir`, if present and intact.
+    pub fn load_cached(cache_dir: &Path, digest: &Digest) -> Option<LayerIndex> {
+        let bytes = fs::read(cache_dir.join("index").join(digest.hex())).ok()?;
+        let cached: Cached = serde_json::from_slice(&bytes).ok()?;
+        if cached.layer != *digest {
+            return None;
+        }
+        let body = serde_json::to_vec(&cached.index).ok()?;
+        (Digest::of(&body) == cached.sum).then_some(cached.index)
+    }
+
+    /// Stores this index as the cached index of layer `digest`. Failing to cache is not an
+    /// error worth failing a run for: the index is rebuilt next time.
+    pub fn save_cached(&self, cache_dir: &Path, tmp_dir: &Path, digest: &Digest) {
+        let Ok(body) = serde_json::to_vec(self) else {
+            return;
+        };
+        let cached = Cached {
+            layer: digest.clone(),
+            sum: Digest::of(&body),
+            index: self.clone(),
+        };
+        let Ok(bytes) = serde_json::to_vec(&cached) else {
+            return;
+        };
+        let dir = cache_dir.join("index");
+        if fs::create_dir_all(&dir).is_ok() {
+            let _ = crate::oci::store::write_atomic(&dir.join(digest.hex()), &bytes, tmp_dir);
+        }
+    }
+}
+
+/// The path a change is about.
+pub fn change_path(c: &Change) -> &[u8] {
+    match c {
+        Change::Put(e, _) => &e.path,
+        Change::Whiteout(p) | Change::Opaque(p) => p,
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Cached {
+    layer: Digest,
+    sum: Digest,
+    index: LayerIndex,
+}
+
+/// Reads the index of an image's layer from the store's cache, or from the layer itself
+/// (then caches it). `open` opens the verified layer stream.
+pub fn layer_index<R: Read>(
+    store: Option<&crate::oci::Store>,
+    digest: &Digest,
+    open: impl FnOnce() -> Result<super::read::LayerStream<R>>,
+) -> Result<LayerIndex> {
+    if let Some(store) = store
+        && let Some(index) = LayerIndex::load_cached(&store.cache_dir(), digest)
+    {
+        return Ok(index);
+    }
+    let index = LayerIndex::read(open()?)?;
+    if let Some(store) = store {
+        index.save_cached(&store.cache_dir(), &store.tmp_dir(), digest);
+    }
+    Ok(index)
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Other(e.to_string())
+    }
+}

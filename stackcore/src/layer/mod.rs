@@ -1,0 +1,11 @@
+//! Layers: compression, reading verified streams, indexes, and the overlay model.
+
+pub mod compress;
+pub mod index;
+pub mod model;
+pub mod read;
+pub mod write;
+
+pub use compress::{Compression, Compressor};
+pub use index::{Change, LayerIndex};
+pub use model::Model;

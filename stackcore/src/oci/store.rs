@@ -1,0 +1,424 @@
+//! The OCI image-layout store: `oci-layout`, `index.json`, `blobs/sha256/`.
+//!
+//! Writers stream a blob into a temp file (hashing as they go), fsync it and rename it to its
+//! digest; `index.json` is replaced the same way under an exclusive lock, re-read under that
+//! lock, so a crash or a second writer never leaves a store that reads wrong.
+//! Our own bookkeeping (locks, temp files, caches) lives in `.stackbuild/`, which other
+//! tools ignore.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::de::DeserializeOwned;
+
+use super::types::{Descriptor, Index, OciLayout, REF_NAME};
+use crate::digest::{Digest, HashWriter, VerifyReader};
+use crate::error::IoContext;
+use crate::{Error, Result};
+
+/// JSON blobs (manifests, configs, indexes) larger than this are refused: a real one is a few KiB.
+pub const MAX_JSON_BLOB: u64 = 4 << 20;
+
+/// Our directory inside the layout.
+const OWN_DIR: &str = ".stackbuild";
+
+/// An OCI image layout directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// Where the store is when `--store` is not given: `$KIWI_STASH_HOME`, else
+/// `/var/lib/kiwi-stash` for root, else `$XDG_DATA_HOME/kiwi-stash`
+/// (`~/.local/share/kiwi-stash`).
+pub fn default_store_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("KIWI_STASH_HOME").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/var/lib/kiwi-stash");
+    }
+    if let Some(p) = std::env::var_os("XDG_DATA_HOME").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p).join("kiwi-stash");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+    PathBuf::from(home).join(".local/share/kiwi-stash")
+}
+
+impl Store {
+    /// Opens an existing layout for reading.
+    pub fn open(path: &Path) -> Result<Store> {
+        let root = absolute(path)?;
+        let layout = root.join("oci-layout");
+        let text = fs::read(&layout).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Error::Other(format!(
+                    "{}: not an OCI image layout (no oci-layout file)",
+                    root.display()
+                ))
+            } else {
+                Error::io(&layout, e)
+            }
+        })?;
+        let parsed: OciLayout = serde_json::from_slice(&text)
+            .map_err(|e| Error::Other(format!("{}: bad JSON: {e}", layout.display())))?;
+        if !parsed.image_layout_version.starts_with("1.") {
+            return Err(Error::Other(format!(
+                "{}: image layout version {} not supported",
+                layout.display(),
+                parsed.image_layout_version
+            )));
+        }
+        Ok(Store { root })
+    }
+
+    /// Opens a layout for writing, creating it when `path` is absent or an empty directory.
+    /// An existing directory that is not a layout is refused and left untouched, as is one
+    /// that the caller does not own or that others can write to.
+    pub fn open_for_write(path: &Path) -> Result<Store> {
+        let root = absolute(path)?;
+        match fs::symlink_metadata(&root) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(&root).at(&root)?;
+                fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).at(&root)?;
+                init_layout(&root)?;
+            }
+            Err(e) => return Err(Error::io(&root, e)),
+            Ok(meta) => {
+                if !meta.is_dir() {
+                    return Err(Error::Usage(format!(
+                        "store {}: exists and is not a directory",
+                        root.display()
+                    )));
+                }
+                check_writable_by_us_only(&root, &meta)?;
+                if !root.join("oci-layout").exists() {
+                    let empty = fs::read_dir(&root).at(&root)?.next().is_none();
+                    if !empty {
+                        return Err(Error::Usage(format!(
+                            "store {}: exists and is not an OCI image layout; refusing to write into it \
+                             (give --store an empty or new directory)",
+                            root.display()
+                        )));
+                    }
+                    init_layout(&root)?;
+                }
+            }
+        }
+        let store = Store::open(&root)?;
+        fs::create_dir_all(store.tmp_dir()).at(store.tmp_dir())?;
+        Ok(store)
+    }
+
+    /// The layout's directory (absolute).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The path of a blob.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// Whether the store has a blob.
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Opens a blob; the reader fails at its end unless digest and size match `desc`.
+    pub fn open_blob(&self, desc: &Descriptor) -> Result<VerifyReader<File>> {
+        let path = self.blob_path(&desc.digest);
+        let file = File::open(&path).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Error::Other(format!(
+                    "blob {} missing from {}",
+                    desc.digest,
+                    self.root.display()
+                ))
+            } else {
+                Error::io(&path, e)
+            }
+        })?;
+        let what = format!("blob {}", desc.digest);
+        Ok(VerifyReader::new(
+            file,
+            desc.digest.clone(),
+            Some(desc.size),
+            what,
+        ))
+    }
+
+    /// Reads and parses a JSON blob, verified.
+    pub fn read_json<T: DeserializeOwned>(&self, desc: &Descriptor) -> Result<T> {
+        read_json_blob(self.open_blob(desc)?, desc)
+    }
+
+    /// A writer for a new blob.
+    pub fn blob_writer(&self) -> Result<BlobWriter> {
+        BlobWriter::new(self)
+    }
+
+    /// Writes `bytes` as a blob and returns its digest.
+    pub fn write_blob(&self, bytes: &[u8]) -> Result<Digest> {
+        let digest = Digest::of(bytes);
+        if self.has_blob(&digest) {
+            return Ok(digest);
+        }
+        let mut w = self.blob_writer()?;
+        w.write_all(bytes).at(&w.tmp)?;
+        let (d, _) = w.commit()?;
+        Ok(d)
+    }
+
+    /// Reads `index.json`.
+    pub fn read_index(&self) -> Result<Index> {
+        let path = self.root.join("index.json");
+        let bytes = fs::read(&path).at(&path)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Other(format!("{}: bad JSON: {e}", path.display())))
+    }
+
+    /// The manifest descriptor tagged `name` (`NAME:TAG`), if any.
+    pub fn resolve(&self, name: &str) -> Result<Option<Descriptor>> {
+        Ok(self
+            .read_index()?
+            .manifests
+            .into_iter()
+            .find(|d| d.ref_name() == Some(name)))
+    }
+
+    /// Points `name` (`NAME:TAG`) at `manifest`, replacing what it pointed at. Takes the store
+    /// lock, re-reads `index.json` under it, and replaces the file atomically.
+    pub fn set_ref(&self, name: &str, manifest: &Descriptor) -> Result<()> {
+        self.update_index(|index| {
+            let mut desc = manifest.clone();
+            desc.annotations
+                .insert(REF_NAME.to_owned(), name.to_owned());
+            index.manifests.retain(|d| d.ref_name() != Some(name));
+            index.manifests.push(desc);
+        })
+    }
+
+    /// Removes `name` from the index; returns whether it was there.
+    pub fn remove_ref(&self, name: &str) -> Result<bool> {
+        let mut found = false;
+        self.update_index(|index| {
+            let before = index.manifests.len();
+            index.manifests.retain(|d| d.ref_name() != Some(name));
+            found = before != index.manifests.len();
+        })?;
+        Ok(found)
+    }
+
+    /// Runs `f` on the index under the store lock and writes the result atomically.
+    pub fn update_index(&self, f: impl FnOnce(&mut Index)) -> Result<()> {
+        let _lock = self.lock("store")?;
+        let mut index = self.read_index()?;
+        f(&mut index);
+        index
+            .manifests
+            .sort_by(|a, b| a.ref_name().cmp(&b.ref_name()));
+        let mut bytes = serde_json::to_vec(&index).expect("index serialises");
+        bytes.push(b'\n');
+        crate::failpoint::hit("index-before-rename");
+        write_atomic(&self.root.join("index.json"), &bytes, &self.tmp_dir())?;
+        crate::failpoint::hit("index-after-rename");
+        Ok(())
+    }
+
+    /// Takes the exclusive lock called `name` (`store` for the index, a stash name for that
+    /// stash); it is released when the guard drops.
+    pub fn lock(&self, name: &str) -> Result<Lock> {
+        let dir = self.root.join(OWN_DIR).join("locks");
+        fs::create_dir_all(&dir).at(&dir)?;
+        let path = dir.join(format!("{name}.lock"));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .at(&path)?;
+        file.lock().at(&path)?;
+        Ok(Lock { _file: file })
+    }
+
+    /// Where temp files go (same file system as the blobs, so rename works).
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join(OWN_DIR).join("tmp")
+    }
+
+    /// Where caches go: safe to delete.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.root.join(OWN_DIR).join("cache")
+    }
+}
+
+/// Parses a verified JSON blob; refuses oversized ones.
+pub fn read_json_blob<T: DeserializeOwned>(reader: impl Read, desc: &Descriptor) -> Result<T> {
+    if desc.size > MAX_JSON_BLOB {
+        return Err(Error::Other(format!(
+            "blob {}: {} bytes is too large for a {}",
+            desc.digest, desc.size, desc.media_type
+        )));
+    }
+    let mut bytes = Vec::with_capacity(desc.size as usize);
+    let mut reader = reader;
+    reader
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::Other(format!("reading {}: {e}", desc.digest)))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Error::Other(format!(
+            "blob {} ({}): bad JSON: {e}",
+            desc.digest, desc.media_type
+        ))
+    })
+}
+
+/// An exclusive lock held until drop.
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+}
+
+/// A blob being written: a temp file that becomes `blobs/sha256/<digest>` on [`commit`],
+/// and disappears on drop otherwise.
+///
+/// [`commit`]: BlobWriter::commit
+#[derive(Debug)]
+pub struct BlobWriter {
+    out: Option<HashWriter<BufWriter<File>>>,
+    tmp: PathBuf,
+    blobs: PathBuf,
+}
+
+impl BlobWriter {
+    fn new(store: &Store) -> Result<Self> {
+        let (file, tmp) = temp_file(&store.tmp_dir(), "blob")?;
+        Ok(BlobWriter {
+            out: Some(HashWriter::new(BufWriter::with_capacity(1 << 20, file))),
+            tmp,
+            blobs: store.root.join("blobs/sha256"),
+        })
+    }
+
+    /// Flushes, fsyncs and renames the blob into place; returns its digest and size.
+    pub fn commit(mut self) -> Result<(Digest, u64)> {
+        let out = self.out.take().expect("not committed twice");
+        let (buf, digest, size) = out.finish();
+        let file = buf
+            .into_inner()
+            .map_err(|e| Error::io(&self.tmp, e.into_error()))?;
+        file.sync_all().at(&self.tmp)?;
+        drop(file);
+        crate::failpoint::hit("blob-before-rename");
+        let dest = self.blobs.join(digest.hex());
+        fs::rename(&self.tmp, &dest).at(&dest)?;
+        sync_dir(&self.blobs)?;
+        crate::failpoint::hit("blob-after-rename");
+        Ok((digest, size))
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.as_mut().expect("writer open").write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.as_mut().expect("writer open").flush()
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if self.out.is_some() {
+            // Not committed: the temp file is garbage. Failing to remove it leaves a file
+            // that `stash --gc` removes later, so the error is safe to ignore.
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Creates a new temp file `DIR/PREFIX-PID-N` (`O_EXCL`), mode 0644.
+pub fn temp_file(dir: &Path, prefix: &str) -> Result<(File, PathBuf)> {
+    loop {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("{prefix}-{}-{n}", std::process::id()));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&path)
+        {
+            Ok(f) => return Ok((f, path)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+    }
+}
+
+/// Writes `bytes` to `path` through a fsynced temp file in `tmp_dir` and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8], tmp_dir: &Path) -> Result<()> {
+    fs::create_dir_all(tmp_dir).at(tmp_dir)?;
+    let (mut file, tmp) = temp_file(tmp_dir, "write")?;
+    let res = (|| {
+        file.write_all(bytes).at(&tmp)?;
+        file.sync_all().at(&tmp)?;
+        fs::rename(&tmp, path).at(path)?;
+        if let Some(parent) = path.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(())
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp); // best effort; gc removes what is left
+    }
+    res
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+fn init_layout(root: &Path) -> Result<()> {
+    let blobs = root.join("blobs/sha256");
+    fs::create_dir_all(&blobs).at(&blobs)?;
+    let tmp = root.join(OWN_DIR).join("tmp");
+    write_atomic(&root.join("index.json"), b"{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.index.v1+json\",\"manifests\":[]}\n", &tmp)?;
+    // oci-layout last: its presence is what makes the directory a layout.
+    write_atomic(
+        &root.join("oci-layout"),
+        b"{\"imageLayoutVersion\":\"1.0.0\"}\n",
+        &tmp,
+    )
+}
+
+fn check_writable_by_us_only(root: &Path, meta: &fs::Metadata) -> Result<()> {
+    let uid = rustix::process::geteuid().as_raw();
+    if meta.uid() != uid {
+        return Err(Error::Other(format!(
+            "store {}: owned by uid {}, not by you (uid {uid}); refusing to write into a store \
+             another user controls",
+            root.display(),
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(Error::Other(format!(
+            "store {}: writable by group or others (mode {:o}); refusing to write, since anyone \
+             could swap its blobs (chmod go-w it)",
+            root.display(),
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).at(path)
+}

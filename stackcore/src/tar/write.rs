@@ -1,0 +1,300 @@
+//! PAX header writer. Deterministic: the same entry always gives the same bytes.
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::Digest;
+use crate::entry::{Entry, Kind};
+use crate::{Error, Result};
+
+/// Writes a tar stream entry by entry.
+#[derive(Debug)]
+pub struct Builder<W: Write> {
+    out: W,
+    header: Vec<u8>,
+    buf: Vec<u8>,
+    /// File bytes written.
+    pub bytes: u64,
+}
+
+impl<W: Write> Builder<W> {
+    /// Writes into `out`.
+    pub fn new(out: W) -> Self {
+        Builder {
+            out,
+            header: Vec::with_capacity(4096),
+            buf: vec![0u8; 1 << 20],
+            bytes: 0,
+        }
+    }
+
+    /// Appends an entry; a regular file's contents come from `data` (exactly `e.size` bytes,
+    /// or the file changed while being read, which is an error naming it). Returns the
+    /// SHA-256 of a file's contents.
+    pub fn put(&mut self, e: &Entry, data: Option<&mut dyn Read>) -> Result<Option<Digest>> {
+        self.header.clear();
+        write_header(&mut self.header, e);
+        let err = |x: io::Error| Error::Other(format!("writing tar: {x}"));
+        self.out.write_all(&self.header).map_err(err)?;
+        if e.kind != Kind::File {
+            return Ok(None);
+        }
+        let data = data.ok_or_else(|| Error::Other("file entry without data".into()))?;
+        let show = || String::from_utf8_lossy(&e.path).into_owned();
+        let mut hash = Sha256::new();
+        let mut left = e.size;
+        while left > 0 {
+            let want = usize::try_from(left)
+                .unwrap_or(usize::MAX)
+                .min(self.buf.len());
+            let n = data
+                .read(&mut self.buf[..want])
+                .map_err(|x| Error::Other(format!("{}: {x}", show())))?;
+            if n == 0 {
+                return Err(Error::Other(format!(
+                    "{}: file shrank while being read",
+                    show()
+                )));
+            }
+            hash.update(&self.buf[..n]);
+            self.out.write_all(&self.buf[..n]).map_err(err)?;
+            left -= n as u64;
+        }
+        if data
+            .read(&mut self.buf[..1])
+            .map_err(|x| Error::Other(format!("{}: {x}", show())))?
+            != 0
+        {
+            return Err(Error::Other(format!(
+                "{}: file grew while being read",
+                show()
+            )));
+        }
+        self.out
+            .write_all(&[0u8; 512][..padding(e.size)])
+            .map_err(err)?;
+        self.bytes += e.size;
+        Ok(Some(Digest::from_hash(hash.finalize().into())))
+    }
+
+    /// Appends a whiteout marker for `path` (`.wh.NAME` in its directory).
+    pub fn whiteout(&mut self, path: &[u8]) -> Result<()> {
+        let dir = crate::entry::parent(path);
+        let name = Entry::name_of(path);
+        let mut marker = Entry::new(
+            crate::entry::join(dir, &[b".wh.".as_slice(), name].concat()),
+            Kind::File,
+        );
+        marker.mode = 0o644;
+        self.put(&marker, Some(&mut io::empty()))?;
+        Ok(())
+    }
+
+    /// Writes the end-of-archive marker and returns the writer.
+    pub fn finish(mut self) -> Result<W> {
+        self.out
+            .write_all(&END_OF_ARCHIVE)
+            .map_err(|x| Error::Other(format!("writing tar: {x}")))?;
+        Ok(self.out)
+    }
+}
+
+/// Two zero blocks end an archive.
+pub const END_OF_ARCHIVE: [u8; 1024] = [0; 1024];
+
+/// Bytes of zero padding after `size` bytes of data.
+pub fn padding(size: u64) -> usize {
+    ((512 - (size % 512)) % 512) as usize
+}
+
+const MAX_OCTAL_7: u64 = 0o7_777_777;
+const MAX_OCTAL_11: u64 = 0o77_777_777_777;
+
+/// Appends the header(s) of `e` to `out`: a PAX extended header when some field does not fit
+/// ustar (long or non-ASCII names, sub-second mtimes, large ids or sizes, xattrs), then the
+/// ustar header. Directory names get a trailing `/`; the root is `./`.
+pub fn write_header(out: &mut Vec<u8>, e: &Entry) {
+    let mut name = if e.path.is_empty() {
+        b".".to_vec()
+    } else {
+        e.path.clone()
+    };
+    if e.kind == Kind::Dir {
+        name.push(b'/');
+    }
+    let size = if e.kind == Kind::File { e.size } else { 0 };
+
+    let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let needs_pax_name = |n: &[u8]| n.len() > 100 || !n.is_ascii();
+    let binary = std::str::from_utf8(&name).is_err() || std::str::from_utf8(&e.link).is_err();
+    if binary && (needs_pax_name(&name) || needs_pax_name(&e.link)) {
+        pax.push((b"hdrcharset".to_vec(), b"BINARY".to_vec()));
+    }
+    if needs_pax_name(&name) {
+        pax.push((b"path".to_vec(), name.clone()));
+    }
+    if needs_pax_name(&e.link) {
+        pax.push((b"linkpath".to_vec(), e.link.clone()));
+    }
+    if size > MAX_OCTAL_11 {
+        pax.push((b"size".to_vec(), size.to_string().into_bytes()));
+    }
+    if e.uid > MAX_OCTAL_7 {
+        pax.push((b"uid".to_vec(), e.uid.to_string().into_bytes()));
+    }
+    if e.gid > MAX_OCTAL_7 {
+        pax.push((b"gid".to_vec(), e.gid.to_string().into_bytes()));
+    }
+    let sec_fits = (0..=MAX_OCTAL_11 as i64).contains(&e.mtime.sec);
+    if e.mtime.nsec != 0 || !sec_fits {
+        let mut v = e.mtime.sec.to_string();
+        if e.mtime.nsec != 0 {
+            let _ = write!(v, ".{:09}", e.mtime.nsec);
+        }
+        pax.push((b"mtime".to_vec(), v.into_bytes()));
+    }
+    for (k, v) in &e.xattrs {
+        let mut key = b"SCHILY.xattr.".to_vec();
+        key.extend_from_slice(k);
+        pax.push((key, v.clone()));
+    }
+
+    if !pax.is_empty() {
+        let mut body = Vec::new();
+        for (k, v) in &pax {
+            pax_record(&mut body, k, v);
+        }
+        let mut h = ustar(
+            b"PaxHeader",
+            0o644,
+            0,
+            0,
+            body.len() as u64,
+            0,
+            b'x',
+            b"",
+            0,
+            0,
+        );
+        checksum(&mut h);
+        out.extend_from_slice(&h);
+        out.extend_from_slice(&body);
+        out.resize(out.len() + padding(body.len() as u64), 0);
+    }
+
+    let typeflag = match e.kind {
+        Kind::File => b'0',
+        Kind::Hardlink => b'1',
+        Kind::Symlink => b'2',
+        Kind::Char => b'3',
+        Kind::Block => b'4',
+        Kind::Dir => b'5',
+        Kind::Fifo => b'6',
+    };
+    let short_name: &[u8] = if needs_pax_name(&name) {
+        &name[..0]
+    } else {
+        &name
+    };
+    let short_link: &[u8] = if needs_pax_name(&e.link) {
+        &e.link[..0]
+    } else {
+        &e.link
+    };
+    let mut h = ustar(
+        short_name,
+        u64::from(e.mode & 0o7777),
+        e.uid.min(MAX_OCTAL_7),
+        e.gid.min(MAX_OCTAL_7),
+        if size > MAX_OCTAL_11 { 0 } else { size },
+        if sec_fits { e.mtime.sec as u64 } else { 0 },
+        typeflag,
+        short_link,
+        e.dev_major,
+        e.dev_minor,
+    );
+    checksum(&mut h);
+    out.extend_from_slice(&h);
+}
+
+/// One PAX record: `"LEN KEY=VALUE\n"`, where LEN counts the whole record including itself.
+fn pax_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    let rest = 1 + key.len() + 1 + value.len() + 1; // ' ' key '=' value '\n'
+    let mut len = rest + 1;
+    while len != rest + len.to_string().len() {
+        len = rest + len.to_string().len();
+    }
+    out.extend_from_slice(len.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(key);
+    out.push(b'=');
+    out.extend_from_slice(value);
+    out.push(b'\n');
+}
+
+#[allow(clippy::too_many_arguments)] // the ustar header has these fields; a struct adds nothing
+fn ustar(
+    name: &[u8],
+    mode: u64,
+    uid: u64,
+    gid: u64,
+    size: u64,
+    mtime: u64,
+    typeflag: u8,
+    link: &[u8],
+    major: u32,
+    minor: u32,
+) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name);
+    octal(&mut h[100..108], mode);
+    octal(&mut h[108..116], uid);
+    octal(&mut h[116..124], gid);
+    octal(&mut h[124..136], size);
+    octal(&mut h[136..148], mtime);
+    h[156] = typeflag;
+    h[157..157 + link.len()].copy_from_slice(link);
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    if matches!(typeflag, b'3' | b'4') {
+        octal(&mut h[329..337], u64::from(major));
+        octal(&mut h[337..345], u64::from(minor));
+    }
+    h
+}
+
+/// Zero-padded octal with a NUL terminator, filling the field.
+fn octal(field: &mut [u8], v: u64) {
+    let digits = field.len() - 1;
+    let s = format!("{v:0digits$o}");
+    let s = s.as_bytes();
+    // Values that do not fit are clamped by the callers (PAX carries the real value).
+    let s = &s[s.len().saturating_sub(digits)..];
+    field[..digits].copy_from_slice(s);
+    field[digits] = 0;
+}
+
+fn checksum(h: &mut [u8; 512]) {
+    h[148..156].fill(b' ');
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    let s = format!("{sum:06o}\0 ");
+    h[148..156].copy_from_slice(s.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_record_length_counts_itself() {
+        for (k, v) in [("path", "a"), ("path", &"x".repeat(90)), ("mtime", "1.5")] {
+            let mut out = Vec::new();
+            pax_record(&mut out, k.as_bytes(), v.as_bytes());
+            let text = String::from_utf8(out.clone()).unwrap();
+            let len: usize = text.split(' ').next().unwrap().parse().unwrap();
+            assert_eq!(len, out.len(), "{text}");
+        }
+    }
+}

@@ -1,0 +1,558 @@
+//! stash and unstash: the bit-exact round trip, determinism, interop with umoci and skopeo,
+//! names, stores and listings.
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+
+use anyhow::Result;
+
+use crate::skip;
+use crate::util::{
+    DumpOpts, Workdir, assert_same, dump, dump_with, have, is_root, json, output, pipe, run,
+};
+
+/// A tree with every file kind and every kind of metadata (needs root for owners, devices
+/// and security xattrs).
+pub const RICH: &str = r"
+d . 755 0:0
+d etc 755 0:0
+f etc/passwd 644 0:0 root:x:0:0::/root:/bin/sh\n
+f etc/shadow 640 0:42 secret\n
+h etc/passwd-hardlink etc/passwd
+d etc/ssl 700 0:0
+f etc/ssl/key 400 0:0 private
+d usr 755 0:0
+d usr/bin 755 0:0
+f usr/bin/su 4755 0:0 @5000
+f usr/bin/wall 2755 0:5 @100
+f usr/bin/ping 755 0:0 @3000
+h usr/bin/ping6 usr/bin/ping
+h usr/bin/ping4 usr/bin/ping
+l usr/bin/relative ../../etc/passwd
+l absolute /etc/passwd
+l dangling does/not/exist
+d tmp 1777 0:0
+d home 755 0:0
+d home/user 750 1000:1000
+f home/user/file 600 1000:1000 user data\n
+f home/user/empty 644 1000:1000
+d lib 755 0:0
+c lib/null 666 1:3
+b lib/sda 660 8:0
+p lib/fifo 600
+d dev 755 0:0
+d proc 555 0:0
+d sys 555 0:0
+d image 755 0:0
+f image/config.xml 644 0:0 <image schemaversion='7.4' name='rich-os'><description type='system'><author>Jane Doe</author></description></image>
+x usr/bin/ping security.capability 0x0100000200200000000000000000000000000000
+x home/user/file user.comment hello
+x etc/shadow system.posix_acl_access 0x0200000001000600ffffffff02000400e803000004000400ffffffff10000400ffffffff20000000ffffffff
+x etc/ssl trusted.overlay.test value
+x . user.rootattr root
+t etc/passwd 1700000000.123456789
+t usr/bin/ping 1600000000.000000001
+t usr/bin/relative 1500000000.5
+t home/user 1400000000.999999999
+t etc 1300000000.25
+t . 1200000000.75
+t lib/fifo 1100000000.1
+";
+
+/// Adds what the text spec cannot say: long and non-UTF-8 names, a sparse file, an xattr
+/// with an empty value (which a PAX reader following POSIX strictly would take for "unset":
+/// ours keeps it, umoci and GNU tar drop it, so only the round trip through our own tools
+/// adds it).
+fn extras(root: &std::path::Path) -> Result<()> {
+    let long_dir = root.join("x".repeat(120));
+    fs::create_dir(&long_dir)?;
+    fs::write(long_dir.join("y".repeat(250)), b"long name")?;
+    let raw = std::ffi::OsStr::from_bytes(b"caf\xe9-latin1");
+    fs::write(root.join(raw), b"not utf-8")?;
+    let f = fs::File::create(root.join("sparse"))?;
+    f.set_len(64 << 20)?;
+    std::os::unix::fs::FileExt::write_at(&f, b"tail", (64 << 20) - 4)?;
+    Ok(())
+}
+
+#[test]
+fn privileged_roundtrip_every_kind_and_attribute() -> Result<()> {
+    if !is_root() {
+        skip!("needs root (owners, devices, security xattrs)");
+    }
+    let w = Workdir::new("roundtrip")?;
+    let root = w.tree("root", RICH)?;
+    extras(&root)?;
+    rustix::fs::lsetxattr(
+        root.join("usr/bin/su"),
+        "user.empty",
+        b"",
+        rustix::fs::XattrFlags::empty(),
+    )?;
+    let before = dump(&root)?;
+    let out = run(w
+        .bin("stash")
+        .args(["--store", "store", "--root", "root", "--json"]))?;
+    let report = json(&out)?;
+    assert_eq!(report["schema"], 1);
+    assert_eq!(report["name"], "rich-os");
+    assert_eq!(report["tag"], "latest");
+    let reference = report["ref"].as_str().unwrap().to_owned();
+    assert_eq!(
+        reference,
+        format!("oci:{}:rich-os:latest", w.path("store").display())
+    );
+    run(w.bin("unstash").args([&reference, "--to", "back"]))?;
+    assert_same(&before, &dump(&w.path("back"))?)?;
+    // Sparse files stay sparse on the way back out.
+    let blocks = std::os::unix::fs::MetadataExt::blocks(&fs::metadata(w.path("back/sparse"))?);
+    assert!(blocks < 64, "sparse file came back with {blocks} blocks");
+    Ok(())
+}
+
+#[test]
+fn privileged_roundtrip_through_a_pipe_and_a_tar() -> Result<()> {
+    if !is_root() {
+        skip!("needs root");
+    }
+    let w = Workdir::new("pipe")?;
+    let root = w.tree("root", RICH)?;
+    extras(&root)?;
+    let out = run(w
+        .bin("stash")
+        .args(["--store", "store", "--root", "root", "--json", "--quiet"]))?;
+    // `stash --json | unstash -`: the JSON object on stdin.
+    let piped = pipe(
+        w.bin("unstash").args(["-", "--to", "back", "--quiet"]),
+        out.as_bytes(),
+    )?;
+    assert!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    assert_same(&dump(&root)?, &dump(&w.path("back"))?)?;
+    // --output: one tar that GNU tar extracts to the same tree.
+    run(w
+        .bin("unstash")
+        .args(["rich-os", "--store", "store", "--output", "tree.tar"]))?;
+    fs::create_dir(w.path("untar"))?;
+    run(w.cmd("tar").args([
+        "--xattrs",
+        "--xattrs-include=*",
+        "--acls",
+        "--same-owner",
+        "-xpf",
+        "tree.tar",
+        "-C",
+        "untar",
+    ]))?;
+    // GNU tar keeps POSIX ACLs in SCHILY.acl.* records, not as the raw xattr we store, so it
+    // does not restore them from our tar: compare without them.
+    let no_acl = |d: String| -> String {
+        d.lines()
+            .map(|l| {
+                l.split(" xattr:system.posix_acl_access=")
+                    .next()
+                    .unwrap_or(l)
+                    .to_owned()
+                    + "\n"
+            })
+            .collect()
+    };
+    let opts = DumpOpts {
+        no_root: true,
+        ..DumpOpts::default()
+    };
+    assert_same(
+        &no_acl(dump_with(&root, opts)?),
+        &no_acl(dump_with(&w.path("untar"), opts)?),
+    )?;
+    Ok(())
+}
+
+#[test]
+fn dev_proc_sys_contents_are_left_out() -> Result<()> {
+    let w = Workdir::new("devprocsys")?;
+    let root = w.tree(
+        "root",
+        "d dev 755 0:0\nd proc 555 0:0\nd sys 555 0:0\nd etc 755 0:0\n",
+    )?;
+    let _ = root;
+    for f in ["dev/fake", "proc/1", "sys/kernel", "etc/kept"] {
+        fs::write(w.path("root").join(f), b"x")?;
+    }
+    run(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "root",
+        "--container-name",
+        "dps",
+    ]))?;
+    run(w
+        .bin("unstash")
+        .args(["dps", "--store", "store", "--to", "back"]))?;
+    for gone in ["dev/fake", "proc/1", "sys/kernel"] {
+        assert!(!w.path("back").join(gone).exists(), "{gone} was stashed");
+    }
+    for kept in ["dev", "proc", "sys", "etc/kept"] {
+        assert!(w.path("back").join(kept).exists(), "{kept} missing");
+    }
+    Ok(())
+}
+
+/// The layer digest of a small fixed tree. It changes only when the layer format does
+/// (tar headers, entry order, gzip blocks): a deliberate change updates it.
+const PINNED_LAYER: &str =
+    "sha256:76ffd94edfaef1bd3c2b67add0b71f33af30cff6e1e89c74383c11997d1ae6ab";
+
+const FIXED: &str = r"
+d . 755 0:0
+d a 755 0:0
+f a/one 644 0:0 one\n
+f a/two 600 0:0 @70000
+l a/link one
+h a/hard a/one
+d b 700 0:0
+t a/one 1000000000.5
+t a/two 1000000001
+t a/link 1000000002
+t a 1000000003
+t b 1000000004
+t . 1000000005
+";
+
+#[test]
+fn privileged_same_tree_same_digest_at_any_thread_count() -> Result<()> {
+    if !is_root() {
+        skip!("needs root (the pinned tree is owned by 0:0)");
+    }
+    let w = Workdir::new("determinism")?;
+    w.tree("root", FIXED)?;
+    let mut digests = Vec::new();
+    for (store, threads) in [("s1", "1"), ("s2", "2"), ("s3", "7")] {
+        let out = run(w.bin("stash").args([
+            "--store",
+            store,
+            "--root",
+            "root",
+            "--container-name",
+            "fixed",
+            "--threads",
+            threads,
+            "--json",
+        ]))?;
+        digests.push(json(&out)?["layer"]["digest"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(digests[0], digests[1]);
+    assert_eq!(digests[0], digests[2]);
+    assert_eq!(
+        digests[0], PINNED_LAYER,
+        "the layer format changed: update PINNED_LAYER if that was meant"
+    );
+    // zstd too.
+    let z1 = json(&run(w.bin("stash").args([
+        "--store",
+        "z1",
+        "--root",
+        "root",
+        "--container-name",
+        "fixed",
+        "--threads",
+        "1",
+        "--compression",
+        "zstd",
+        "--json",
+    ]))?)?;
+    let z2 = json(&run(w.bin("stash").args([
+        "--store",
+        "z2",
+        "--root",
+        "root",
+        "--container-name",
+        "fixed",
+        "--threads",
+        "2",
+        "--compression",
+        "zstd",
+        "--json",
+    ]))?)?;
+    assert_eq!(z1["layer"]["digest"], z2["layer"]["digest"]);
+    assert_eq!(
+        z1["layer"]["diff_id"],
+        json(&run(w.bin("stash").args([
+            "--store",
+            "s4",
+            "--root",
+            "root",
+            "--container-name",
+            "fixed",
+            "--json"
+        ]))?)?["layer"]["diff_id"]
+    );
+    // SOURCE_DATE_EPOCH makes the manifest reproducible too.
+    let m1 = json(&run(w
+        .bin("stash")
+        .args([
+            "--store",
+            "e1",
+            "--root",
+            "root",
+            "--container-name",
+            "fixed",
+            "--json",
+        ])
+        .env("SOURCE_DATE_EPOCH", "1700000000"))?)?;
+    let m2 = json(&run(w
+        .bin("stash")
+        .args([
+            "--store",
+            "e2",
+            "--root",
+            "root",
+            "--container-name",
+            "fixed",
+            "--json",
+            "--threads",
+            "1",
+        ])
+        .env("SOURCE_DATE_EPOCH", "1700000000"))?)?;
+    assert_eq!(m1["manifest"], m2["manifest"]);
+    Ok(())
+}
+
+#[test]
+fn privileged_umoci_and_skopeo_read_our_stash() -> Result<()> {
+    if !is_root() {
+        skip!("needs root");
+    }
+    if !have("umoci") || !have("skopeo") {
+        skip!("umoci or skopeo not installed (.ci/run installs them)");
+    }
+    let w = Workdir::new("interop")?;
+    let root = w.tree("root", RICH)?;
+    extras(&root)?;
+    let store = w.path("store");
+    run(w.bin("stash").args(["--store", "store", "--root", "root"]))?;
+    // umoci unpack --image STORE:NAME:TAG, as DESIGN.md promises.
+    run(w
+        .cmd("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:rich-os:latest", store.display()))
+        .arg("bundle"))?;
+    let opts = DumpOpts {
+        mtime_seconds: true,
+        no_root: false,
+        no_dir_mtime: false,
+    };
+    assert_same(
+        &dump_with(&root, opts)?,
+        &dump_with(&w.path("bundle/rootfs"), opts)?,
+    )?;
+    // skopeo inspect sees the labels the original plugin sets.
+    let inspect = json(&run(w
+        .cmd("skopeo")
+        .arg("inspect")
+        .arg(format!("oci:{}:rich-os:latest", store.display())))?)?;
+    assert_eq!(inspect["Labels"]["io.osinside.kiwi.maintainer"], "Jane Doe");
+    assert!(
+        inspect["Labels"]["io.osinside.kiwi.meta"]
+            .as_str()
+            .is_some_and(|s| s.contains("stackbuild"))
+    );
+    let config = json(&run(w
+        .cmd("skopeo")
+        .args(["inspect", "--config"])
+        .arg(format!("oci:{}:rich-os:latest", store.display())))?)?;
+    assert_eq!(config["config"]["Entrypoint"][0], "/bin/sh");
+    assert_eq!(config["history"][0]["comment"], "KIWI Root Tree Stash");
+    assert_eq!(config["history"][0]["author"], "Jane Doe");
+    // skopeo copies it to another layout and we read that back: the layout is standard.
+    run(w
+        .cmd("skopeo")
+        .args(["copy"])
+        .arg(format!("oci:{}:rich-os:latest", store.display()))
+        .arg(format!("oci:{}:copy", w.path("copied").display())))?;
+    run(w
+        .bin("unstash")
+        .arg(format!("oci:{}:copy", w.path("copied").display()))
+        .args(["--to", "back"]))?;
+    assert_same(&dump(&root)?, &dump(&w.path("back"))?)?;
+    Ok(())
+}
+
+#[test]
+fn privileged_oci_archive_of_the_original_plugin_is_readable_and_listed() -> Result<()> {
+    if !is_root() || !have("skopeo") {
+        skip!("needs root and skopeo");
+    }
+    let w = Workdir::new("legacy")?;
+    let root = w.tree("root", RICH)?;
+    run(w.bin("stash").args(["--store", "store", "--root", "root"]))?;
+    // The original keeps HOME/NAME/NAME.tar, an OCI archive written by skopeo.
+    fs::create_dir_all(w.path("legacy/old-os"))?;
+    run(w
+        .cmd("skopeo")
+        .arg("copy")
+        .arg(format!("oci:{}:rich-os:latest", w.path("store").display()))
+        .arg(format!(
+            "oci-archive:{}:old-os:latest",
+            w.path("legacy/old-os/old-os.tar").display()
+        )))?;
+    let listing = run(w
+        .bin("stash")
+        .args(["--list", "--store", "store"])
+        .env("STACKBUILD_LEGACY_STASH_HOME", w.path("legacy")))?;
+    assert!(listing.contains("rich-os:latest"), "{listing}");
+    assert!(
+        listing.contains("kiwi-ng system stash archives"),
+        "{listing}"
+    );
+    assert!(listing.contains("old-os:latest"), "{listing}");
+    let listed = json(&run(w
+        .bin("stash")
+        .args(["--list", "--store", "store", "--json"])
+        .env("STACKBUILD_LEGACY_STASH_HOME", w.path("legacy")))?)?;
+    assert_eq!(listed["stashes"][0]["layers"], 1);
+    assert_eq!(listed["legacy"][0]["name"], "old-os");
+    let legacy_ref = listed["legacy"][0]["ref"].as_str().unwrap().to_owned();
+    run(w.bin("unstash").args([&legacy_ref, "--to", "back"]))?;
+    assert_same(&dump(&root)?, &dump(&w.path("back"))?)?;
+    Ok(())
+}
+
+#[test]
+fn names_tags_and_descriptions() -> Result<()> {
+    let w = Workdir::new("names")?;
+    w.tree("root", "d etc 755 0:0\n")?;
+    // No description and no --container-name: say how to fix it.
+    let out = output(w.bin("stash").args(["--store", "store", "--root", "root"]))?;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--container-name"), "{err}");
+    assert!(
+        !w.path("store").exists(),
+        "a refused stash created the store"
+    );
+    // An invalid name quotes the rule.
+    let out = output(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "root",
+        "--container-name=-bad",
+    ]))?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("^[0-9a-zA-Z][0-9a-zA-Z-]*[0-9a-zA-Z]$"));
+    // The name comes from the description; an invalid one there is named too.
+    fs::create_dir_all(w.path("root/image"))?;
+    fs::write(
+        w.path("root/image/config.xml"),
+        "<image schemaversion='7.4' name='my_os'><description><author>x</author></description></image>",
+    )?;
+    let out = output(w.bin("stash").args(["--store", "store", "--root", "root"]))?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("image/config.xml"));
+    let ok = run(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "root",
+        "--container-name",
+        "my-os",
+        "--tag",
+        "v1.2",
+    ]))?;
+    assert_eq!(
+        ok.trim(),
+        format!("oci:{}:my-os:v1.2", w.path("store").display())
+    );
+    // A missing --root.
+    let out = output(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "nope",
+        "--container-name",
+        "x1",
+    ]))?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+    Ok(())
+}
+
+#[test]
+fn a_store_that_is_not_a_layout_is_refused_and_untouched() -> Result<()> {
+    let w = Workdir::new("badstore")?;
+    w.tree("root", "d etc 755 0:0\n")?;
+    fs::create_dir(w.path("notastore"))?;
+    fs::write(w.path("notastore/precious"), b"keep me")?;
+    let out = output(w.bin("stash").args([
+        "--store",
+        "notastore",
+        "--root",
+        "root",
+        "--container-name",
+        "abc",
+    ]))?;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an OCI image layout"));
+    let names: Vec<_> = fs::read_dir(w.path("notastore"))?
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("precious")]);
+    // A world-writable store is refused for writing.
+    run(w.bin("stash").args([
+        "--store",
+        "open",
+        "--root",
+        "root",
+        "--container-name",
+        "abc",
+    ]))?;
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut fs::metadata(w.path("open"))?.permissions(),
+        0o777,
+    );
+    fs::set_permissions(
+        w.path("open"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )?;
+    let out = output(w.bin("stash").args([
+        "--store",
+        "open",
+        "--root",
+        "root",
+        "--container-name",
+        "abc",
+    ]))?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("writable by group or others"));
+    Ok(())
+}
+
+#[test]
+fn default_store_comes_from_kiwi_stash_home() -> Result<()> {
+    let w = Workdir::new("home")?;
+    w.tree("root", "d etc 755 0:0\n")?;
+    let home = w.path("stashes");
+    let out = run(w
+        .bin("stash")
+        .args(["--root", "root", "--container-name", "envy"])
+        .env("KIWI_STASH_HOME", &home))?;
+    assert_eq!(out.trim(), format!("oci:{}:envy:latest", home.display()));
+    let listing = run(w.bin("stash").arg("--list").env("KIWI_STASH_HOME", &home))?;
+    assert!(listing.contains("envy:latest"));
+    run(w
+        .bin("unstash")
+        .args(["envy", "--to", "back"])
+        .env("KIWI_STASH_HOME", &home))?;
+    assert!(w.path("back/etc").is_dir());
+    Ok(())
+}
