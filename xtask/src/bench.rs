@@ -21,7 +21,11 @@ pub struct BenchArgs {
     pub rounds: usize,
 }
 
-fn time(mut setup: impl FnMut() -> Result<()>, mut c: impl FnMut() -> Command, rounds: usize) -> Result<f64> {
+fn time(
+    mut setup: impl FnMut() -> Result<()>,
+    mut c: impl FnMut() -> Command,
+    rounds: usize,
+) -> Result<f64> {
     let mut secs = Vec::new();
     for _ in 0..rounds {
         setup()?;
@@ -56,7 +60,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         },
         || {
             let mut c = Command::new(bin("stash"));
-            c.arg("--quiet").arg("--store").arg(&store).arg("--root").arg(&tree).args(["--container-name", "bench"]);
+            c.arg("--quiet")
+                .arg("--store")
+                .arg(&store)
+                .arg("--root")
+                .arg(&tree)
+                .args(["--container-name", "bench"]);
             c
         },
         args.rounds,
@@ -73,7 +82,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         },
         args.rounds,
     )?;
-    println!("{:<44} {:>9} {:>9} {:>7}", "task", "ours s", "anchor s", "ratio");
-    println!("{:<44} {stash:>9.2} {anchor:>9.2} {:>7.2}", "stash (gzip) vs tar | pigz | sha256sum", stash / anchor);
+    println!(
+        "{:<44} {:>9} {:>9} {:>7}",
+        "task", "ours s", "anchor s", "ratio"
+    );
+    println!(
+        "{:<44} {stash:>9.2} {anchor:>9.2} {:>7.2}",
+        "stash (gzip) vs tar | pigz | sha256sum",
+        stash / anchor
+    );
     Ok(())
 }

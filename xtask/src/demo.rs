@@ -14,7 +14,10 @@ fn bin(name: &str) -> Command {
 
 /// Runs one of our tools, shows the command, returns its stdout.
 fn tool(c: &mut Command) -> Result<String> {
-    eprintln!("\n$ {}", super::show(c).replace(&root().display().to_string(), "."));
+    eprintln!(
+        "\n$ {}",
+        super::show(c).replace(&root().display().to_string(), ".")
+    );
     let out = c.output().with_context(|| "running a tool")?;
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -72,19 +75,52 @@ pub fn run() -> Result<()> {
     fs::hard_link(base.join("usr/bin/hello"), base.join("usr/bin/hello-again"))?;
 
     eprintln!("# 1. stash a root tree (the whole tree: the first layer)");
-    let r = tool(bin("stash").arg("--store").arg(&store).arg("--root").arg(&base))?;
+    let r = tool(
+        bin("stash")
+            .arg("--store")
+            .arg(&store)
+            .arg("--root")
+            .arg(&base),
+    )?;
     eprintln!("\n# 2. change it and stash again: only the difference becomes a layer");
     fs::write(base.join("etc/hostname"), "demo-2\n")?;
     fs::remove_file(base.join("var/lib/state"))?;
     fs::write(base.join("etc/motd"), "welcome\n")?;
-    tool(bin("stash").arg("--store").arg(&store).arg("--root").arg(&base).arg("--json"))?;
+    tool(
+        bin("stash")
+            .arg("--store")
+            .arg(&store)
+            .arg("--root")
+            .arg(&base)
+            .arg("--json"),
+    )?;
     eprintln!("\n# 3. stash again without a change: no layer, same ref");
-    tool(bin("stash").arg("--store").arg(&store).arg("--root").arg(&base))?;
+    tool(
+        bin("stash")
+            .arg("--store")
+            .arg(&store)
+            .arg("--root")
+            .arg(&base),
+    )?;
 
     let extra = work.join("extra-root");
-    sample_root(&extra, "demo-extra", &[("etc/motd", "extra says hi\n"), ("opt/extra/tool", "#!/bin/sh\n")])?;
+    sample_root(
+        &extra,
+        "demo-extra",
+        &[
+            ("etc/motd", "extra says hi\n"),
+            ("opt/extra/tool", "#!/bin/sh\n"),
+        ],
+    )?;
     eprintln!("\n# 4. a second stash with a description of its own");
-    tool(bin("stash").arg("--store").arg(&store).arg("--root").arg(&extra).args(["--tag", "v1"]))?;
+    tool(
+        bin("stash")
+            .arg("--store")
+            .arg(&store)
+            .arg("--root")
+            .arg(&extra)
+            .args(["--tag", "v1"]),
+    )?;
 
     eprintln!("\n# 5. list the store");
     tool(bin("stash").arg("--list").arg("--store").arg(&store))?;
@@ -96,7 +132,11 @@ pub fn run() -> Result<()> {
     if hostname != "demo-2\n" || out.join("var/lib/state").exists() {
         bail!("the unstashed tree is not the stashed one");
     }
-    eprintln!("unstashed tree in {}: etc/hostname = {}", out.display(), hostname.trim());
+    eprintln!(
+        "unstashed tree in {}: etc/hostname = {}",
+        out.display(),
+        hostname.trim()
+    );
 
     eprintln!("\n# done: store {}", store.display());
     Ok(())

@@ -54,7 +54,10 @@ fn main() -> ExitCode {
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// `$CARGO`, else `cargo`.
@@ -85,9 +88,19 @@ fn show(c: &Command) -> String {
 
 fn ci() -> Result<()> {
     sh(cargo().args(["fmt", "--all", "--check"]))?;
-    sh(cargo().args(["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"]))?;
+    sh(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     test()?;
-    sh(cargo().args(["doc", "--workspace", "--no-deps", "--all-features"]).env("RUSTDOCFLAGS", "-D warnings"))?;
+    sh(cargo()
+        .args(["doc", "--workspace", "--no-deps", "--all-features"])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
     Ok(())
 }
 
@@ -118,7 +131,11 @@ fn dist() -> Result<()> {
         let mut page = Vec::new();
         clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
         std::fs::write(man.join(format!("{name}.1")), page)?;
-        for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
             clap_complete::generate_to(shell, &mut cmd, &name, &comp)?;
         }
     }
@@ -126,6 +143,9 @@ fn dist() -> Result<()> {
     for b in ["stash", "unstash", "stackmerge", "kiwimerge", "stackbuild"] {
         std::fs::copy(root().join("target/release").join(b), dist.join(b))?;
     }
-    eprintln!("xtask: man pages, completions and binaries in {}", dist.display());
+    eprintln!(
+        "xtask: man pages, completions and binaries in {}",
+        dist.display()
+    );
     Ok(())
 }
