@@ -3,5 +3,6 @@
 
 mod util;
 
+mod incremental;
 mod kiwimerge;
 mod stash;
