@@ -78,14 +78,11 @@ pub struct Cli {
     /// Skip the lints (warnings about directives are still printed).
     #[arg(long)]
     pub no_lint: bool,
-}
 
-/// Whether `arg` names a path rather than an image reference.
-fn is_path(arg: &str) -> bool {
-    arg.starts_with('/')
-        || arg.starts_with("./")
-        || arg.starts_with("../")
-        || Path::new(arg).exists()
+    /// The store for `NAME[:TAG]` refs (BASE or OVERLAY may be an image: its
+    /// `image/config.xml` is read without unpacking the image).
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
 }
 
 /// The description file for `path`: the file itself, or the one kiwi would pick in a
@@ -113,11 +110,9 @@ fn find_description(path: &Path) -> stackcore::Result<PathBuf> {
     })
 }
 
-fn load(arg: &str) -> stackcore::Result<Description> {
-    if !is_path(arg) {
-        return Err(Error::Usage(format!(
-            "{arg}: no such file or directory, and image refs are not supported yet"
-        )));
+fn load(arg: &str, store: &Path) -> stackcore::Result<Description> {
+    if !stackcore::image::is_path_arg(arg) {
+        return load_from_image(arg, store);
     }
     let file = find_description(Path::new(arg))?;
     let bytes =
@@ -130,6 +125,19 @@ fn load(arg: &str) -> stackcore::Result<Description> {
         }
     });
     kiwi::load_description(&bytes, &file.display().to_string(), dir)
+}
+
+/// Reads `image/config.xml` from an image (the one layer that holds it, not the whole tree).
+/// An image that cannot be opened or has no description is unusable input: exit 2.
+fn load_from_image(arg: &str, store: &Path) -> stackcore::Result<Description> {
+    let r = stackcore::image::ImageRef::parse(arg)?;
+    let img = stackcore::image::Image::open(&r, store)
+        .map_err(|e| Error::Usage(format!("{arg}: {e}")))?;
+    let bytes = img
+        .read_file(b"image/config.xml", 16 << 20)
+        .map_err(|e| Error::Usage(format!("{arg}: {e}")))?
+        .ok_or_else(|| Error::Usage(format!("{arg}: the image has no image/config.xml")))?;
+    kiwi::load_description(&bytes, &format!("{arg}:image/config.xml"), None)
 }
 
 /// Writes `data` to `path` via a temporary file in the same directory and a rename, so a
@@ -165,11 +173,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .map(str::parse::<Version>)
         .transpose()
         .context("--schema-version")?;
-    let base = load(&cli.base)?;
+    let store = stackcore::cli::store_path(cli.store.as_deref());
+    let base = load(&cli.base, &store)?;
     let overlays = cli
         .overlays
         .iter()
-        .map(|o| load(o))
+        .map(|o| load(o, &store))
         .collect::<stackcore::Result<Vec<_>>>()?;
     let opts = MergeOptions {
         schema_version,
