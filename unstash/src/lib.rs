@@ -28,9 +28,9 @@ Examples:
 #[derive(Debug, Parser)]
 #[command(name = "unstash", version, about, after_help = EXAMPLES)]
 pub struct Cli {
-    /// The image: NAME[:TAG], oci:DIR[:NAME[:TAG]], oci-archive:FILE[:NAME[:TAG]],
-    /// docker://HOST[:PORT]/REPO[:TAG|@DIGEST] (pulled into the store first, kept as
-    /// HOST/REPO:TAG), or - to read a ref (or another tool's --json) from stdin.
+    /// The image: `NAME[:TAG]`, `oci:DIR[:NAME[:TAG]]`, `oci-archive:FILE[:NAME[:TAG]]`,
+    /// `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]` (pulled into the store first, kept as
+    /// `HOST/REPO:TAG`), or `-` to read a ref (or another tool's --json) from stdin.
     #[arg(value_name = "REF")]
     pub image: String,
     /// Write the tree here (must not exist, or be empty); it appears only when complete.
@@ -67,6 +67,7 @@ pub struct Cli {
 }
 
 /// Runs `unstash`.
+#[allow(clippy::needless_pass_by_value)] // the signature `run_main` calls
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let log = Log {
         quiet: cli.quiet,
