@@ -56,7 +56,7 @@ pub struct Cli {
     /// Compare file contents instead of size and mtime to find changes.
     #[arg(long)]
     pub checksum: bool,
-    /// Push the stash to a registry: docker://HOST[:PORT]/REPO[:TAG]. With --root, the stash
+    /// Push the stash to a registry: `docker://HOST[:PORT]/REPO[:TAG]`. With --root, the stash
     /// just made; without, the existing stash --container-name NAME --tag TAG.
     #[arg(long, value_name = "DEST", conflicts_with = "list")]
     pub push: Option<String>,

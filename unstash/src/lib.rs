@@ -44,7 +44,7 @@ pub struct Cli {
     /// Write the merged tree as one uncompressed tar to FILE, or - for stdout.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// The store for NAME[:TAG] refs, and where docker:// refs are pulled to.
+    /// The store for `NAME[:TAG]` refs, and where `docker://` refs are pulled to.
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
     /// Verify registry TLS certificates against the system's CA roots; false speaks plain

@@ -234,7 +234,9 @@ mod tests {
 
     #[test]
     fn parses_challenges() {
-        let table: &[(&str, &[(&str, &[(&str, &str)])])] = &[
+        // header, then each challenge's scheme and parameters
+        type Row<'a> = (&'a str, &'a [(&'a str, &'a [(&'a str, &'a str)])]);
+        let table: &[Row] = &[
             (
                 r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/debian:pull""#,
                 &[(

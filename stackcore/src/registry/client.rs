@@ -1,6 +1,7 @@
 //! The HTTP side: one client per registry repository, with auth (anonymous, Basic, Bearer
 //! tokens), bounded retries with backoff, and registry errors turned into one clear line.
 
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -71,10 +72,10 @@ impl Client {
             .tls_config(tls)
             .user_agent(concat!("stackbuild/", env!("CARGO_PKG_VERSION")))
             .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_secs(300)))
+            .timeout_recv_response(Some(Duration::from_mins(5)))
             // A stalled transfer is a dropped connection: retried, not waited on forever.
-            .timeout_per_read(Some(Duration::from_secs(120)))
-            .timeout_per_write(Some(Duration::from_secs(120)))
+            .timeout_per_read(Some(Duration::from_mins(2)))
+            .timeout_per_write(Some(Duration::from_mins(2)))
             .max_redirects(5)
             .build()
             .into();
@@ -225,6 +226,11 @@ impl Client {
     /// Gets a Bearer token from the challenge's realm, for our scopes and the challenge's,
     /// with our Basic credentials when we have some (anonymous otherwise).
     fn fetch_token(&mut self, c: &Challenge) -> Result<String> {
+        #[derive(serde::Deserialize)]
+        struct Token {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
         let realm = c.params.get("realm").ok_or_else(|| {
             self.error(
                 Some(401),
@@ -296,11 +302,6 @@ impl Client {
                 Some(status),
                 format!("token from {realm}: {msg} (HTTP {status})"),
             ));
-        }
-        #[derive(serde::Deserialize)]
-        struct Token {
-            token: Option<String>,
-            access_token: Option<String>,
         }
         let t: Token = resp
             .body_mut()
@@ -473,7 +474,7 @@ pub(crate) fn percent_encode(s: &str) -> String {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let _ = write!(out, "%{b:02X}"); // writing to a String cannot fail
         }
     }
     out

@@ -3,7 +3,7 @@
 //!
 //! | module | what it owns |
 //! |---|---|
-//! | [`reference`] | `docker://HOST[:PORT]/REPO[:TAG\|@DIGEST]` |
+//! | [`reference`](mod@reference) | `docker://HOST[:PORT]/REPO[:TAG\|@DIGEST]` |
 //! | [`platform`] | `--platform os/arch[/variant]`, picking from an image index |
 //! | `auth` | auth files and `WWW-Authenticate` challenges (feature `registry`) |
 //! | `client` | the HTTP client: auth, retries, registry error messages (feature `registry`) |

@@ -118,6 +118,7 @@ impl RegistryRef {
     }
 
     /// The same repository, with another tag and no digest.
+    #[must_use]
     pub fn with_tag(&self, tag: &str) -> RegistryRef {
         RegistryRef {
             tag: Some(tag.to_owned()),
@@ -203,9 +204,9 @@ mod tests {
 
     #[test]
     fn parses_the_forms_clients_accept() -> Result<()> {
-        let d = "sha256:".to_owned() + &"ab".repeat(32);
-        let table: &[(&str, &str, &str, Option<&str>, bool, &str)] = &[
-            // input, host, repo, tag, has digest, ref name
+        // input, host, repo, tag, has digest, ref name
+        type Row<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, bool, &'a str);
+        let table: &[Row] = &[
             (
                 "docker://127.0.0.1:5000/ns/x:v1",
                 "127.0.0.1:5000",
@@ -271,6 +272,7 @@ mod tests {
             assert_eq!(r.digest.is_some(), has_digest, "{input}");
             assert_eq!(r.ref_name(), name, "{input}");
         }
+        let d = "sha256:".to_owned() + &"ab".repeat(32);
         let by_digest = RegistryRef::parse(&format!("h.io:1/x@{d}"))?;
         assert_eq!(by_digest.reference(), d);
         assert_eq!(by_digest.ref_name(), format!("h.io:1/x@{d}"));
