@@ -656,3 +656,143 @@ fn registry_refs_and_flags_are_checked_before_any_network() -> Result<()> {
     assert!(!w.path("out").exists());
     Ok(())
 }
+
+/// How a [`Flaky`] proxy fails the connections it fails.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Reads the request, then closes without a word (a dropped connection).
+    Drop,
+    /// Answers `503 Service Unavailable`.
+    Unavailable,
+}
+
+/// A TCP proxy in front of the registry that fails the first `failures` connections, then
+/// forwards the rest: the registry stays real, only the network misbehaves.
+struct Flaky {
+    port: u16,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Flaky {
+    fn start(target: u16, failures: usize, fault: Fault) -> Result<Flaky> {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        listener.set_nonblocking(true)?;
+        let connections = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, halt) = (connections.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !halt.load(Ordering::Relaxed) {
+                let Ok((mut client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let n = count.fetch_add(1, Ordering::Relaxed);
+                if n < failures {
+                    let mut buf = [0u8; 4096];
+                    let _ = client.read(&mut buf);
+                    if let Fault::Unavailable = fault {
+                        let _ = client.write_all(
+                            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        );
+                    }
+                    continue; // dropped here
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let (mut c2, mut s2) = match (client.try_clone(), server.try_clone()) {
+                    (Ok(c), Ok(s)) => (c, s),
+                    _ => continue,
+                };
+                let (mut client, mut server) = (client, server);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client, &mut server);
+                    let _ = server.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Ok(Flaky {
+            port,
+            connections,
+            stop,
+        })
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Flaky {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn registry_dropped_connections_and_503s_are_retried_then_given_up() -> Result<()> {
+    need_registry!();
+    let w = Workdir::new("registry-retry")?;
+    let reg = Registry::start(&w, "reg", None)?;
+    plain_tree(&w, "root")?;
+    let before = dump(&w.path("root"))?;
+    // Pushed through a proxy that drops the first two connections: the push retries.
+    let flaky = Flaky::start(reg.port, 2, Fault::Drop)?;
+    let dest = format!("docker://127.0.0.1:{}/ns/x:latest", flaky.port);
+    let report = json(&run(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "root",
+        "--container-name",
+        "plain",
+        "--push",
+        &dest,
+        "--tls-verify=false",
+        "--json",
+        "--quiet",
+    ]))?)?;
+    assert_eq!(report["pushed"]["blobs_uploaded"], 2, "{report}");
+    assert!(flaky.connections() > 2);
+    // Pulled through one that answers 503 three times: the pull retries.
+    let flaky = Flaky::start(reg.port, 3, Fault::Unavailable)?;
+    let src = format!("docker://127.0.0.1:{}/ns/x:latest", flaky.port);
+    run(w.bin("unstash").args([
+        &src,
+        "--tls-verify=false",
+        "--store",
+        "pulled",
+        "--to",
+        "back",
+        "--quiet",
+    ]))?;
+    assert_same(&before, &dump(&w.path("back"))?)?;
+    // A registry that never recovers: bounded attempts, then one line with the status.
+    let flaky = Flaky::start(reg.port, usize::MAX, Fault::Unavailable)?;
+    let src = format!("docker://127.0.0.1:{}/ns/x:latest", flaky.port);
+    let started = Instant::now();
+    let o = output(w.bin("unstash").args([
+        &src,
+        "--tls-verify=false",
+        "--store",
+        "pulled2",
+        "--to",
+        "back2",
+        "--quiet",
+    ]))?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("(HTTP 503)"), "{err}");
+    assert_eq!(flaky.connections(), 5, "5 attempts, then give up");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    Ok(())
+}
