@@ -796,3 +796,57 @@ fn registry_dropped_connections_and_503s_are_retried_then_given_up() -> Result<(
     assert!(started.elapsed() < Duration::from_secs(30));
     Ok(())
 }
+
+#[test]
+fn registry_damaged_blob_is_refused_and_nothing_is_named() -> Result<()> {
+    need_registry!();
+    let w = Workdir::new("registry-damaged")?;
+    let reg = Registry::start(&w, "reg", None)?;
+    plain_tree(&w, "root")?;
+    let dest = reg.url("ns/x:latest");
+    let report = json(&run(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "root",
+        "--container-name",
+        "plain",
+        "--push",
+        &dest,
+        "--tls-verify=false",
+        "--json",
+        "--quiet",
+    ]))?)?;
+    // Flip one byte of the layer where the registry keeps it (it serves what it has).
+    let layer = report["layer"]["digest"].as_str().context("layer")?;
+    let hex = layer.trim_start_matches("sha256:");
+    let data = w.path(&format!(
+        "reg-data/docker/registry/v2/blobs/sha256/{}/{hex}/data",
+        &hex[..2]
+    ));
+    let mut bytes = fs::read(&data).with_context(|| format!("{}", data.display()))?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&data, &bytes)?;
+    let o = output(w.bin("unstash").args([
+        &dest,
+        "--tls-verify=false",
+        "--store",
+        "pulled",
+        "--to",
+        "back",
+        "--quiet",
+    ]))?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("blob {layer}: content has digest")),
+        "{err}"
+    );
+    // Nothing under the layer's digest, no name for the image, no tree.
+    assert!(!w.path(&format!("pulled/blobs/sha256/{hex}")).exists());
+    let index = fs::read_to_string(w.path("pulled/index.json"))?;
+    assert!(!index.contains("ns/x"), "{index}");
+    assert!(!w.path("back").exists());
+    Ok(())
+}
