@@ -26,17 +26,25 @@ struct Registry {
 }
 
 impl Registry {
-    /// Starts a registry storing under `w/NAME-data`; `htpasswd` turns on Basic auth.
-    fn start(w: &Workdir, name: &str, htpasswd: Option<&Path>) -> Result<Registry> {
+    /// Starts a registry storing under `w/NAME-data`, with no auth.
+    fn start(w: &Workdir, name: &str) -> Result<Registry> {
+        Registry::start_with(w, name, "")
+    }
+
+    /// Starts a registry with htpasswd (Basic) auth.
+    fn start_htpasswd(w: &Workdir, name: &str, htpasswd: &Path) -> Result<Registry> {
+        let auth = format!(
+            "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
+            htpasswd.display()
+        );
+        Registry::start_with(w, name, &auth)
+    }
+
+    /// Starts a registry with `auth` (a YAML `auth:` section, or nothing).
+    fn start_with(w: &Workdir, name: &str, auth: &str) -> Result<Registry> {
         // A free port: bind port 0, note what the kernel gave, let it go.
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let data = w.path(&format!("{name}-data"));
-        let auth = htpasswd.map_or_else(String::new, |p| {
-            format!(
-                "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
-                p.display()
-            )
-        });
         let config = format!(
             "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
              delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
@@ -122,7 +130,23 @@ macro_rules! need_registry {
 }
 
 fn b64(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    b64_with(
+        bytes,
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+        true,
+    )
+}
+
+/// base64url without padding, as JWTs use.
+fn b64url(bytes: &[u8]) -> String {
+    b64_with(
+        bytes,
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
+        false,
+    )
+}
+
+fn b64_with(bytes: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
         let b = [
@@ -133,8 +157,8 @@ fn b64(bytes: &[u8]) -> String {
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
+                out.push(alphabet[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else if pad {
                 out.push('=');
             }
         }
@@ -188,7 +212,7 @@ fn privileged_registry_push_inspect_pull_every_attribute() -> Result<()> {
         skip!("needs root (owners, devices, security xattrs)");
     }
     let w = Workdir::new("registry-roundtrip")?;
-    let reg = Registry::start(&w, "reg", None)?;
+    let reg = Registry::start(&w, "reg")?;
     let root = w.tree("root", RICH)?;
     extras(&root)?;
     let before = dump(&root)?;
@@ -251,7 +275,7 @@ fn privileged_registry_push_inspect_pull_every_attribute() -> Result<()> {
 fn registry_pull_keeps_the_image_under_its_registry_name_and_dedups() -> Result<()> {
     need_registry!();
     let w = Workdir::new("registry-pull")?;
-    let reg = Registry::start(&w, "reg", None)?;
+    let reg = Registry::start(&w, "reg")?;
     plain_tree(&w, "root")?;
     let before = dump(&w.path("root"))?;
     let dest = reg.url("ns/x:v1");
@@ -347,7 +371,7 @@ fn registry_pull_keeps_the_image_under_its_registry_name_and_dedups() -> Result<
 fn registry_second_tag_and_second_repo_upload_no_blob_twice() -> Result<()> {
     need_registry!();
     let w = Workdir::new("registry-dedup")?;
-    let reg = Registry::start(&w, "reg", None)?;
+    let reg = Registry::start(&w, "reg")?;
     plain_tree(&w, "root")?;
     let stash = |extra: &[&str]| -> Result<Value> {
         let mut c = w.bin("stash");
@@ -412,7 +436,7 @@ fn registry_basic_auth_with_credentials_from_an_auth_file() -> Result<()> {
     let w = Workdir::new("registry-auth")?;
     let line = run(w.cmd("htpasswd").args(["-Bbn", "builder", "s3cret pass"]))?;
     fs::write(w.path("htpasswd"), line.trim())?;
-    let reg = Registry::start(&w, "reg", Some(&w.path("htpasswd")))?;
+    let reg = Registry::start_htpasswd(&w, "reg", &w.path("htpasswd"))?;
     plain_tree(&w, "root")?;
     let before = dump(&w.path("root"))?;
     let good = w.path("auth.json");
@@ -498,7 +522,7 @@ fn registry_image_index_picks_the_platform() -> Result<()> {
         skip!("skopeo not installed (needed to push an image index)");
     }
     let w = Workdir::new("registry-index")?;
-    let reg = Registry::start(&w, "reg", None)?;
+    let reg = Registry::start(&w, "reg")?;
     let a = plain_tree(&w, "a")?;
     let b = plain_tree(&w, "b")?;
     fs::write(b.join("etc/os-release"), b"NAME=other\n")?;
@@ -705,9 +729,8 @@ impl Flaky {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
                     continue;
                 };
-                let (mut c2, mut s2) = match (client.try_clone(), server.try_clone()) {
-                    (Ok(c), Ok(s)) => (c, s),
-                    _ => continue,
+                let (Ok(mut c2), Ok(mut s2)) = (client.try_clone(), server.try_clone()) else {
+                    continue;
                 };
                 let (mut client, mut server) = (client, server);
                 std::thread::spawn(move || {
@@ -742,7 +765,7 @@ impl Drop for Flaky {
 fn registry_dropped_connections_and_503s_are_retried_then_given_up() -> Result<()> {
     need_registry!();
     let w = Workdir::new("registry-retry")?;
-    let reg = Registry::start(&w, "reg", None)?;
+    let reg = Registry::start(&w, "reg")?;
     plain_tree(&w, "root")?;
     let before = dump(&w.path("root"))?;
     // Pushed through a proxy that drops the first two connections: the push retries.
@@ -801,7 +824,7 @@ fn registry_dropped_connections_and_503s_are_retried_then_given_up() -> Result<(
 fn registry_damaged_blob_is_refused_and_nothing_is_named() -> Result<()> {
     need_registry!();
     let w = Workdir::new("registry-damaged")?;
-    let reg = Registry::start(&w, "reg", None)?;
+    let reg = Registry::start(&w, "reg")?;
     plain_tree(&w, "root")?;
     let dest = reg.url("ns/x:latest");
     let report = json(&run(w.bin("stash").args([
@@ -848,5 +871,340 @@ fn registry_damaged_blob_is_refused_and_nothing_is_named() -> Result<()> {
     let index = fs::read_to_string(w.path("pulled/index.json"))?;
     assert!(!index.contains("ns/x"), "{index}");
     assert!(!w.path("back").exists());
+    Ok(())
+}
+
+/// A token service for the registry's Bearer auth (distribution's `auth.token`): checks
+/// Basic credentials and issues RS256 JWTs signed by a throwaway key whose self-signed
+/// certificate the registry trusts. The registry stays the real one; this is the separate
+/// auth server every token-auth deployment has.
+struct TokenServer {
+    port: u16,
+    cert: PathBuf,
+    /// One line per request: `SCOPES|authorized` or `SCOPES|refused`.
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+const TOKEN_SERVICE: &str = "test-registry";
+const TOKEN_ISSUER: &str = "test-issuer";
+
+impl TokenServer {
+    fn start(w: &Workdir, user: &str, pass: &str) -> Result<TokenServer> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let key = w.path("token-key.pem");
+        let cert = w.path("token-cert.pem");
+        run(w
+            .cmd("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes"])
+            .args([
+                "-keyout".as_ref(),
+                key.as_os_str(),
+                "-out".as_ref(),
+                cert.as_os_str(),
+                "-subj".as_ref(),
+                "/CN=test-token-issuer".as_ref(),
+                "-days".as_ref(),
+                "2".as_ref(),
+            ]))?;
+        let der = w
+            .cmd("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(&cert)
+            .output()?;
+        anyhow::ensure!(der.status.success(), "openssl x509 failed");
+        let x5c = b64(&der.stdout);
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        listener.set_nonblocking(true)?;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (log, halt) = (seen.clone(), stop.clone());
+        let want_auth = format!("basic {}", b64(format!("{user}:{pass}").as_bytes()));
+        let user = user.to_owned();
+        std::thread::spawn(move || {
+            while !halt.load(Ordering::Relaxed) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&req).into_owned();
+                let path = text.split(' ').nth(1).unwrap_or("").to_owned();
+                let authorized = text.lines().any(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("authorization: ")
+                        .is_some_and(|v| v.eq_ignore_ascii_case(&want_auth))
+                });
+                let query = path.split_once('?').map_or("", |(_, q)| q);
+                let scopes: Vec<String> = query
+                    .split('&')
+                    .filter_map(|kv| kv.strip_prefix("scope="))
+                    .map(percent_decode)
+                    .collect();
+                let service_ok = query
+                    .split('&')
+                    .any(|kv| kv == format!("service={TOKEN_SERVICE}"));
+                // Anonymous requests get read-only tokens, as on public registries.
+                let anonymous = !text.to_ascii_lowercase().contains("\r\nauthorization:");
+                let granted: Vec<String> = if anonymous {
+                    scopes
+                        .iter()
+                        .filter_map(|s| {
+                            let (res, actions) = s.rsplit_once(':')?;
+                            actions
+                                .split(',')
+                                .any(|a| a == "pull")
+                                .then(|| format!("{res}:pull"))
+                        })
+                        .collect()
+                } else {
+                    scopes.clone()
+                };
+                let verdict = match (service_ok, authorized, anonymous) {
+                    (true, true, _) => "authorized",
+                    (true, false, true) => "anonymous",
+                    _ => "refused",
+                };
+                log.lock()
+                    .expect("lock")
+                    .push(format!("{}|{verdict}", scopes.join(" ")));
+                let answer = if verdict == "refused" {
+                    let body =
+                        r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#;
+                    format!(
+                        "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    match jwt(&key, &x5c, &user, &granted) {
+                        Ok(t) => {
+                            let body = format!(r#"{{"token":"{t}","expires_in":300}}"#);
+                            format!(
+                                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                body.len()
+                            )
+                        }
+                        Err(e) => format!(
+                            "HTTP/1.1 500 Internal Server Error\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{e}",
+                            e.to_string().len()
+                        ),
+                    }
+                };
+                let _ = conn.write_all(answer.as_bytes());
+            }
+        });
+        Ok(TokenServer {
+            port,
+            cert,
+            seen,
+            stop,
+        })
+    }
+
+    /// The registry's `auth:` section pointing at this server.
+    fn registry_auth(&self) -> String {
+        format!(
+            "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: {TOKEN_SERVICE}\n    \
+             issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+            self.port,
+            self.cert.display()
+        )
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len() + 1
+            && let Ok(v) = u8::from_str_radix(s.get(i + 1..i + 3).unwrap_or("zz"), 16)
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(if b[i] == b'+' { b' ' } else { b[i] });
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An RS256 JWT granting `scopes` (`repository:NAME:ACTIONS`), signed with `openssl dgst`.
+fn jwt(key: &Path, x5c: &str, user: &str, scopes: &[String]) -> Result<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let access: Vec<Value> = scopes
+        .iter()
+        .filter_map(|s| {
+            let (kind, rest) = s.split_once(':')?;
+            let (name, actions) = rest.rsplit_once(':')?;
+            Some(serde_json::json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+        })
+        .collect();
+    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+    let claims = serde_json::json!({
+        "iss": TOKEN_ISSUER, "sub": user, "aud": TOKEN_SERVICE,
+        "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("{now}-{}", scopes.len()),
+        "access": access,
+    });
+    let signing_input = format!(
+        "{}.{}",
+        b64url(&serde_json::to_vec(&header)?),
+        b64url(&serde_json::to_vec(&claims)?)
+    );
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(signing_input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(out.status.success(), "openssl dgst -sign failed");
+    Ok(format!("{signing_input}.{}", b64url(&out.stdout)))
+}
+
+#[test]
+fn registry_bearer_token_auth_with_credentials_from_an_auth_file() -> Result<()> {
+    need_registry!();
+    if !have("openssl") {
+        skip!("openssl not installed (needed to sign the test token service's JWTs)");
+    }
+    let w = Workdir::new("registry-bearer")?;
+    let tokens = TokenServer::start(&w, "builder", "t0ken pass")?;
+    let reg = Registry::start_with(&w, "reg", &tokens.registry_auth())?;
+    plain_tree(&w, "root")?;
+    let before = dump(&w.path("root"))?;
+    let good = w.path("auth.json");
+    auth_file(&good, &reg.host(), "builder", "t0ken pass")?;
+    let bad = w.path("wrong.json");
+    auth_file(&bad, &reg.host(), "builder", "nope")?;
+    let dest = reg.url("ns/x:latest");
+    let with_auth = |c: &mut Command, auth: &Path| {
+        c.env("REGISTRY_AUTH_FILE", auth)
+            .env_remove("XDG_RUNTIME_DIR")
+            .env("HOME", w.path("home"));
+    };
+    let mut push = w.bin("stash");
+    push.args([
+        "--store",
+        "store",
+        "--root",
+        "root",
+        "--container-name",
+        "plain",
+    ])
+    .args(["--push", &dest, "--tls-verify=false", "--json", "--quiet"]);
+    with_auth(&mut push, &good);
+    let report = json(&run(&mut push)?)?;
+    assert_eq!(report["pushed"]["blobs_uploaded"], 2, "{report}");
+    // The token service was asked for push rights on the repository, with our credentials.
+    let seen = tokens.seen();
+    assert!(
+        seen.iter()
+            .any(|l| l == "repository:ns/x:pull,push|authorized"),
+        "{seen:?}"
+    );
+    // A pull through a token too.
+    let mut pull = w.bin("unstash");
+    pull.args([
+        &dest,
+        "--tls-verify=false",
+        "--store",
+        "pulled",
+        "--to",
+        "back",
+    ])
+    .arg("--quiet");
+    with_auth(&mut pull, &good);
+    run(&mut pull)?;
+    assert_same(&before, &dump(&w.path("back"))?)?;
+    // The token service refuses a wrong password: the same clear line as Basic auth.
+    let mut pull = w.bin("unstash");
+    pull.args([
+        &dest,
+        "--tls-verify=false",
+        "--store",
+        "pulled2",
+        "--to",
+        "back2",
+    ])
+    .arg("--quiet");
+    with_auth(&mut pull, &bad);
+    let o = output(&mut pull)?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let want = format!(
+        "{dest}: unauthorized: wrong user name or password (credentials from {})",
+        bad.display()
+    );
+    assert!(err.contains(&want), "wanted {want:?} in:\n{err}");
+    // No credentials at all: an anonymous token pulls, but cannot push.
+    let none = w.path("none.json");
+    let mut pull = w.bin("unstash");
+    pull.args([
+        &dest,
+        "--tls-verify=false",
+        "--store",
+        "pulled3",
+        "--to",
+        "back3",
+    ])
+    .arg("--quiet");
+    with_auth(&mut pull, &none);
+    run(&mut pull)?;
+    assert_same(&before, &dump(&w.path("back3"))?)?;
+    assert!(
+        tokens
+            .seen()
+            .iter()
+            .any(|l| l == "repository:ns/x:pull|anonymous"),
+        "{:?}",
+        tokens.seen()
+    );
+    let mut push = w.bin("stash");
+    push.args(["--store", "store", "--container-name", "plain"])
+        .args([
+            "--push",
+            &reg.url("ns/anon:latest"),
+            "--tls-verify=false",
+            "--quiet",
+        ]);
+    with_auth(&mut push, &none);
+    let o = output(&mut push)?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("unauthorized: the registry wants credentials and there are none for"),
+        "{err}"
+    );
     Ok(())
 }

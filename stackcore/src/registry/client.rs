@@ -245,12 +245,9 @@ impl Client {
         }
         let mut scopes = self.scopes.clone();
         if let Some(s) = c.params.get("scope") {
-            for one in s.split(' ') {
-                if !one.is_empty() && !scopes.iter().any(|x| x == one) {
-                    scopes.push(one.to_owned());
-                }
-            }
+            scopes.extend(s.split(' ').filter(|x| !x.is_empty()).map(str::to_owned));
         }
+        let scopes = merge_scopes(&scopes);
         let mut query: Vec<(&str, &str)> = Vec::new();
         if let Some(s) = c.params.get("service") {
             query.push(("service", s));
@@ -467,6 +464,38 @@ fn retry_after(resp: &Response<ureq::Body>) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// Merges token scopes (`TYPE:NAME:ACTION[,ACTION]`) by resource, keeping the order in which
+/// resources and actions first appear: `repository:a:pull` and `repository:a:pull,push` ask
+/// for one thing, `repository:a:pull,push`. Anything not of that shape is kept as it is.
+fn merge_scopes(scopes: &[String]) -> Vec<String> {
+    let mut merged: Vec<(String, Vec<String>)> = Vec::new();
+    let mut other: Vec<String> = Vec::new();
+    for s in scopes {
+        let Some((resource, actions)) = s.rsplit_once(':').filter(|(r, _)| r.contains(':')) else {
+            if !other.contains(s) {
+                other.push(s.clone());
+            }
+            continue;
+        };
+        let slot = if let Some(i) = merged.iter().position(|(r, _)| r == resource) {
+            &mut merged[i].1
+        } else {
+            merged.push((resource.to_owned(), Vec::new()));
+            &mut merged.last_mut().expect("just pushed").1
+        };
+        for a in actions.split(',').filter(|a| !a.is_empty()) {
+            if !slot.iter().any(|x| x == a) {
+                slot.push(a.to_owned());
+            }
+        }
+    }
+    merged
+        .into_iter()
+        .map(|(r, a)| format!("{r}:{}", a.join(",")))
+        .chain(other)
+        .collect()
+}
+
 /// Percent-encodes a query value (RFC 3986 unreserved characters kept).
 pub(crate) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -488,6 +517,36 @@ pub(crate) fn header_str<'a>(resp: &'a Response<ureq::Body>, name: &str) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merges_token_scopes_by_resource() {
+        let table: &[(&[&str], &[&str])] = &[
+            (
+                &["repository:ns/x:pull,push", "repository:ns/x:pull"],
+                &["repository:ns/x:pull,push"],
+            ),
+            (
+                &[
+                    "repository:ns/x:pull",
+                    "repository:other/y:pull",
+                    "repository:ns/x:push",
+                ],
+                &["repository:ns/x:pull,push", "repository:other/y:pull"],
+            ),
+            (
+                &["registry:catalog:*", "odd", "odd"],
+                &["registry:catalog:*", "odd"],
+            ),
+            (
+                &["repository:127.0.0.1:5000/x:pull"],
+                &["repository:127.0.0.1:5000/x:pull"],
+            ),
+        ];
+        for (input, want) in table {
+            let input: Vec<String> = input.iter().map(|s| (*s).to_owned()).collect();
+            assert_eq!(merge_scopes(&input), *want, "{input:?}");
+        }
+    }
 
     #[test]
     fn encodes_queries_and_backs_off() {
