@@ -1208,3 +1208,71 @@ fn registry_bearer_token_auth_with_credentials_from_an_auth_file() -> Result<()>
     );
     Ok(())
 }
+
+#[test]
+fn registry_docker_schema2_images_pull_too() -> Result<()> {
+    need_registry!();
+    if !have("skopeo") {
+        skip!("skopeo not installed (needed to write a Docker schema 2 image)");
+    }
+    let w = Workdir::new("registry-docker-v2s2")?;
+    let reg = Registry::start(&w, "reg")?;
+    plain_tree(&w, "root")?;
+    let before = dump(&w.path("root"))?;
+    run(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "root",
+        "--container-name",
+        "plain",
+        "--quiet",
+    ]))?;
+    // skopeo converts our OCI image to Docker's manifest, config and layer media types.
+    let dest = reg.url("ns/docker:latest");
+    run(w.cmd("skopeo").args([
+        "copy",
+        "--format",
+        "v2s2",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:plain:latest", w.path("store").display()),
+        &dest,
+    ]))?;
+    let raw = w
+        .cmd("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", &dest])
+        .output()?;
+    let manifest: Value = serde_json::from_slice(&raw.stdout)?;
+    assert_eq!(
+        manifest["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    let report = json(&run(w.bin("unstash").args([
+        &dest,
+        "--tls-verify=false",
+        "--store",
+        "pulled",
+        "--to",
+        "back",
+        "--json",
+        "--quiet",
+    ]))?)?;
+    assert_eq!(report["digest"], sha256_hex(&raw.stdout));
+    assert_same(&before, &dump(&w.path("back"))?)?;
+    // And it goes back up unchanged: pushed from the store, the digest stays.
+    let o = run(w.bin("stash").args([
+        "--store",
+        "pulled",
+        "--container-name",
+        &format!("{}/ns/docker", reg.host()),
+        "--push",
+        &reg.url("ns/again:latest"),
+        "--tls-verify=false",
+        "--json",
+        "--quiet",
+    ]))?;
+    let pushed = json(&o)?;
+    assert_eq!(pushed["pushed"]["digest"], report["digest"]);
+    assert_eq!(pushed["pushed"]["blobs_mounted"], 2, "{pushed}");
+    Ok(())
+}

@@ -304,7 +304,9 @@ pub struct Image {
 }
 
 impl Image {
-    /// Opens `r`; `store` is the default store for `NAME[:TAG]` refs.
+    /// Opens `r`; `store` is the default store for `NAME[:TAG]` refs. A `docker://` ref is
+    /// pulled into `store` first, over TLS and for this machine's platform; for other
+    /// registry options use [`crate::registry::open_image`].
     pub fn open(r: &ImageRef, store: &Path) -> Result<Image> {
         match r {
             ImageRef::Stash { name, tag } => {
