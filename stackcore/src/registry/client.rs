@@ -435,17 +435,25 @@ fn retryable(e: &ureq::Error) -> bool {
     }
 }
 
-/// A transport error for people: what failed, and a hint when TLS met plain HTTP.
+/// A transport error for people, with a hint when TLS failed: an untrusted certificate, or
+/// TLS spoken to a plain-HTTP registry.
 fn describe(e: &ureq::Error, tls: bool) -> String {
     let text = e.to_string();
     let tls_failed = matches!(e, ureq::Error::Tls(_) | ureq::Error::Rustls(_))
         || matches!(e, ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData);
-    if tls && tls_failed {
+    if !(tls && tls_failed) {
+        return text;
+    }
+    if text.contains("certificate") {
         format!(
-            "{text} (TLS failed; for a plain-HTTP registry on a private network give --tls-verify=false)"
+            "{text} (the registry's certificate is not trusted by this system's CA roots; \
+             add its CA to them, or point SSL_CERT_FILE at it)"
         )
     } else {
-        text
+        format!(
+            "{text} (TLS failed; for a plain-HTTP registry on a private network give \
+             --tls-verify=false)"
+        )
     }
 }
 
