@@ -346,6 +346,25 @@ fn registry_pull_keeps_the_image_under_its_registry_name_and_dedups() -> Result<
         names.contains(&format!("{}/ns/x:v1", reg.host()).as_str()),
         "{names:?}"
     );
+    let listing = json(&run(w
+        .bin("stash")
+        .args(["--list", "--store", "pulled", "--json"]))?)?;
+    let listed: Vec<String> = listing["stashes"]
+        .as_array()
+        .context("stashes")?
+        .iter()
+        .map(|r| {
+            format!(
+                "{}:{}",
+                r["name"].as_str().unwrap_or("?"),
+                r["tag"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    assert!(
+        listed.contains(&format!("{}/ns/x:v1", reg.host())),
+        "{listed:?}"
+    );
     // Unknown tags and unreachable registries fail with one line naming the ref.
     let missing = reg.url("ns/x:nope");
     let o = output(w.bin("unstash").args([
