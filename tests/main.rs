@@ -5,4 +5,5 @@ mod util;
 
 mod incremental;
 mod kiwimerge;
+mod stackbuild;
 mod stash;
