@@ -6,4 +6,5 @@ mod util;
 mod incremental;
 mod kiwimerge;
 mod registry;
+mod stackbuild;
 mod stash;
