@@ -84,6 +84,31 @@ impl RegistryRef {
         })
     }
 
+    /// `NAME[:TAG]` under a registry URI, as `stackbuild --from-registry URI` takes it:
+    /// `HOST[:PORT][/NAMESPACE]`, with or without `docker://`.
+    pub fn under(uri: &str, name: &str) -> Result<RegistryRef> {
+        let base = uri
+            .strip_prefix("docker://")
+            .unwrap_or(uri)
+            .trim_end_matches('/');
+        if base.is_empty() {
+            return Err(Error::Usage(format!(
+                "registry {uri:?}: expected HOST[:PORT][/NAMESPACE]"
+            )));
+        }
+        if base.contains('@')
+            || base
+                .rsplit('/')
+                .next()
+                .is_some_and(|last| last.contains(':') && base.contains('/'))
+        {
+            return Err(Error::Usage(format!(
+                "registry {uri:?}: expected HOST[:PORT][/NAMESPACE], without a tag or digest"
+            )));
+        }
+        RegistryRef::parse(&format!("{base}/{name}"))
+    }
+
     /// The host the API is reached at (Docker Hub's differs from its name).
     pub fn api_host(&self) -> &str {
         if self.host == DOCKER_HUB {
@@ -281,6 +306,44 @@ mod tests {
         assert_eq!(both.reference(), d);
         assert_eq!(both.ref_name(), "h.io/x:t");
         assert_eq!(RegistryRef::parse("debian")?.api_host(), DOCKER_HUB_API);
+        Ok(())
+    }
+
+    #[test]
+    fn names_under_a_registry_uri() -> Result<()> {
+        let table = [
+            (
+                "127.0.0.1:5000/builds",
+                "base",
+                "docker://127.0.0.1:5000/builds/base",
+            ),
+            (
+                "docker://127.0.0.1:5000/builds/",
+                "base:v1",
+                "docker://127.0.0.1:5000/builds/base:v1",
+            ),
+            (
+                "registry.example.org",
+                "os/base:2",
+                "docker://registry.example.org/os/base:2",
+            ),
+            ("localhost:5000", "x", "docker://localhost:5000/x"),
+        ];
+        for (uri, name, want) in table {
+            assert_eq!(
+                RegistryRef::under(uri, name)?.to_string(),
+                want,
+                "{uri} {name}"
+            );
+        }
+        for (uri, name) in [
+            ("", "x"),
+            ("docker://", "x"),
+            ("h.io/ns:tag", "x"),
+            ("h.io/ns", "BAD"),
+        ] {
+            assert!(RegistryRef::under(uri, name).is_err(), "{uri} {name}");
+        }
         Ok(())
     }
 
