@@ -707,6 +707,8 @@ enum Fault {
     Drop,
     /// Answers `503 Service Unavailable`.
     Unavailable,
+    /// Forwards, but cuts the connection after this many bytes of answers.
+    Cut(u64),
 }
 
 /// A TCP proxy in front of the registry that fails the first `failures` connections, then
@@ -714,6 +716,8 @@ enum Fault {
 struct Flaky {
     port: u16,
     connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Bytes sent from the registry to the client, over all connections.
+    answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -725,8 +729,9 @@ impl Flaky {
         let port = listener.local_addr()?.port();
         listener.set_nonblocking(true)?;
         let connections = Arc::new(AtomicUsize::new(0));
+        let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (count, halt) = (connections.clone(), stop.clone());
+        let (count, halt, sent) = (connections.clone(), stop.clone(), answered.clone());
         std::thread::spawn(move || {
             while !halt.load(Ordering::Relaxed) {
                 let Ok((mut client, _)) = listener.accept() else {
@@ -735,7 +740,11 @@ impl Flaky {
                 };
                 let _ = client.set_nonblocking(false);
                 let n = count.fetch_add(1, Ordering::Relaxed);
-                if n < failures {
+                let limit = match fault {
+                    Fault::Cut(k) if n < failures => Some(k),
+                    _ => None,
+                };
+                if n < failures && limit.is_none() {
                     let mut buf = [0u8; 4096];
                     let _ = client.read(&mut buf);
                     if let Fault::Unavailable = fault {
@@ -756,15 +765,30 @@ impl Flaky {
                     let _ = std::io::copy(&mut client, &mut server);
                     let _ = server.shutdown(std::net::Shutdown::Write);
                 });
+                let sent = sent.clone();
                 std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut s2, &mut c2);
-                    let _ = c2.shutdown(std::net::Shutdown::Write);
+                    let mut buf = [0u8; 8192];
+                    let mut total = 0u64;
+                    while let Ok(got) = s2.read(&mut buf) {
+                        let take = limit.map_or(got as u64, |k| (got as u64).min(k - total));
+                        if got == 0 || c2.write_all(&buf[..take as usize]).is_err() {
+                            break;
+                        }
+                        total += take;
+                        sent.fetch_add(take, Ordering::Relaxed);
+                        if limit.is_some_and(|k| total >= k) {
+                            break;
+                        }
+                    }
+                    let _ = c2.shutdown(std::net::Shutdown::Both);
+                    let _ = s2.shutdown(std::net::Shutdown::Both);
                 });
             }
         });
         Ok(Flaky {
             port,
             connections,
+            answered,
             stop,
         })
     }
@@ -1414,5 +1438,66 @@ fn registry_https_is_verified_against_the_system_roots() -> Result<()> {
         .args([&dest, "--store", "pulled", "--to", "back", "--quiet"])
         .env("SSL_CERT_FILE", &ca))?;
     assert_same(&before, &dump(&w.path("back"))?)?;
+    Ok(())
+}
+
+#[test]
+fn registry_broken_off_blob_download_resumes_where_it_stopped() -> Result<()> {
+    need_registry!();
+    let w = Workdir::new("registry-resume")?;
+    let reg = Registry::start(&w, "reg")?;
+    plain_tree(&w, "root")?;
+    // 4 MiB that gzip cannot shrink, so the layer is about that big.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..4 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    fs::write(w.path("root/usr/bin/noise"), &noise)?;
+    let before = dump(&w.path("root"))?;
+    let report = json(&run(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "root",
+        "--container-name",
+        "plain",
+        "--push",
+        &reg.url("ns/x:latest"),
+        "--tls-verify=false",
+        "--json",
+        "--quiet",
+    ]))?)?;
+    let layer_size = report["layer"]["size"].as_u64().context("layer size")?;
+    assert!(layer_size > 4_000_000, "{report}");
+    // The first connection is cut 2 MiB into its answers: in the middle of the layer.
+    let flaky = Flaky::start(reg.port, 1, Fault::Cut(2 << 20))?;
+    let src = format!("docker://127.0.0.1:{}/ns/x:latest", flaky.port);
+    let o = output(w.bin("unstash").args([
+        &src,
+        "--tls-verify=false",
+        "--store",
+        "pulled",
+        "--to",
+        "back",
+        "--quiet",
+    ]))?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("transfer broke off at byte") && err.contains("resuming"),
+        "{err}"
+    );
+    assert_same(&before, &dump(&w.path("back"))?)?;
+    // Resumed, not started over: what crossed the wire is about one layer, not one and a half.
+    let answered = flaky.answered.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        answered < layer_size + (512 << 10),
+        "{answered} bytes sent for a {layer_size}-byte layer"
+    );
     Ok(())
 }

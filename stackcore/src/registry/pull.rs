@@ -1,19 +1,19 @@
 //! Pulling an image into the store: manifest (through an image index if need be), config and
 //! layers, each verified while it streams to disk, then named `HOST/REPO:TAG`.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 
 use super::RegistryOptions;
-use super::client::{Body, Client, header_str};
+use super::client::{Body, Client, backoff, header_str};
 use super::origins;
 use super::platform::PlatformSpec;
 use super::reference::RegistryRef;
-use crate::Result;
 use crate::digest::Digest;
 use crate::image::{BlobSource, Image};
 use crate::oci::Store;
 use crate::oci::store::MAX_JSON_BLOB;
 use crate::oci::types::{Descriptor, Index, Manifest, media};
+use crate::{Error, Result};
 
 /// Every manifest kind we read, for `Accept`.
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -21,8 +21,8 @@ const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.docker.distribution.manifest.list.v2+json, \
     application/vnd.docker.distribution.manifest.v2+json";
 
-/// Attempts at a blob whose transfer broke off mid-body (each refetches it whole).
-const BLOB_ATTEMPTS: u32 = 3;
+/// Attempts at a blob whose transfer keeps breaking off (each resumes where the last stopped).
+const BLOB_ATTEMPTS: u32 = 5;
 
 /// What a pull did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -263,39 +263,79 @@ fn check_manifest(c: &Client, m: &Manifest) -> Result<()> {
 }
 
 /// Streams one blob into the store, verified against its digest and size before it is named.
+/// A transfer that breaks off resumes where it stopped (`Range`), or starts over when the
+/// registry does not do ranges.
 fn fetch_blob(c: &mut Client, store: &Store, r: &RegistryRef, desc: &Descriptor) -> Result<()> {
     let url = c.url(&format!("/v2/{}/blobs/{}", r.repo, desc.digest));
     let mut attempt = 1;
+    let mut w = store.blob_writer()?;
+    let mut have: u64 = 0;
+    let mut buf = vec![0u8; 1 << 16];
     loop {
-        let resp = c.send("GET", &url, &[], Body::None)?;
-        if resp.status().as_u16() != 200 {
-            return Err(c.status_error(resp, &format!("fetching blob {}", desc.digest)));
-        }
-        let mut w = store.blob_writer()?;
-        // One byte past the size is enough to tell "too long" without reading on.
-        let mut body = resp.into_body().into_reader().take(desc.size + 1);
-        match io::copy(&mut body, &mut w) {
-            Ok(_) => {
-                return w
-                    .commit_verified(&desc.digest, desc.size)
-                    .map_err(|e| c.error(None, e.to_string()));
+        let range = format!("bytes={have}-");
+        let headers: &[(&str, &str)] = if have > 0 {
+            &[("Range", range.as_str())]
+        } else {
+            &[]
+        };
+        let resp = c.send("GET", &url, headers, Body::None)?;
+        match resp.status().as_u16() {
+            200 if have > 0 => {
+                // No ranges here: start over.
+                w = store.blob_writer()?;
+                have = 0;
             }
-            Err(e) if attempt < BLOB_ATTEMPTS && e.kind() != io::ErrorKind::StorageFull => {
-                attempt += 1;
-                drop(w);
-                if let Some(log) = &c.log {
-                    log.warn(format_args!(
-                        "blob {}: transfer broke off ({e}); fetching it again",
-                        desc.digest
-                    ));
-                }
-            }
-            Err(e) => {
+            200 => {}
+            206 if have > 0
+                && header_str(&resp, "content-range")
+                    .is_some_and(|v| v.starts_with(&format!("bytes {have}-"))) => {}
+            status @ (206 | 416) if have > 0 => {
                 return Err(c.error(
-                    None,
-                    format!("fetching blob {}: {e} (tried {attempt} times)", desc.digest),
+                    Some(status),
+                    format!(
+                        "fetching blob {}: resuming at byte {have} got a range the registry \
+                         did not promise",
+                        desc.digest
+                    ),
                 ));
             }
+            _ => return Err(c.status_error(resp, &format!("fetching blob {}", desc.digest))),
+        }
+        // One byte past the size is enough to tell "too long" without reading on.
+        let mut body = resp
+            .into_body()
+            .into_reader()
+            .take(desc.size.saturating_sub(have) + 1);
+        let broke = loop {
+            match body.read(&mut buf) {
+                Ok(0) => break None,
+                Ok(n) => {
+                    w.write_all(&buf[..n])
+                        .map_err(|e| Error::io(store.tmp_dir(), e))?;
+                    have += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Some(e),
+            }
+        };
+        let Some(e) = broke else {
+            return w
+                .commit_verified(&desc.digest, desc.size)
+                .map_err(|e| c.error(None, e.to_string()));
+        };
+        if attempt >= BLOB_ATTEMPTS {
+            return Err(c.error(
+                None,
+                format!("fetching blob {}: {e} (tried {attempt} times)", desc.digest),
+            ));
+        }
+        attempt += 1;
+        std::thread::sleep(backoff(attempt - 1));
+        if let Some(log) = &c.log {
+            log.warn(format_args!(
+                "blob {}: transfer broke off at byte {have} of {} ({e}); resuming",
+                desc.digest, desc.size
+            ));
         }
     }
 }
@@ -303,7 +343,6 @@ fn fetch_blob(c: &mut Client, store: &Store, r: &RegistryRef, desc: &Descriptor)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Error;
 
     #[test]
     fn media_type_from_document_header_or_shape() {
