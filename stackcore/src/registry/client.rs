@@ -403,9 +403,11 @@ fn registry_message(resp: &mut Response<ureq::Body>) -> String {
                 _ => reason.clone(),
             })
             .collect();
-        if !parts.is_empty() {
-            return parts.join("; ");
-        }
+        return if parts.is_empty() {
+            reason
+        } else {
+            parts.join("; ")
+        };
     }
     let line = text.lines().map(str::trim).find(|l| !l.is_empty());
     match line {
@@ -525,6 +527,37 @@ pub(crate) fn header_str<'a>(resp: &'a Response<ureq::Body>, name: &str) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registry_error_bodies_become_one_line() {
+        let table = [
+            (
+                404,
+                r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{"Tag":"x"}}]}"#,
+                "manifest unknown",
+            ),
+            (
+                400,
+                r#"{"errors":[{"code":"DIGEST_INVALID","message":""},{"code":"SIZE_INVALID","message":"bad size"}]}"#,
+                "digest invalid; bad size",
+            ),
+            (
+                429,
+                "toomanyrequests: slow down\nmore",
+                "toomanyrequests: slow down",
+            ),
+            (502, "<html><body>Bad Gateway</body></html>", "bad gateway"),
+            (500, "", "internal server error"),
+            (503, r#"{"errors":[]}"#, "service unavailable"),
+        ];
+        for (status, body, want) in table {
+            let mut resp = Response::builder()
+                .status(status)
+                .body(ureq::Body::builder().data(body))
+                .expect("response");
+            assert_eq!(registry_message(&mut resp), want, "{body}");
+        }
+    }
 
     #[test]
     fn merges_token_scopes_by_resource() {
