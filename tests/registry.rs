@@ -1438,6 +1438,34 @@ fn registry_https_is_verified_against_the_system_roots() -> Result<()> {
         .args([&dest, "--store", "pulled", "--to", "back", "--quiet"])
         .env("SSL_CERT_FILE", &ca))?;
     assert_same(&before, &dump(&w.path("back"))?)?;
+
+    // Other tools read docker:// refs too (through Image::open: TLS, this platform):
+    // kiwimerge takes a pushed stash's image/config.xml as its base.
+    fs::create_dir_all(w.path("root/image"))?;
+    fs::write(
+        w.path("root/image/config.xml"),
+        r#"<?xml version="1.0" encoding="utf-8"?>
+<image schemaversion="8.5" name="b">
+    <description type="system"><author>A</author><contact>c</contact><specification>s</specification></description>
+    <preferences><version>1</version><packagemanager>zypper</packagemanager><type image="oem"/></preferences>
+    <packages type="image"><package name="from-the-registry"/></packages>
+</image>
+"#,
+    )?;
+    run(&mut push(Some(&ca)))?;
+    fs::write(
+        w.path("overlay.xml"),
+        r#"<image><packages type="image"><package name="from-the-overlay"/></packages></image>"#,
+    )?;
+    let merged = run(w
+        .bin("kiwimerge")
+        .args([dest.as_str(), "overlay.xml", "--store", "pulled"])
+        .env("SSL_CERT_FILE", &ca))?;
+    assert!(
+        merged.contains(r#"<package name="from-the-registry"/>"#)
+            && merged.contains(r#"<package name="from-the-overlay"/>"#),
+        "{merged}"
+    );
     Ok(())
 }
 
