@@ -933,7 +933,8 @@ const TOKEN_SERVICE: &str = "test-registry";
 const TOKEN_ISSUER: &str = "test-issuer";
 
 impl TokenServer {
-    fn start(w: &Workdir, user: &str, pass: &str) -> Result<TokenServer> {
+    /// `users`: `(name, password, repository prefix they may use; "" for all)`.
+    fn start(w: &Workdir, users: &[(&str, &str, &str)]) -> Result<TokenServer> {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::{Arc, Mutex};
         let key = w.path("token-key.pem");
@@ -964,8 +965,16 @@ impl TokenServer {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (log, halt) = (seen.clone(), stop.clone());
-        let want_auth = format!("basic {}", b64(format!("{user}:{pass}").as_bytes()));
-        let user = user.to_owned();
+        let accounts: Vec<(String, String, String)> = users
+            .iter()
+            .map(|(u, p, prefix)| {
+                (
+                    format!("basic {}", b64(format!("{u}:{p}").as_bytes())),
+                    (*u).to_owned(),
+                    (*prefix).to_owned(),
+                )
+            })
+            .collect();
         std::thread::spawn(move || {
             while !halt.load(Ordering::Relaxed) {
                 let Ok((mut conn, _)) = listener.accept() else {
@@ -984,11 +993,15 @@ impl TokenServer {
                 }
                 let text = String::from_utf8_lossy(&req).into_owned();
                 let path = text.split(' ').nth(1).unwrap_or("").to_owned();
-                let authorized = text.lines().any(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("authorization: ")
-                        .is_some_and(|v| v.eq_ignore_ascii_case(&want_auth))
+                let account = accounts.iter().find(|(want, _, _)| {
+                    text.lines().any(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("authorization: ")
+                            .is_some_and(|v| v.eq_ignore_ascii_case(want))
+                    })
                 });
+                let authorized = account.is_some();
+                let (user, prefix) = account.map_or(("anonymous", ""), |(_, u, p)| (u, p));
                 let query = path.split_once('?').map_or("", |(_, q)| q);
                 let scopes: Vec<String> = query
                     .split('&')
@@ -1012,7 +1025,15 @@ impl TokenServer {
                         })
                         .collect()
                 } else {
-                    scopes.clone()
+                    // Each account reaches only its own repositories.
+                    scopes
+                        .iter()
+                        .filter(|s| {
+                            s.strip_prefix("repository:")
+                                .is_some_and(|r| r.starts_with(prefix))
+                        })
+                        .cloned()
+                        .collect()
                 };
                 let verdict = match (service_ok, authorized, anonymous) {
                     (true, true, _) => "authorized",
@@ -1030,7 +1051,7 @@ impl TokenServer {
                         body.len()
                     )
                 } else {
-                    match jwt(&key, &x5c, &user, &granted) {
+                    match jwt(&key, &x5c, user, &granted) {
                         Ok(t) => {
                             let body = format!(r#"{{"token":"{t}","expires_in":300}}"#);
                             format!(
@@ -1142,7 +1163,13 @@ fn registry_bearer_token_auth_with_credentials_from_an_auth_file() -> Result<()>
         skip!("openssl not installed (needed to sign the test token service's JWTs)");
     }
     let w = Workdir::new("registry-bearer")?;
-    let tokens = TokenServer::start(&w, "builder", "t0ken pass")?;
+    let tokens = TokenServer::start(
+        &w,
+        &[
+            ("builder", "t0ken pass", ""),
+            ("team-b", "b pass", "team-b/"),
+        ],
+    )?;
     let reg = Registry::start_with(&w, "reg", &tokens.registry_auth())?;
     plain_tree(&w, "root")?;
     let before = dump(&w.path("root"))?;
@@ -1249,6 +1276,24 @@ fn registry_bearer_token_auth_with_credentials_from_an_auth_file() -> Result<()>
         err.contains("unauthorized: the registry wants credentials and there are none for"),
         "{err}"
     );
+    // Another account, on the same build host and store, that may not read ns/x: the mount
+    // from ns/x is refused, so the blobs are uploaded instead, and the push succeeds.
+    let team_b = w.path("team-b.json");
+    auth_file(&team_b, &reg.host(), "team-b", "b pass")?;
+    let mut push = w.bin("stash");
+    push.args(["--store", "store", "--container-name", "plain", "--json"])
+        .args(["--push", &reg.url("team-b/y:latest"), "--tls-verify=false"]);
+    with_auth(&mut push, &team_b);
+    let o = output(&mut push)?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("from ns/x refused (HTTP 401); uploading it"),
+        "{err}"
+    );
+    let report = json(&String::from_utf8_lossy(&o.stdout))?;
+    assert_eq!(report["pushed"]["blobs_uploaded"], 2, "{report}");
+    assert_eq!(report["pushed"]["blobs_mounted"], 0, "{report}");
     Ok(())
 }
 

@@ -191,11 +191,22 @@ fn push_blob(
                     percent_encode(from)
                 );
                 let resp = c.send("POST", &url, &[], Body::Bytes(&[]))?;
-                if resp.status().as_u16() == 201 {
-                    opts.step(format_args!("mounted blob {} from {from}", desc.digest));
-                    return Ok(Sent::Mounted);
+                match resp.status().as_u16() {
+                    201 => {
+                        opts.step(format_args!("mounted blob {} from {from}", desc.digest));
+                        return Ok(Sent::Mounted);
+                    }
+                    202 => resp,
+                    // No right to read the other repository (token registries answer 401 or
+                    // 403), or it is gone: a mount is only a shortcut, so upload instead.
+                    status => {
+                        opts.step(format_args!(
+                            "mounting blob {} from {from} refused (HTTP {status}); uploading it",
+                            desc.digest
+                        ));
+                        c.send("POST", &uploads, &[], Body::Bytes(&[]))?
+                    }
                 }
-                resp
             }
             None => c.send("POST", &uploads, &[], Body::Bytes(&[]))?,
         };
