@@ -111,7 +111,9 @@ fn measure(rounds: usize, setup: &str, cmdline: &str) -> Result<(f64, Option<f64
         }
         let r = timed(cmdline)?;
         secs.push(r.secs);
-        rss = rss.max(r.rss_mb);
+        if let Some(b) = r.rss_mb {
+            rss = Some(rss.map_or(b, |a: f64| a.max(b)));
+        }
     }
     secs.sort_by(f64::total_cmp);
     Ok((secs[secs.len() / 2], rss))
