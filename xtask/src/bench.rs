@@ -125,18 +125,17 @@ fn q(p: &Path) -> String {
 
 /// Runs the benchmark.
 pub fn run(args: &BenchArgs) -> Result<()> {
-    let tree = match &args.root {
-        Some(r) => std::path::absolute(r)?,
-        None => {
-            let out = Command::new(root().join("scripts/debian-minbase.sh")).output()?;
-            if !out.status.success() {
-                bail!(
-                    "making the Debian minbase root failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            PathBuf::from(String::from_utf8(out.stdout)?.trim())
+    let tree = if let Some(r) = &args.root {
+        std::path::absolute(r)?
+    } else {
+        let out = Command::new(root().join("scripts/debian-minbase.sh")).output()?;
+        if !out.status.success() {
+            bail!(
+                "making the Debian minbase root failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
+        PathBuf::from(String::from_utf8(out.stdout)?.trim())
     };
     sh(cargo().args(["build", "--release", "--bins", "--all-features"]))?;
     let bin = |n: &str| q(&root().join("target/release").join(n));
