@@ -423,6 +423,10 @@ fn boot(target: &Path, log: &Path) -> Result<()> {
     std::thread::sleep(Duration::from_millis(500));
     stdin.write_all(b"linux\n")?;
     expect("#", Duration::from_mins(2))?;
+    // A shell proves itself by computing: the echo of the command line shows `$((6*7))`,
+    // only the shell's answer shows 42.
+    stdin.write_all(b"echo shell-$((6*7))\n")?;
+    expect("shell-42", Duration::from_mins(1))?;
     stdin.write_all(b"cat /etc/os-release\n")?;
     expect(
         "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"",
