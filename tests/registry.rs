@@ -1574,3 +1574,72 @@ fn registry_broken_off_blob_download_resumes_where_it_stopped() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn registry_stackbuild_from_registry_stacks_exactly_what_it_pulled() -> Result<()> {
+    need_registry!();
+    let w = Workdir::new("registry-stackbuild")?;
+    let reg = Registry::start(&w, "reg")?;
+    plain_tree(&w, "root")?;
+    let pushed = json(&run(w.bin("stash").args([
+        "--store",
+        "push-store",
+        "--root",
+        "root",
+        "--container-name",
+        "base",
+        "--push",
+        &reg.url("builds/base:latest"),
+        "--tls-verify=false",
+        "--json",
+        "--quiet",
+    ]))?)?;
+    // A local stash of the same name with other contents: the original plugin would build
+    // from it; we must not.
+    let decoy = plain_tree(&w, "decoy")?;
+    fs::write(decoy.join("etc/os-release"), b"NAME=decoy\n")?;
+    run(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "decoy",
+        "--container-name",
+        "base",
+        "--quiet",
+    ]))?;
+    let out = run(w.bin("stackbuild").args([
+        "--store",
+        "store",
+        "--stash",
+        "base",
+        "--from-registry",
+        &format!("{}/builds", reg.host()),
+        "--tls-verify=false",
+        "--target-dir",
+        "T",
+        "--prepare-only",
+        "--quiet",
+    ]))?;
+    let root = w.path("T/build/image-root");
+    assert_eq!(
+        fs::read_to_string(root.join("etc/os-release"))?,
+        "NAME=test\n",
+        "{out}"
+    );
+    let opts = crate::util::DumpOpts {
+        no_root: true,
+        ..Default::default()
+    };
+    assert_same(
+        &crate::util::dump_with(&w.path("root"), opts)?,
+        &crate::util::dump_with(&root, opts)?,
+    )?;
+    // The pulled image is in the store under its registry name, with the pushed digest.
+    let index = fs::read_to_string(w.path("store/index.json"))?;
+    assert!(
+        index.contains(&format!("{}/builds/base:latest", reg.host()))
+            && index.contains(pushed["manifest"].as_str().context("manifest")?),
+        "{index}"
+    );
+    Ok(())
+}
