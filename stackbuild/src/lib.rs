@@ -17,13 +17,13 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use serde::Serialize;
 use stackcore::Error;
 use stackcore::apply::{Plan, Source, write};
 use stackcore::cli::{Exit, Log, print_json, print_line, store_path};
 use stackcore::extract::{ExtractOptions, Staging, Target};
 use stackcore::image::{Image, ImageRef};
 use stackcore::kiwi::{MergeOptions, load_description, merge};
+use stackcore::manifest::{SCHEMA, StackbuildReport, StackedStash, StepReport};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -93,42 +93,11 @@ pub struct Cli {
     pub kiwi_args: Vec<String>,
 }
 
-/// One timed step.
-#[derive(Debug, Serialize)]
-struct Step {
-    name: &'static str,
-    seconds: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    detail: Option<String>,
-}
-
-/// A resolved stash.
-#[derive(Debug, Serialize)]
+/// A resolved stash, and its image until it is stacked.
+#[derive(Debug)]
 struct StashInfo {
-    name: String,
-    #[serde(rename = "ref")]
-    reference: String,
-    digest: String,
-    layers: usize,
-    #[serde(skip)]
+    report: StackedStash,
     image: Option<Image>,
-}
-
-/// The `--json` summary.
-#[derive(Debug, Serialize)]
-struct Summary {
-    schema: u32,
-    target_dir: PathBuf,
-    image_root: PathBuf,
-    stashes: Vec<StashInfo>,
-    description: Option<PathBuf>,
-    merged_descriptions: Vec<String>,
-    kiwi_command: Vec<String>,
-    kiwi_ran: bool,
-    kiwi_exit: Option<i32>,
-    steps: Vec<Step>,
-    result_files: Vec<PathBuf>,
-    seconds: f64,
 }
 
 /// Pulls `URI/NAME` into the store and opens what was pulled.
@@ -192,25 +161,27 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Image::open(&r, &store).with_context(|| format!("stash {name}"))?
         };
         stashes.push(StashInfo {
-            name: name.clone(),
-            reference: format!(
-                "oci:{}:{}",
-                std::path::absolute(&store)
-                    .unwrap_or_else(|_| store.clone())
-                    .display(),
-                img.name
-            ),
-            digest: img.digest().to_string(),
-            layers: img.manifest.layers.len(),
+            report: StackedStash {
+                name: name.clone(),
+                reference: format!(
+                    "oci:{}:{}",
+                    std::path::absolute(&store)
+                        .unwrap_or_else(|_| store.clone())
+                        .display(),
+                    img.name
+                ),
+                digest: img.digest().to_string(),
+                layers: img.manifest.layers.len() as u64,
+            },
             image: Some(img),
         });
     }
-    steps.push(Step {
-        name: "resolve",
+    steps.push(StepReport {
+        name: "resolve".into(),
         seconds: t.elapsed().as_secs_f64(),
         detail: None,
     });
-    for s in &stashes {
+    for StashInfo { report: s, .. } in &stashes {
         log.step(format_args!(
             "stash {} = {} ({} layers)",
             s.name, s.digest, s.layers
@@ -228,7 +199,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.dry_run {
         let mut plan = String::new();
         let _ = writeln!(plan, "# stackbuild plan (nothing is written)");
-        for (i, s) in stashes.iter().enumerate() {
+        for (i, StashInfo { report: s, .. }) in stashes.iter().enumerate() {
             let _ = writeln!(
                 plan,
                 "stack {}: {} {} ({} layers)",
@@ -254,11 +225,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         let _ = writeln!(plan, "run: {}", shell_words(&kiwi_command));
         if cli.json {
-            return print_json(&Summary {
-                schema: 1,
+            return print_json(&StackbuildReport {
+                schema: SCHEMA,
                 target_dir: target,
                 image_root,
-                stashes,
+                stashes: stashes.into_iter().map(|s| s.report).collect(),
                 description,
                 merged_descriptions: Vec::new(),
                 kiwi_command,
@@ -295,8 +266,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     for w in stats.warnings() {
         log.warn(w);
     }
-    steps.push(Step {
-        name: "stack",
+    steps.push(StepReport {
+        name: "stack".into(),
         seconds: t.elapsed().as_secs_f64(),
         detail: Some(format!(
             "{} files, {} bytes, {} conflicts",
@@ -317,19 +288,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             &merged_desc_dir,
             &log,
         )?;
-        steps.push(Step {
-            name: "merge",
+        steps.push(StepReport {
+            name: "merge".into(),
             seconds: t.elapsed().as_secs_f64(),
             detail: Some(merged_from.join(", ")),
         });
     }
 
     // 4. kiwi-ng.
-    let mut summary = Summary {
-        schema: 1,
+    let mut summary = StackbuildReport {
+        schema: SCHEMA,
         target_dir: target.clone(),
         image_root: image_root.clone(),
-        stashes,
+        stashes: stashes.into_iter().map(|s| s.report).collect(),
         description,
         merged_descriptions: merged_from,
         kiwi_command: kiwi_command.clone(),
@@ -376,8 +347,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .context("starting kiwi-ng")?;
     summary.kiwi_ran = true;
     summary.kiwi_exit = status.code();
-    summary.steps.push(Step {
-        name: "kiwi-ng",
+    summary.steps.push(StepReport {
+        name: "kiwi-ng".into(),
         seconds: t.elapsed().as_secs_f64(),
         detail: None,
     });

@@ -13,6 +13,7 @@
 //! | [`tree`] | walking a root tree in a deterministic order |
 //! | [`tar`] | the PAX tar codec (strict reader, deterministic writer) |
 //! | [`layer`] | layer compression, reading, indexes and the overlay model |
+//! | [`manifest`] | the versioned `--json` documents and their JSON Schemas |
 //! | [`oci`] | OCI JSON types and the image-layout store |
 //! | [`extract`] | writing entries into a directory without ever escaping it |
 //! | [`image`] | image refs; opening images from stores, layouts and archives |
@@ -35,6 +36,7 @@ pub mod failpoint;
 pub mod image;
 pub mod kiwi;
 pub mod layer;
+pub mod manifest;
 pub mod oci;
 pub mod registry;
 pub mod stash;

@@ -10,8 +10,11 @@ use stackcore::Error;
 use stackcore::cli::{Log, print_json, print_line, store_path};
 use stackcore::image::{Archive, BlobSource, Image};
 use stackcore::layer::Compression;
+use stackcore::manifest::{
+    PushReport, SCHEMA, StashList, StashOutput, StashPushReport, StashReport, StashRow,
+};
 use stackcore::oci::Store;
-use stackcore::registry::{PushOutcome, RegistryOptions, RegistryRef, push};
+use stackcore::registry::{RegistryOptions, RegistryRef, push};
 use stackcore::stash::{StashOptions, stash, valid_name, valid_tag};
 
 const EXAMPLES: &str = "\
@@ -214,50 +217,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         None => None,
     };
     if cli.json {
-        #[derive(serde::Serialize)]
-        struct Report<'a> {
-            schema: u32,
-            #[serde(flatten)]
-            outcome: &'a stackcore::stash::StashOutcome,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            pushed: Option<Pushed<'a>>,
-            seconds: f64,
-        }
-        print_json(&Report {
-            schema: 1,
-            outcome: &outcome,
-            pushed: pushed.as_ref().map(|(p, t)| Pushed::new(p, *t)),
-            seconds: secs,
-        })
+        print_json(&StashOutput::Stash(StashReport::new(
+            &outcome,
+            pushed.as_ref().map(|(p, t)| PushReport::new(p, *t)),
+            secs,
+        )))
     } else {
         print_line(&outcome.reference)
-    }
-}
-
-/// The `"pushed"` object of the JSON report.
-#[derive(serde::Serialize)]
-struct Pushed<'a> {
-    #[serde(rename = "ref")]
-    reference: &'a str,
-    digest: &'a str,
-    blobs_uploaded: usize,
-    blobs_skipped: usize,
-    blobs_mounted: usize,
-    bytes_uploaded: u64,
-    seconds: f64,
-}
-
-impl<'a> Pushed<'a> {
-    fn new(p: &'a PushOutcome, seconds: f64) -> Self {
-        Pushed {
-            reference: &p.reference,
-            digest: p.digest.as_str(),
-            blobs_uploaded: p.blobs_uploaded,
-            blobs_skipped: p.blobs_skipped,
-            blobs_mounted: p.blobs_mounted,
-            bytes_uploaded: p.bytes_uploaded,
-            seconds,
-        }
     }
 }
 
@@ -285,40 +251,17 @@ fn push_existing(
     let pushed =
         push(&store, &desc, dest, registry).with_context(|| format!("pushing stash {full}"))?;
     if cli.json {
-        #[derive(serde::Serialize)]
-        struct Report<'a> {
-            schema: u32,
-            #[serde(rename = "ref")]
-            reference: String,
-            name: &'a str,
-            tag: &'a str,
-            manifest: &'a str,
-            pushed: Pushed<'a>,
-        }
-        print_json(&Report {
-            schema: 1,
+        print_json(&StashOutput::Push(StashPushReport {
+            schema: SCHEMA,
             reference: format!("oci:{}:{full}", store.root().display()),
-            name,
-            tag: &cli.tag,
-            manifest: desc.digest.as_str(),
-            pushed: Pushed::new(&pushed, start.elapsed().as_secs_f64()),
-        })
+            name: name.to_owned(),
+            tag: cli.tag.clone(),
+            manifest: desc.digest.to_string(),
+            pushed: PushReport::new(&pushed, start.elapsed().as_secs_f64()),
+        }))
     } else {
         print_line(&pushed.reference)
     }
-}
-
-/// One row of `stash --list`.
-#[derive(Debug, serde::Serialize)]
-struct Row {
-    #[serde(rename = "ref")]
-    reference: String,
-    name: String,
-    tag: String,
-    digest: String,
-    size: u64,
-    layers: usize,
-    created: Option<String>,
 }
 
 fn list(store_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
@@ -332,32 +275,25 @@ fn list(store_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
             let img = Image::from_descriptor(BlobSource::Layout(store.clone()), desc, full.clone())
                 .with_context(|| format!("reading stash {full}"))?;
             let (name, tag) = stackcore::image::split_tag(&full);
-            rows.push(Row {
+            rows.push(StashRow {
                 reference: format!("oci:{}:{full}", store.root().display()),
                 name: name.to_owned(),
                 tag: tag.to_owned(),
                 digest: img.digest().to_string(),
                 size: img.size(),
-                layers: img.manifest.layers.len(),
+                layers: img.manifest.layers.len() as u64,
                 created: img.config.created.clone(),
             });
         }
     }
     let legacy = legacy_stashes();
     if json {
-        #[derive(serde::Serialize)]
-        struct Listing {
-            schema: u32,
-            store: String,
-            stashes: Vec<Row>,
-            legacy: Vec<Row>,
-        }
-        return print_json(&Listing {
-            schema: 1,
+        return print_json(&StashOutput::List(StashList {
+            schema: SCHEMA,
             store: store_dir.display().to_string(),
             stashes: rows,
             legacy,
-        });
+        }));
     }
     let mut out = String::new();
     let _ = writeln!(out, "# store {}", store_dir.display());
@@ -374,7 +310,7 @@ fn list(store_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn table(out: &mut String, rows: &[Row]) {
+fn table(out: &mut String, rows: &[StashRow]) {
     let _ = writeln!(
         out,
         "{:<40} {:<19} {:>12} {:>6}  CREATED",
@@ -404,7 +340,7 @@ fn legacy_home() -> PathBuf {
 }
 
 /// The original plugin's stashes: `HOME/NAME/NAME.tar` OCI archives.
-fn legacy_stashes() -> Vec<Row> {
+fn legacy_stashes() -> Vec<StashRow> {
     let home = legacy_home();
     let mut rows = Vec::new();
     let Ok(dirs) = std::fs::read_dir(&home) else {
@@ -443,13 +379,13 @@ fn legacy_stashes() -> Vec<Row> {
                 continue;
             };
             let (n, t) = stackcore::image::split_tag(&full);
-            rows.push(Row {
+            rows.push(StashRow {
                 reference: format!("oci-archive:{}:{full}", file.display()),
                 name: n.to_owned(),
                 tag: t.to_owned(),
                 digest: img.digest().to_string(),
                 size: img.size(),
-                layers: img.manifest.layers.len(),
+                layers: img.manifest.layers.len() as u64,
                 created: img.config.created.clone(),
             });
         }

@@ -10,8 +10,9 @@ use stackcore::apply::{unstash_to_dir, unstash_to_tar};
 use stackcore::cli::{Log, print_json, ref_arg, store_path};
 use stackcore::extract::ExtractOptions;
 use stackcore::image::{BlobSource, Image, ImageRef};
+use stackcore::manifest::{PullReport, UnstashReport};
 use stackcore::oci::Store;
-use stackcore::registry::{PlatformSpec, PullOutcome, RegistryOptions, RegistryRef, pull_ref};
+use stackcore::registry::{PlatformSpec, RegistryOptions, RegistryRef, pull_ref};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -155,28 +156,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         outcome.stats.bytes
     ));
     if cli.json {
-        #[derive(serde::Serialize)]
-        struct Report<'a> {
-            schema: u32,
-            #[serde(rename = "ref")]
-            reference: String,
-            digest: String,
-            layers: usize,
-            #[serde(flatten)]
-            outcome: &'a stackcore::apply::UnstashOutcome,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            pulled: Option<&'a PullOutcome>,
-            seconds: f64,
-        }
-        print_json(&Report {
-            schema: 1,
-            reference: r.to_string(),
-            digest: digest.to_string(),
-            layers,
-            outcome: &outcome,
-            pulled: pulled.as_ref(),
-            seconds: secs,
-        })?;
+        let mut report =
+            UnstashReport::new(r.to_string(), digest.to_string(), layers, &outcome, secs);
+        report.pulled = pulled.as_ref().map(PullReport::from);
+        print_json(&report)?;
     }
     Ok(())
 }

@@ -31,8 +31,14 @@ enum Task {
     Demo,
     /// Time our tools against the ones users would otherwise use, side by side.
     Bench(bench::BenchArgs),
-    /// Man pages and shell completions into target/dist/.
+    /// Release binaries, man pages, shell completions and JSON Schemas into target/dist/.
     Dist,
+    /// Write the JSON Schema of each tool's --json output into schema/<tool>.json.
+    Schema {
+        /// Write nothing; fail if a committed schema differs from the types (CI).
+        #[arg(long)]
+        check: bool,
+    },
     /// The flagship end to end: registry container -> VM disk -> boot to a shell (as root).
     E2e(e2e::E2eArgs),
 }
@@ -45,6 +51,7 @@ fn main() -> ExitCode {
         Task::Demo => demo::run(),
         Task::Bench(args) => bench::run(&args),
         Task::Dist => dist(),
+        Task::Schema { check } => schema(check),
         Task::E2e(args) => e2e::run(&args),
     };
     match res {
@@ -101,6 +108,7 @@ fn ci() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    schema(true)?;
     test()?;
     sh(cargo()
         .args(["doc", "--workspace", "--no-deps", "--all-features"])
@@ -143,13 +151,63 @@ fn dist() -> Result<()> {
             clap_complete::generate_to(shell, &mut cmd, &name, &comp)?;
         }
     }
+    let schemas = dist.join("schema");
+    std::fs::create_dir_all(&schemas)?;
+    for (tool, text) in schema_texts()? {
+        std::fs::write(schemas.join(format!("{tool}.json")), text)?;
+    }
     sh(cargo().args(["build", "--release", "--bins"]))?;
+    // The target dir may be elsewhere (CARGO_TARGET_DIR); ask cargo's own variable first.
+    let release = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root().join("target"), PathBuf::from)
+        .join("release");
     for b in ["stash", "unstash", "stackmerge", "kiwimerge", "stackbuild"] {
-        std::fs::copy(root().join("target/release").join(b), dist.join(b))?;
+        let from = release.join(b);
+        std::fs::copy(&from, dist.join(b))
+            .with_context(|| format!("copying {}", from.display()))?;
     }
     eprintln!(
-        "xtask: man pages, completions and binaries in {}",
+        "xtask: binaries, man pages, completions and schemas in {}",
         dist.display()
     );
+    Ok(())
+}
+
+/// Each tool's schema as committed: pretty JSON with a final newline.
+fn schema_texts() -> Result<Vec<(&'static str, String)>> {
+    stackcore::manifest::schemas()
+        .into_iter()
+        .map(|(tool, schema)| Ok((tool, serde_json::to_string_pretty(&schema)? + "\n")))
+        .collect()
+}
+
+/// `cargo xtask schema [--check]`: the schemas in `schema/` follow the types in
+/// `stackcore::manifest`; `--check` fails on drift, like `cargo fmt --check`.
+fn schema(check: bool) -> Result<()> {
+    let dir = root().join("schema");
+    let mut drift = Vec::new();
+    for (tool, text) in schema_texts()? {
+        let path = dir.join(format!("{tool}.json"));
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        if old == text {
+            continue;
+        }
+        if check {
+            drift.push(path.display().to_string());
+        } else {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("xtask: wrote {}", path.display());
+        }
+    }
+    if !drift.is_empty() {
+        bail!(
+            "JSON Schemas out of date (run `cargo xtask schema` and commit): {}",
+            drift.join(", ")
+        );
+    }
+    if check {
+        eprintln!("xtask: schemas in {} match the types", dir.display());
+    }
     Ok(())
 }
