@@ -85,9 +85,12 @@ pub struct Cli {
     /// Print a JSON summary (steps, times, result files) on stdout.
     #[arg(long)]
     pub json: bool,
-    /// No progress lines on stderr.
+    /// No progress bars or step lines on stderr (warnings and errors still show).
     #[arg(long, short)]
     pub quiet: bool,
+    /// More detail on stderr: -v info, -vv debug (caches, plans, skipped blobs), -vvv trace.
+    #[arg(long, short, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     /// Arguments for kiwi-ng's system build/create, after `--`.
     #[arg(last = true, value_name = "KIWI_ARGS")]
     pub kiwi_args: Vec<String>,
@@ -121,6 +124,7 @@ fn pull_stash(
 /// Runs `stackbuild`.
 #[allow(clippy::needless_pass_by_value)] // the signature `run_main` calls
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    stackui::init(cli.quiet, cli.verbose);
     let log = Log {
         quiet: cli.quiet,
         tool: "stackbuild",
@@ -257,12 +261,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .iter_mut()
         .map(|s| Source::Image(Box::new(s.image.take().expect("opened once"))))
         .collect();
+    let task = stackcore::progress::task("stacking", None);
     let mut plan = Plan::new(&sources)?;
     let staging = Staging::new(&image_root)?;
     let mut tree = Target::open(staging.path(), ExtractOptions::default())?;
     write(&sources, &mut plan, &mut tree).context("stacking the stashes")?;
     let stats = tree.finish()?;
     staging.commit()?;
+    drop(task);
     for w in stats.warnings() {
         log.warn(w);
     }

@@ -114,6 +114,7 @@ pub fn write(sources: &[Source], plan: &mut Plan, target: &mut Target) -> Result
     let transient = plan.model.transient();
     if plan.model.complex {
         if let [Source::Image(img)] = sources {
+            tracing::debug!(image = %img.name, "the plan cannot predict this image: applying its layers in order");
             sequential(img, target)?;
             return Ok(false);
         }

@@ -130,13 +130,21 @@ impl Log {
     /// One step line.
     pub fn step(&self, msg: impl std::fmt::Display) {
         if !self.quiet {
-            let _ = writeln!(io::stderr().lock(), "{}: {msg}", self.tool);
+            say(&format!("{}: {msg}", self.tool));
         }
     }
 
     /// A warning; shown even with `--quiet`.
     pub fn warn(&self, msg: impl std::fmt::Display) {
-        let _ = writeln!(io::stderr().lock(), "{}: warning: {msg}", self.tool);
+        say(&format!("{}: warning: {msg}", self.tool));
+    }
+}
+
+/// One line on stderr, through the progress sink when one is installed (so a bar is not torn).
+fn say(line: &str) {
+    if !crate::progress::message(line) {
+        // stderr closed: there is no one left to tell
+        let _ = writeln!(io::stderr().lock(), "{line}");
     }
 }
 

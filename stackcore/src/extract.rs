@@ -464,6 +464,7 @@ impl Target {
                 self.copy_sparse(&file, data, e)?;
                 self.meta_fd(file.as_fd(), e)?;
                 self.stats.files += 1;
+                crate::progress::advance(e.size, 1);
             }
             Kind::Symlink => {
                 self.clear(&pfd, &e.path, name, false)?;

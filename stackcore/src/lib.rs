@@ -17,6 +17,7 @@
 //! | [`oci`] | OCI JSON types and the image-layout store |
 //! | [`extract`] | writing entries into a directory without ever escaping it |
 //! | [`image`] | image refs; opening images from stores, layouts and archives |
+//! | [`progress`] | progress of long work, reported to the sink a binary installs |
 //! | [`registry`] | `docker://` refs; pulling and pushing over the OCI distribution API (feature `registry`) |
 //! | [`stash`] | stashing a tree: full the first time, the difference after that |
 //! | [`description`] | name and author from a root's `image/config.xml` |
@@ -38,6 +39,7 @@ pub mod kiwi;
 pub mod layer;
 pub mod manifest;
 pub mod oci;
+pub mod progress;
 pub mod registry;
 pub mod stash;
 pub mod tar;

@@ -183,15 +183,37 @@ pub fn stash(store: &Store, opts: &StashOptions) -> Result<StashOutcome> {
         && decision.emit.is_empty()
         && decision.whiteouts.is_empty()
     {
+        tracing::debug!("no change since {full}: no layer");
         outcome.manifest = prev.digest().clone();
         return Ok(outcome);
     }
 
+    let total: u64 = decision
+        .emit
+        .values()
+        .filter(|e| e.kind == Kind::File)
+        .map(|e| e.size)
+        .sum();
+    tracing::debug!(
+        entries = decision.emit.len(),
+        whiteouts = decision.whiteouts.len(),
+        bytes = total,
+        "writing the layer"
+    );
+    let task = crate::progress::task(format!("stashing {}", opts.root.display()), Some(total));
     let mut layer = LayerWriter::new(store, opts.compression, opts.threads)?;
     for (i, w) in walked.iter().enumerate() {
         let Some(entry) = decision.emit.get(&i) else {
             continue;
         };
+        task.advance(
+            if entry.kind == Kind::File {
+                entry.size
+            } else {
+                0
+            },
+            1,
+        );
         if entry.kind == Kind::File {
             let mut f = open_nofollow(&w.source)?;
             layer.put(entry, Some(&mut f))?;
@@ -204,6 +226,7 @@ pub fn stash(store: &Store, opts: &StashOptions) -> Result<StashOutcome> {
     }
     outcome.bytes = layer.bytes();
     let written = layer.finish(store)?;
+    drop(task);
     crate::failpoint::hit("stash-after-layer");
 
     let created = crate::timefmt::rfc3339(opts.created);

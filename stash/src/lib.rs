@@ -71,14 +71,18 @@ pub struct Cli {
     /// Print a JSON report on stdout instead of the ref.
     #[arg(long)]
     pub json: bool,
-    /// No progress lines on stderr.
+    /// No progress bars or step lines on stderr (warnings and errors still show).
     #[arg(long, short)]
     pub quiet: bool,
+    /// More detail on stderr: -v info, -vv debug (caches, plans, skipped blobs), -vvv trace.
+    #[arg(long, short, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
 /// Runs `stash`.
 #[allow(clippy::needless_pass_by_value)] // the signature `run_main` calls
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    stackui::init(cli.quiet, cli.verbose);
     let log = Log {
         quiet: cli.quiet,
         tool: "stash",

@@ -62,14 +62,18 @@ pub struct Cli {
     /// Print a JSON report on stdout.
     #[arg(long)]
     pub json: bool,
-    /// No progress lines on stderr.
+    /// No progress bars or step lines on stderr (warnings and errors still show).
     #[arg(long, short)]
     pub quiet: bool,
+    /// More detail on stderr: -v info, -vv debug (caches, plans, skipped blobs), -vvv trace.
+    #[arg(long, short, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
 /// Runs `unstash`.
 #[allow(clippy::needless_pass_by_value)] // the signature `run_main` calls
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    stackui::init(cli.quiet, cli.verbose);
     let log = Log {
         quiet: cli.quiet,
         tool: "unstash",
@@ -107,6 +111,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         xattrs_exclude: cli.xattrs_exclude.clone(),
     };
     let start = Instant::now();
+    let task = stackcore::progress::task(format_args!("writing {r}"), None);
     let outcome = if let Some(dest) = &cli.to {
         log.step(format_args!(
             "writing {r} ({layers} layers) to {}",
@@ -143,6 +148,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             outcome
         }
     };
+    drop(task);
     for w in outcome.stats.warnings() {
         log.warn(w);
     }

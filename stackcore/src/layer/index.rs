@@ -181,8 +181,10 @@ pub fn layer_index(
     if let Some(store) = store
         && let Some(index) = LayerIndex::load_cached(&store.cache_dir(), digest)
     {
+        tracing::debug!(layer = %digest, "layer index: cache hit");
         return Ok(index);
     }
+    tracing::debug!(layer = %digest, "layer index: cache miss, reading the layer");
     let index = LayerIndex::read(open()?)?;
     if let Some(store) = store {
         index.save_cached(&store.cache_dir(), &store.tmp_dir(), digest);

@@ -109,8 +109,15 @@ pub fn pull_ref(store: &Store, r: &RegistryRef, opts: &RegistryOptions) -> Resul
     let blobs: Vec<&Descriptor> = std::iter::once(&manifest.config)
         .chain(&manifest.layers)
         .collect();
+    let missing: u64 = blobs
+        .iter()
+        .filter(|d| !store.has_blob(&d.digest))
+        .map(|d| d.size)
+        .sum();
+    let task = crate::progress::task(format!("pulling {r}"), Some(missing));
     for desc in &blobs {
         if store.has_blob(&desc.digest) {
+            tracing::debug!(blob = %desc.digest, "already in the store: not fetched");
             out.blobs_present += 1;
             continue;
         }
@@ -119,9 +126,11 @@ pub fn pull_ref(store: &Store, r: &RegistryRef, opts: &RegistryOptions) -> Resul
             desc.digest, desc.size
         ));
         fetch_blob(&mut c, store, r, desc)?;
+        task.advance(0, 1);
         out.blobs_fetched += 1;
         out.bytes_fetched += desc.size;
     }
+    drop(task);
     // The manifest last: until it is in, nothing refers to the blobs above.
     store.write_blob(&bytes)?;
     // Refuse to name an image that cannot be opened (layer/diff_id counts, config type).
@@ -313,6 +322,7 @@ fn fetch_blob(c: &mut Client, store: &Store, r: &RegistryRef, desc: &Descriptor)
                     w.write_all(&buf[..n])
                         .map_err(|e| Error::io(store.tmp_dir(), e))?;
                     have += n as u64;
+                    crate::progress::advance(n as u64, 0);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => break Some(e),

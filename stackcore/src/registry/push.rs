@@ -105,16 +105,23 @@ pub fn push(
         blobs_mounted: 0,
         bytes_uploaded: 0,
     };
+    let total = blobs.iter().map(|d| d.size).sum();
+    let task = crate::progress::task(format!("pushing to {dest}"), Some(total));
     for (desc, from) in blobs.iter().zip(&mounts) {
         match push_blob(&mut c, store, &dest, desc, from.as_deref(), opts)? {
-            Sent::Skipped => out.blobs_skipped += 1,
+            Sent::Skipped => {
+                tracing::debug!(blob = %desc.digest, "the registry has it: not uploaded");
+                out.blobs_skipped += 1;
+            }
             Sent::Mounted => out.blobs_mounted += 1,
             Sent::Uploaded => {
                 out.blobs_uploaded += 1;
                 out.bytes_uploaded += desc.size;
             }
         }
+        task.advance(desc.size, 1);
     }
+    drop(task);
     let url = c.url(&format!("/v2/{}/manifests/{}", dest.repo, dest.reference()));
     let resp = c.send(
         "PUT",
