@@ -3,7 +3,9 @@
 
 mod util;
 
+mod cli;
 mod incremental;
+mod jsonschema;
 mod kiwimerge;
 mod registry;
 mod stackbuild;

@@ -244,7 +244,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 seconds: start.elapsed().as_secs_f64(),
             });
         }
-        print!("{plan}");
+        // Not print!: a closed stdout must be an error run_main can see, not a panic.
+        let mut stdout = std::io::stdout().lock();
+        std::io::Write::write_all(&mut stdout, plan.as_bytes())?;
+        std::io::Write::flush(&mut stdout)?;
         return Ok(());
     }
 

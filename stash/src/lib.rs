@@ -310,7 +310,14 @@ fn list(store_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
         );
         table(&mut out, &legacy);
     }
-    print!("{out}");
+    print_text(&out)
+}
+
+/// Writes `text` to stdout; a closed stdout is an error `run_main` treats as success.
+fn print_text(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    std::io::Write::write_all(&mut stdout, text.as_bytes())?;
+    std::io::Write::flush(&mut stdout)?;
     Ok(())
 }
 

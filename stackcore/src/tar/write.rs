@@ -36,7 +36,8 @@ impl<W: Write> Builder<W> {
     pub fn put(&mut self, e: &Entry, data: Option<&mut dyn Read>) -> Result<Option<Digest>> {
         self.header.clear();
         write_header(&mut self.header, e);
-        let err = |x: io::Error| Error::Other(format!("writing tar: {x}"));
+        // An I/O error kept as one, so a closed pipe reads as `BrokenPipe` to `run_main`.
+        let err = |x: io::Error| Error::io("tar output", x);
         self.out.write_all(&self.header).map_err(err)?;
         if e.kind != Kind::File {
             return Ok(None);
@@ -96,7 +97,7 @@ impl<W: Write> Builder<W> {
     pub fn finish(mut self) -> Result<W> {
         self.out
             .write_all(&END_OF_ARCHIVE)
-            .map_err(|x| Error::Other(format!("writing tar: {x}")))?;
+            .map_err(|x| Error::io("tar output", x))?;
         Ok(self.out)
     }
 }
