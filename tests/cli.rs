@@ -294,6 +294,65 @@ fn off_a_terminal_progress_is_plain_lines_and_quiet_is_silent() -> Result<()> {
 }
 
 #[test]
+fn on_a_terminal_there_are_bars_unless_quiet() -> Result<()> {
+    if !crate::util::have("script") {
+        crate::skip!("script (util-linux) is not installed: no pseudo-terminal to test with");
+    }
+    let w = Workdir::new("cli_tty")?;
+    w.tree("root", &tree())?;
+    let stash = crate::util::bin_dir().join("stash");
+    // script(1) runs the command on a pseudo-terminal and copies what it drew to stdout.
+    let on_tty = |args: &str| -> Result<Vec<u8>> {
+        let out = output(
+            w.cmd("script")
+                .args(["-qec"])
+                .arg(format!("{} {args}", stash.display()))
+                .arg("/dev/null")
+                .env("TERM", "xterm")
+                .env_remove("KIWI_STASH_HOME"),
+        )?;
+        assert!(
+            out.status.success(),
+            "{args}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        Ok(out.stdout)
+    };
+    let drawn = on_tty("--store store --root root --container-name aa")?;
+    // Escape codes only: a terminal turns every \n into \r\n anyway.
+    assert!(
+        drawn.contains(&0x1b),
+        "no bar drawn on a terminal: {:?}",
+        String::from_utf8_lossy(&drawn)
+    );
+    let quiet = on_tty("--store store --root root --container-name bb --quiet")?;
+    assert!(
+        !quiet.contains(&0x1b),
+        "--quiet drew on the terminal: {:?}",
+        String::from_utf8_lossy(&quiet)
+    );
+    Ok(())
+}
+
+#[test]
+fn kiwimerge_quiet_drops_warnings_but_not_the_output() -> Result<()> {
+    let w = Workdir::new("cli_kiwimerge_quiet")?;
+    let d = workspace().join("tests/fixtures/kiwimerge/examples/01-container-stash-to-vm");
+    let (base, overlay) = (d.join("base.xml"), d.join("overlay.xml"));
+    let loud = output(w.bin("kiwimerge").arg(&base).arg(&overlay))?;
+    assert!(!loud.stderr.is_empty(), "the example warns");
+    let quiet = output(w.bin("kiwimerge").arg(&base).arg(&overlay).arg("-q"))?;
+    assert_eq!(quiet.status.code(), Some(0));
+    assert!(
+        quiet.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&quiet.stderr)
+    );
+    assert_eq!(quiet.stdout, loud.stdout);
+    Ok(())
+}
+
+#[test]
 fn verbose_shows_the_library_at_work() -> Result<()> {
     let w = Workdir::new("cli_verbose")?;
     w.tree("root", &tree())?;

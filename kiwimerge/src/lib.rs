@@ -29,6 +29,7 @@ Example: turn a container stash description into a VM description
 /// place in BASE, because kiwi itself reads the first occurrence of everything. The output
 /// is canonical (4-space indent, one element per line) and byte-deterministic.
 #[derive(Debug, Parser)]
+#[allow(clippy::struct_excessive_bools)] // command-line switches
 #[command(name = "kiwimerge", version, about, long_about = None, after_help = AFTER_HELP)]
 pub struct Cli {
     /// The base description: a file, or a directory searched as kiwi does
@@ -78,6 +79,10 @@ pub struct Cli {
     /// Skip the lints (warnings about directives are still printed).
     #[arg(long)]
     pub no_lint: bool,
+
+    /// Print no warnings on stderr (errors still show; --strict still counts warnings).
+    #[arg(long, short)]
+    pub quiet: bool,
 
     /// The store for `NAME[:TAG]` refs (BASE or OVERLAY may be an image: its
     /// `image/config.xml` is read without unpacking the image).
@@ -193,7 +198,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let out = kiwi::merge(base, overlays, &opts)?;
 
     let mut err = std::io::stderr().lock();
-    for d in &out.diags {
+    for d in out
+        .diags
+        .iter()
+        .filter(|d| !(cli.quiet && d.level == Level::Warning))
+    {
         // stderr failing is no reason to withhold the merged output
         let _ = writeln!(err, "kiwimerge: {d}");
     }

@@ -91,6 +91,7 @@ impl Progress for Bars {
         let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr())
             .with_style(Self::style(total.is_some(), &self.files))
             .with_message(what.to_owned());
+        bar.tick(); // drawn at once: a short task still shows what it is doing
         bar.enable_steady_tick(std::time::Duration::from_millis(120));
         *cur = Some(bar);
     }
