@@ -1,4 +1,5 @@
-//! `cargo xtask`: CI, the demo, benchmarks, man pages and completions.
+//! `cargo xtask`: CI, the demo, benchmarks, release packaging (binaries, man pages,
+//! completions) and the JSON Schemas of the tools' output.
 //!
 //! Plain `std::process::Command` keeps this crate's dependencies to clap and serde.
 
@@ -23,7 +24,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Everything CI checks: fmt, clippy -D warnings, all tests, docs.
+    /// Everything CI checks: fmt, clippy -D warnings, schema drift, all tests, docs.
     Ci,
     /// Build the binaries, then run every test.
     Test,
