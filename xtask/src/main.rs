@@ -34,7 +34,7 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Release binaries, man pages, shell completions and JSON Schemas into target/dist/.
     Dist,
-    /// Write the JSON Schema of each tool's --json output into schema/<tool>.json.
+    /// Write the JSON Schema of each tool's --json output into `schema/TOOL.json`.
     Schema {
         /// Write nothing; fail if a committed schema differs from the types (CI).
         #[arg(long)]
