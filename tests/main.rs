@@ -4,4 +4,5 @@
 mod util;
 
 mod incremental;
+mod stackmerge;
 mod stash;

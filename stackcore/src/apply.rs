@@ -111,18 +111,13 @@ impl Plan {
 
     /// Lays the sources' models over each other, lowest first.
     pub fn from_models(models: Vec<Model>) -> Plan {
-        let mut model: Option<Model> = None;
+        let mut models = models.into_iter();
+        let mut model = models.next().unwrap_or_else(Model::new_root);
         let mut conflicts = Vec::new();
-        for (s, m) in models.into_iter().enumerate() {
-            match &mut model {
-                None => model = Some(m),
-                Some(lower) => conflicts.extend(lower.overlay(m, s as u32)),
-            }
+        for (s, m) in models.enumerate() {
+            conflicts.extend(model.overlay(m, s as u32 + 1));
         }
-        Plan {
-            model: model.unwrap_or_else(Model::new),
-            conflicts,
-        }
+        Plan { model, conflicts }
     }
 
     /// How many final entries each source provided.
@@ -526,7 +521,11 @@ pub fn stack_to_dir(
         entries: plan.model.nodes.values().filter(|n| !n.implicit).count() as u64,
         ..StackTotals::default()
     };
-    let name = |s: u32| reports.get(s as usize).map_or_else(String::new, |r| r.name.clone());
+    let name = |s: u32| {
+        reports
+            .get(s as usize)
+            .map_or_else(String::new, |r| r.name.clone())
+    };
     let conflicts = plan
         .conflicts
         .iter()

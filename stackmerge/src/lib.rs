@@ -77,7 +77,9 @@ fn open_source(arg: &str, store: &Path, stdin_used: &mut bool) -> anyhow::Result
     }
     if arg == "-" {
         if *stdin_used {
-            return Err(Error::Usage("only one SOURCE can be - (stdin is read once)".into()).into());
+            return Err(
+                Error::Usage("only one SOURCE can be - (stdin is read once)".into()).into(),
+            );
         }
         *stdin_used = true;
     }
@@ -88,6 +90,7 @@ fn open_source(arg: &str, store: &Path, stdin_used: &mut bool) -> anyhow::Result
 }
 
 /// Runs `stackmerge`.
+#[allow(clippy::needless_pass_by_value)] // the signature `run_main` calls
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let log = Log {
         quiet: cli.quiet,
@@ -150,7 +153,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     log.step(format_args!(
         "done in {secs:.2}s: {} entries, {} conflicts ({} type, {} content, {} metadata), \
          {} files, {} bytes written",
-        t.entries, t.conflicts, t.type_, t.content, t.metadata, outcome.stats.files,
+        t.entries,
+        t.conflicts,
+        t.type_,
+        t.content,
+        t.metadata,
+        outcome.stats.files,
         outcome.stats.bytes
     ));
     let report = Report {

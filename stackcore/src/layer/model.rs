@@ -98,6 +98,12 @@ pub struct Conflict {
 impl Model {
     /// An empty tree with only a root directory.
     pub fn new() -> Self {
+        Self::new_root()
+    }
+
+    /// The same as [`Model::new`], under a name that does not look like `Default` (which
+    /// gives a tree without even a root).
+    pub fn new_root() -> Self {
         let mut m = Model::default();
         let mut root = Entry::new(Vec::new(), Kind::Dir);
         root.mode = 0o755;
@@ -302,7 +308,7 @@ impl Model {
     ///   keep the old one;
     /// - the second and later names of an upper hardlink group are linked to the first;
     /// - an existing mtime that equals the upper one to the second is left as it is (rsync
-    ///   compares seconds), unless the directory's entries changed;
+    ///   compares seconds), unless its xattrs changed or, for a directory, its entries did;
     /// - where rsync fails (a non-directory over a non-empty directory) the upper entry wins.
     pub fn overlay(&mut self, upper: Model, upper_no: u32) -> Vec<Conflict> {
         let mut conflicts = Vec::new();
@@ -335,7 +341,9 @@ impl Model {
                     if !o.implicit && !o.entry.same_metadata(&u.entry) {
                         conflict(&path, o, ConflictKind::Metadata, Resolution::Upper);
                     }
-                    merged_dirs.push((path.clone(), o.entry.mtime));
+                    if keeps_mtime(&o.entry, &u.entry) {
+                        merged_dirs.push((path.clone(), o.entry.mtime));
+                    }
                     o.entry = u.entry;
                     o.origin = u.origin;
                     o.implicit = false;
@@ -402,7 +410,7 @@ impl Model {
                         conflict(&path, &o, kind, r);
                     }
                     let mut entry = u.entry;
-                    if entry.mtime.sec == o.entry.mtime.sec {
+                    if keeps_mtime(&o.entry, &entry) {
                         entry.mtime = o.entry.mtime;
                     }
                     touched.insert(o.inode, entry.clone());
@@ -449,7 +457,6 @@ impl Model {
         for (path, lower) in merged_dirs {
             if let Some(n) = self.nodes.get_mut(&path)
                 && !dirtied.contains(&path)
-                && n.entry.mtime.sec == lower.sec
             {
                 n.entry.mtime = lower;
             }
@@ -470,6 +477,20 @@ fn up_to_date(lower: &Entry, upper: &Entry) -> bool {
         (Kind::Fifo, Kind::Fifo) => true,
         _ => false,
     }
+}
+
+/// Whether rsync leaves an existing entry's mtime as it is when it brings its attributes up
+/// to date: it compares mtimes to the second, but a change of xattrs (other than POSIX ACLs,
+/// which `-A` handles apart) makes it set the upper mtime exactly (checked with 3.5.0).
+fn keeps_mtime(lower: &Entry, upper: &Entry) -> bool {
+    let plain = |e: &Entry| {
+        e.xattrs
+            .iter()
+            .filter(|(k, _)| !k.starts_with(b"system.posix_acl_"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    lower.mtime.sec == upper.mtime.sec && plain(lower) == plain(upper)
 }
 
 /// What differs between two entries at one path, if anything.
@@ -562,7 +583,10 @@ mod tests {
     #[test]
     fn replaced_link_source_still_carries_the_data() {
         let mut m = Model::new();
-        for (l, c) in [file("a"), link("b", "a"), file("a")].into_iter().enumerate() {
+        for (l, c) in [file("a"), link("b", "a"), file("a")]
+            .into_iter()
+            .enumerate()
+        {
             m.apply_layer(0, l as u32, &LayerIndex { changes: vec![c] });
         }
         let (a, b) = (&m.nodes[b"a".as_slice()], &m.nodes[b"b".as_slice()]);
@@ -621,7 +645,11 @@ mod tests {
         assert_eq!(n("a").data_origin, (1, 0, 0));
         assert_eq!(n("q").inode, n("q2").inode);
         assert_eq!(n("q").data_origin, (0, 0, 3), "quick check: lower content");
-        assert_eq!(n("q2").entry.mode, 0o600, "in-place chmod reaches every name");
+        assert_eq!(
+            n("q2").entry.mode,
+            0o600,
+            "in-place chmod reaches every name"
+        );
         assert_eq!(n("q").entry.mtime.nsec, 5, "rsync compares seconds");
         assert!(!lower.nodes.contains_key(b"ne/x".as_slice()));
         assert_eq!(n("ne").entry.kind, Kind::File);
@@ -631,12 +659,7 @@ mod tests {
         let ne = find("ne").expect("ne conflict");
         assert_eq!(
             (ne.kind, ne.resolution, ne.lower, ne.upper),
-            (
-                ConflictKind::Type,
-                Resolution::UpperOverNonEmptyDir,
-                0,
-                1
-            )
+            (ConflictKind::Type, Resolution::UpperOverNonEmptyDir, 0, 1)
         );
     }
 
@@ -653,7 +676,11 @@ mod tests {
         let conflicts = lower.overlay(upper, 1);
         let (x, y) = (&lower.nodes[b"x".as_slice()], &lower.nodes[b"y".as_slice()]);
         assert_eq!(x.inode, y.inode);
-        assert_eq!(x.data_origin, (0, 0, 0), "x was up to date: its lower data stays");
+        assert_eq!(
+            x.data_origin,
+            (0, 0, 0),
+            "x was up to date: its lower data stays"
+        );
         assert!(conflicts.is_empty(), "{conflicts:?}");
     }
 
