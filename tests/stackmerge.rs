@@ -402,3 +402,130 @@ fn a_bad_source_fails_with_one_line_and_leaves_nothing() -> Result<()> {
     assert_eq!(fs::read_dir(w.path("full"))?.count(), 1);
     Ok(())
 }
+
+/// One ustar header and its data, padded: enough to hand-make a layer our own `stash`
+/// would never write.
+fn ustar(out: &mut Vec<u8>, name: &str, kind: u8, mode: u32, link: &str, data: &[u8]) {
+    let mut h = [0u8; 512];
+    let octal = |h: &mut [u8; 512], at: usize, len: usize, v: u64| {
+        let s = format!("{v:0w$o}\0", w = len - 1);
+        h[at..at + len].copy_from_slice(s.as_bytes());
+    };
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    octal(&mut h, 100, 8, u64::from(mode));
+    octal(&mut h, 108, 8, 0);
+    octal(&mut h, 116, 8, 0);
+    octal(&mut h, 124, 12, data.len() as u64);
+    octal(&mut h, 136, 12, 1_234_567_890);
+    h[156] = kind;
+    h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+}
+
+/// Writes a blob into an OCI layout; returns its digest and size.
+fn blob(layout: &Path, bytes: &[u8]) -> Result<(String, usize)> {
+    use sha2::Digest as _;
+    let hex = format!("{:x}", sha2::Sha256::digest(bytes));
+    fs::create_dir_all(layout.join("blobs/sha256"))?;
+    fs::write(layout.join("blobs/sha256").join(&hex), bytes)?;
+    Ok((format!("sha256:{hex}"), bytes.len()))
+}
+
+/// An image whose second layer writes through a symlink the first one made
+/// (`lib -> usr/lib`, then `lib/b`): the model cannot plan that from paths alone.
+fn image_through_a_symlink(layout: &Path) -> Result<()> {
+    let mut l1 = Vec::new();
+    ustar(&mut l1, "./", b'5', 0o755, "", b"");
+    ustar(&mut l1, "usr/", b'5', 0o755, "", b"");
+    ustar(&mut l1, "usr/lib/", b'5', 0o755, "", b"");
+    ustar(&mut l1, "usr/lib/a", b'0', 0o644, "", b"layer one\n");
+    ustar(&mut l1, "lib", b'2', 0o777, "usr/lib", b"");
+    l1.resize(l1.len() + 1024, 0);
+    let mut l2 = Vec::new();
+    ustar(&mut l2, "lib/b", b'0', 0o644, "", b"through the link\n");
+    l2.resize(l2.len() + 1024, 0);
+    let layers: Vec<(String, usize)> = [l1, l2]
+        .iter()
+        .map(|l| blob(layout, l))
+        .collect::<Result<_>>()?;
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| &l.0).collect::<Vec<_>>()},
+    });
+    let (cd, cs) = blob(layout, &serde_json::to_vec(&config)?)?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+        "layers": layers.iter().map(|(d, s)| serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": s,
+        })).collect::<Vec<_>>(),
+    });
+    let (md, ms) = blob(layout, &serde_json::to_vec(&manifest)?)?;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
+            "annotations": {"org.opencontainers.image.ref.name": "trick:1"},
+        }],
+    });
+    fs::write(layout.join("index.json"), serde_json::to_vec(&index)?)?;
+    fs::write(
+        layout.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
+    Ok(())
+}
+
+#[test]
+fn an_image_the_plan_cannot_handle_is_unstashed_first() -> Result<()> {
+    let w = Workdir::new("merge-complex")?;
+    image_through_a_symlink(&w.path("layout"))?;
+    let me = format!(
+        "{}:{}",
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw()
+    );
+    restamp(
+        &w.tree(
+            "lower",
+            &format!("d usr/lib 755 {me}\nf usr/lib/old 644 {me} old\nf etc-x 644 {me} x\n"),
+        )?,
+        1_111_111_111,
+    )?;
+    let out = run(w.bin("stackmerge").args([
+        "--into",
+        "got",
+        "./lower",
+        "oci:layout:trick:1",
+        "--json",
+        "--quiet",
+    ]))?;
+    let got = w.path("got");
+    assert_eq!(fs::read(got.join("usr/lib/b"))?, b"through the link\n");
+    assert_eq!(fs::read(got.join("usr/lib/old"))?, b"old");
+    let report = json(&out)?;
+    assert_eq!(report["sources"][1]["planned"], false);
+    assert_eq!(report["sources"][1]["kind"], "image");
+    // No scratch directory is left beside the target.
+    let left: Vec<String> = fs::read_dir(&w.root)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<_>>()?;
+    assert!(left.iter().all(|n| !n.starts_with('.')), "{left:?}");
+    if have("rsync") {
+        run(w
+            .bin("unstash")
+            .args(["oci:layout:trick:1", "--to", "un", "--quiet"]))?;
+        rsync_twice(&w, "lower", "un", "want")?;
+        assert_same(&dump(&w.path("want"))?, &dump(&got)?)?;
+    }
+    Ok(())
+}
