@@ -237,6 +237,10 @@ fn privileged_two_stashes_give_what_unstash_then_rsync_gives() -> Result<()> {
     fs::write(w.path("lower/etc/passwd"), "replaced in layer 2\n")?;
     restamp(&w.path("lower"), 1_333_333_333)?;
     let low = stash(&w, "lower", "low")?;
+    stash(&w, "upper", "up")?;
+    // The upper image's own whiteout hides its own lone-1, never the lower source's.
+    fs::remove_file(w.path("upper/lone-1"))?;
+    restamp(&w.path("upper"), 1_222_222_223)?;
     let up = stash(&w, "upper", "up")?;
 
     run(w.bin("unstash").args([&low, "--to", "un-low", "--quiet"]))?;
@@ -254,6 +258,7 @@ fn privileged_two_stashes_give_what_unstash_then_rsync_gives() -> Result<()> {
         String::from_utf8_lossy(&piped.stderr)
     );
     assert_same(&dump(&w.path("want"))?, &dump(&w.path("got"))?)?;
+    assert_eq!(fs::read(w.path("got/lone-1"))?, b"same");
     let report = json(&String::from_utf8_lossy(&piped.stdout))?;
     let sources = report["sources"].as_array().expect("sources");
     assert_eq!(sources[0]["kind"], "image");

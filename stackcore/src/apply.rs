@@ -426,6 +426,7 @@ pub struct StackTotals {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StackOutcome {
     /// The target.
+    #[serde(rename = "into")]
     pub dest: PathBuf,
     /// Each source, lowest first.
     pub sources: Vec<SourceReport>,

@@ -12,6 +12,7 @@ use stackcore::apply::{Source, StackOutcome, stack_to_dir};
 use stackcore::cli::{Log, print_json, ref_arg, store_path};
 use stackcore::extract::ExtractOptions;
 use stackcore::image::{Image, ImageRef, is_path_arg};
+use stackcore::layer::model::ConflictKind;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -60,7 +61,6 @@ pub struct Cli {
 #[derive(Debug, serde::Serialize)]
 struct Report<'a> {
     schema: u32,
-    into: &'a Path,
     #[serde(flatten)]
     outcome: &'a StackOutcome,
     seconds: f64,
@@ -123,7 +123,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         };
         log.step(format_args!("  {}: {} entries{how}", s.name, s.entries));
     }
-    for c in outcome.conflicts.iter().take(SHOWN_CONFLICTS) {
+    // Type and content conflicts are worth a line each; metadata ones (a directory's mtime,
+    // mostly) only in the totals and the JSON.
+    let notable: Vec<_> = outcome
+        .conflicts
+        .iter()
+        .filter(|c| c.kind != ConflictKind::Metadata)
+        .collect();
+    for c in notable.iter().take(SHOWN_CONFLICTS) {
         log.step(format_args!(
             "  conflict {}: {} ({} over {}, {})",
             c.path,
@@ -134,10 +141,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         ));
     }
     let t = &outcome.totals;
-    if outcome.conflicts.len() > SHOWN_CONFLICTS {
+    if notable.len() > SHOWN_CONFLICTS {
         log.step(format_args!(
-            "  ... and {} more conflicts (--json lists them all)",
-            outcome.conflicts.len() - SHOWN_CONFLICTS
+            "  ... and {} more type and content conflicts (--json lists them all)",
+            notable.len() - SHOWN_CONFLICTS
         ));
     }
     if t.rsync_fails > 0 {
@@ -163,7 +170,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     ));
     let report = Report {
         schema: 1,
-        into: &outcome.dest,
         outcome: &outcome,
         seconds: secs,
     };
