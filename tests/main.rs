@@ -4,5 +4,7 @@
 mod util;
 
 mod incremental;
+mod kiwimerge;
+mod stackbuild;
 mod stackmerge;
 mod stash;

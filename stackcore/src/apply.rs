@@ -173,7 +173,7 @@ fn open_nofollow(path: &Path) -> Result<File> {
 /// Writes `sources` into `target` as `model` (their plan) says: each final inode once, in
 /// the order the sources and layers hold them, then the directories. The model must not be
 /// `complex`.
-pub fn write(sources: &[Source], model: &Model, target: &mut Target) -> Result<()> {
+pub fn write(sources: &[&Source], model: &Model, target: &mut Target) -> Result<()> {
     if model.complex {
         return Err(Error::Other(
             "a source writes through a symlink or links to nothing; it must be applied in \
@@ -332,7 +332,8 @@ fn write_image(img: Image, target: &mut Target) -> Result<bool> {
         }
         return Ok(false);
     }
-    write(&sources, &model, target)?;
+    let [source] = &sources;
+    write(&[source], &model, target)?;
     Ok(true)
 }
 
@@ -455,7 +456,7 @@ fn show_path(p: &[u8]) -> String {
 /// nothing) is unstashed layer after layer into a scratch directory beside `dest` first,
 /// and stacked from there.
 pub fn stack_to_dir(
-    mut sources: Vec<Source>,
+    sources: &[Source],
     dest: &Path,
     opts: &ExtractOptions,
 ) -> Result<StackOutcome> {
@@ -465,11 +466,14 @@ pub fn stack_to_dir(
         .map_or_else(|| "target".into(), |n| n.to_string_lossy().into_owned());
     let mut reports = Vec::with_capacity(sources.len());
     let mut models = Vec::with_capacity(sources.len());
+    // What each source is written from: itself, or the scratch directory it was unstashed to.
+    let mut fallbacks: Vec<Option<Source>> = Vec::with_capacity(sources.len());
     let mut scratch = Vec::new();
     let mut skipped = ExtractStats::default();
-    for (s, src) in sources.iter_mut().enumerate() {
+    for (s, src) in sources.iter().enumerate() {
         let s = s as u32;
         let mut model = src.model(s)?;
+        let mut fallback = None;
         let mut report = SourceReport {
             name: src.name(),
             kind: "dir",
@@ -498,20 +502,27 @@ pub fn stack_to_dir(
                     *i = implicit;
                 }
                 model = walked.model(s)?;
-                *src = walked;
+                fallback = Some(walked);
                 scratch.push(dir);
                 report.planned = false;
             }
         }
         models.push(model);
         reports.push(report);
+        fallbacks.push(fallback);
     }
     let plan = Plan::from_models(models);
+    let used: Vec<&Source> = sources
+        .iter()
+        .zip(&fallbacks)
+        .map(|(src, f)| f.as_ref().unwrap_or(src))
+        .collect();
     let mut target = Target::open(staging.path(), opts.clone())?;
-    write(&sources, &plan.model, &mut target)?;
+    write(&used, &plan.model, &mut target)?;
     let mut stats = target.finish()?;
     add_skipped(&mut stats, &skipped);
     let dest = staging.commit()?;
+    drop(fallbacks);
     drop(scratch);
 
     for (r, n) in reports.iter_mut().zip(plan.provided(sources.len())) {

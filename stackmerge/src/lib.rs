@@ -112,7 +112,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         sources.len(),
         cli.into.display()
     ));
-    let outcome = stack_to_dir(sources, &cli.into, &opts)
+    let outcome = stack_to_dir(&sources, &cli.into, &opts)
         .with_context(|| format!("stacking into {}", cli.into.display()))?;
     let secs = start.elapsed().as_secs_f64();
     for s in &outcome.sources {
