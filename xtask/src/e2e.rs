@@ -24,6 +24,9 @@ use crate::{cargo, root, sh};
 /// e2e options.
 #[derive(Debug, clap::Args)]
 pub struct E2eArgs {
+    /// Only boot the `*.raw` disk in this kiwi target directory (log in, check, power off).
+    #[arg(long, value_name = "DIR")]
+    pub boot_only: Option<PathBuf>,
     /// Only the plain scenario (skip the --merge one).
     #[arg(long)]
     pub no_merge: bool,
@@ -174,6 +177,9 @@ impl Timer {
 
 /// Runs the scenario.
 pub fn run(args: &E2eArgs) -> Result<()> {
+    if let Some(dir) = &args.boot_only {
+        return boot(dir, &dir.join("serial.log"));
+    }
     sh(cargo().args(["build", "--workspace", "--bins", "--all-features"]))?;
     let work = root().join("target/e2e");
     if work.exists() {
@@ -417,6 +423,10 @@ fn boot(target: &Path, log: &Path) -> Result<()> {
     std::thread::sleep(Duration::from_millis(500));
     stdin.write_all(b"linux\n")?;
     expect("#", Duration::from_mins(2))?;
+    // A shell proves itself by computing: the echo of the command line shows `$((6*7))`,
+    // only the shell's answer shows 42.
+    stdin.write_all(b"echo shell-$((6*7))\n")?;
+    expect("shell-42", Duration::from_mins(1))?;
     stdin.write_all(b"cat /etc/os-release\n")?;
     expect(
         "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"",
