@@ -34,6 +34,11 @@ f lone-1 644 0:0 same
 f lone-2 644 0:0 same
 t lone-1 1400000000.0
 t lone-2 1400000000.0
+d lead 755 0:0
+f lead/z 644 0:0 AAAA
+f leadb 644 0:0 BBBB
+t lead/z 1400000000.0
+t leadb 1400000000.0
 ";
 
 /// The upper tree: every kind of overlap rsync handles without failing.
@@ -80,6 +85,11 @@ f group-b 644 0:0 replaced
 f lone-1 644 0:0 same
 h lone-2 lone-1
 t lone-1 1400000000.0
+# one group over two up-to-date files: rsync visits leadb before lead/z and links lead/z to it
+d lead 755 0:0
+f lead/z 644 0:0 CCCC
+h leadb lead/z
+t lead/z 1400000000.0
 ";
 
 /// A lower tree with every kind and attribute, plus the overlaps.
@@ -170,6 +180,11 @@ fn privileged_two_trees_give_what_rsync_twice_gives() -> Result<()> {
         "quick check keeps the lower q"
     );
     assert_eq!(fs::read(got.join("group-a"))?, b"one group");
+    assert_eq!(
+        fs::read(got.join("lead/z"))?,
+        b"BBBB",
+        "rsync's order picks leadb"
+    );
     assert_eq!(
         fs::read(got.join("etc/passwd-hardlink"))?,
         b"root:x:0:0::/root:/bin/sh\n"
