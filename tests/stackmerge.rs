@@ -275,6 +275,21 @@ fn privileged_two_stashes_give_what_unstash_then_rsync_gives() -> Result<()> {
     assert_same(&dump(&w.path("want"))?, &dump(&w.path("got"))?)?;
     assert_eq!(fs::read(w.path("got/lone-1"))?, b"same");
     let report = json(&String::from_utf8_lossy(&piped.stdout))?;
+    // Each final file was written once, its other names linked: nothing a later layer or
+    // source replaced was written at all.
+    let got = dump(&w.path("got"))?;
+    let names: Vec<&str> = got.lines().filter(|l| l.starts_with("f ")).collect();
+    let inodes: std::collections::HashSet<&str> = names
+        .iter()
+        .map(|l| {
+            l.split(" link-group=").nth(1).map_or_else(
+                || l.split(' ').nth(1).unwrap_or_default(),
+                |g| g.split(' ').next().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(report["stats"]["files"], inodes.len());
+    assert_eq!(report["stats"]["hardlinks"], names.len() - inodes.len());
     let sources = report["sources"].as_array().expect("sources");
     assert_eq!(sources[0]["kind"], "image");
     assert_eq!(sources[0]["planned"], true);

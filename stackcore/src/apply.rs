@@ -42,10 +42,17 @@ pub enum Source {
 }
 
 impl Source {
-    /// Walks a directory source.
+    /// Walks a directory source. Nothing below it is followed, but the directory itself may be
+    /// a symlink to one, as `rsync SRC/` follows it.
     pub fn dir(path: PathBuf) -> Result<Source> {
         let mut entries = Vec::new();
-        walk(&path, &WalkOptions::default(), &mut |w| {
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
+        let root = if meta.file_type().is_symlink() {
+            std::fs::canonicalize(&path).map_err(|e| Error::io(&path, e))?
+        } else {
+            path.clone()
+        };
+        walk(&root, &WalkOptions::default(), &mut |w| {
             entries.push((w.entry, w.source));
             Ok(())
         })?;
