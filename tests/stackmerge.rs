@@ -360,14 +360,16 @@ fn type_conflicts_resolve_upward_and_are_reported() -> Result<()> {
         "lower",
         &format!(
             "d lib 755 {me}\nf lib/libc.so 644 {me} lower libc\nd usr/lib 755 {me}\n\
-             d ne 755 {me}\nf ne/x 644 {me} x\nf dir-over-file 644 {me} file\n"
+             d ne 755 {me}\nf ne/x 644 {me} x\nf dir-over-file 644 {me} file\n\
+             l bin usr/bin\nd usr/bin 755 {me}\n"
         ),
     )?;
     w.tree(
         "upper",
         &format!(
             "l lib usr/lib\nd usr/lib 755 {me}\nf usr/lib/libc.so 644 {me} upper libc\n\
-             f ne 644 {me} a file now\nd dir-over-file 755 {me}\nf dir-over-file/in 644 {me} in\n"
+             f ne 644 {me} a file now\nd dir-over-file 755 {me}\nf dir-over-file/in 644 {me} in\n\
+             d bin 755 {me}\nf bin/sh 755 {me} sh\n"
         ),
     )?;
     let out = run(w.bin("stackmerge").args([
@@ -388,6 +390,11 @@ fn type_conflicts_resolve_upward_and_are_reported() -> Result<()> {
     );
     assert_eq!(fs::read(got.join("ne"))?, b"a file now");
     assert_eq!(fs::read(got.join("dir-over-file/in"))?, b"in");
+    // A directory over a usr-merge symlink replaces the symlink, as rsync (without -K) does;
+    // usr/bin is left alone.
+    assert!(fs::symlink_metadata(got.join("bin"))?.is_dir());
+    assert_eq!(fs::read(got.join("bin/sh"))?, b"sh");
+    assert_eq!(fs::read_dir(got.join("usr/bin"))?.count(), 0);
     let report = json(&out)?;
     assert_eq!(report, json(&fs::read_to_string(w.path("report.json"))?)?);
     let conflicts = report["conflicts"].as_array().expect("conflicts");
@@ -395,6 +402,7 @@ fn type_conflicts_resolve_upward_and_are_reported() -> Result<()> {
         ("lib", "upper-over-non-empty-dir"),
         ("ne", "upper-over-non-empty-dir"),
         ("dir-over-file", "upper"),
+        ("bin", "upper"),
     ] {
         let c = conflicts
             .iter()
@@ -406,7 +414,7 @@ fn type_conflicts_resolve_upward_and_are_reported() -> Result<()> {
         assert_eq!(c["upper"], "./upper");
     }
     assert_eq!(report["totals"]["rsync_fails"], 2);
-    assert_eq!(report["totals"]["type"], 3);
+    assert_eq!(report["totals"]["type"], 4);
     Ok(())
 }
 
