@@ -5,6 +5,7 @@ mod util;
 
 mod incremental;
 mod kiwimerge;
+mod registry;
 mod stackbuild;
 mod stackmerge;
 mod stash;
