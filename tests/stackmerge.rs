@@ -572,3 +572,50 @@ fn an_image_the_plan_cannot_handle_is_unstashed_first() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_registry_image_is_pulled_then_stacked() -> Result<()> {
+    if !have(crate::registry::REGISTRY) {
+        skip!("docker-registry not installed (.ci/run installs it)");
+    }
+    let w = Workdir::new("merge-registry")?;
+    let reg = crate::registry::Registry::start(&w, "reg")?;
+    let me = format!(
+        "{}:{}",
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw()
+    );
+    w.tree("up", &format!("f motd 644 {me} from the registry\n"))?;
+    let dest = reg.url("ns/up:v1");
+    run(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "up",
+        "--container-name",
+        "up",
+        "--push",
+        &dest,
+        "--tls-verify=false",
+        "--quiet",
+    ]))?;
+    w.tree(
+        "low",
+        &format!("f motd 644 {me} local\nf keep 644 {me} kept\n"),
+    )?;
+    let out = run(w.bin("stackmerge").args([
+        "--store",
+        "pulled",
+        "--into",
+        "got",
+        "./low",
+        &dest,
+        "--tls-verify=false",
+        "--json",
+        "--quiet",
+    ]))?;
+    assert_eq!(fs::read(w.path("got/motd"))?, b"from the registry");
+    assert_eq!(fs::read(w.path("got/keep"))?, b"kept");
+    assert_eq!(json(&out)?["sources"][1]["kind"], "image");
+    Ok(())
+}

@@ -11,14 +11,17 @@ use stackcore::Error;
 use stackcore::apply::{Source, StackOutcome, stack_to_dir};
 use stackcore::cli::{Log, print_json, ref_arg, store_path};
 use stackcore::extract::ExtractOptions;
-use stackcore::image::{Image, ImageRef, is_path_arg};
+use stackcore::image::{BlobSource, Image, ImageRef, is_path_arg};
 use stackcore::layer::model::ConflictKind;
+use stackcore::oci::Store;
+use stackcore::registry::{PlatformSpec, RegistryOptions, RegistryRef, pull_ref};
 
 const EXAMPLES: &str = "\
 Examples:
   stackmerge --into /tmp/root base:latest extra:v1     # two stashes, base lowest
   stackmerge --into root oci:/srv/layout:os:1 ./overlay-dir --json
   stash --root r --json | stackmerge --into out base -  # the ref on stdin as the top
+  stackmerge --into root docker://registry.example.org/os/base:v1 ./site  # pulled first
 
 A SOURCE that starts with /, ./ or ../, or names an existing path, is a directory; anything
 else is an image ref. Where rsync would fail (a file or symlink over a non-empty directory,
@@ -35,14 +38,23 @@ pub struct Cli {
     /// complete.
     #[arg(long, value_name = "DIR")]
     pub into: PathBuf,
-    /// The sources, lowest first: NAME[:TAG], oci:DIR[:NAME[:TAG]],
-    /// oci-archive:FILE[:NAME[:TAG]], a directory, or - to read one ref (or another tool's
-    /// --json) from stdin.
+    /// The sources, lowest first: `NAME[:TAG]`, `oci:DIR[:NAME[:TAG]]`,
+    /// `oci-archive:FILE[:NAME[:TAG]]`, `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]` (pulled into
+    /// the store first), a directory, or `-` to read one ref (or another tool's --json) from
+    /// stdin.
     #[arg(value_name = "SOURCE", required = true)]
     pub sources: Vec<String>,
-    /// The store for NAME[:TAG] refs.
+    /// The store for `NAME[:TAG]` refs, and where `docker://` refs are pulled to.
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
+    /// Verify registry TLS certificates against the system's CA roots; false speaks plain
+    /// HTTP, for a registry on a private network.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub tls_verify: bool,
+    /// The image to pull from an image index (default: linux on this machine's architecture).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<PlatformSpec>,
     /// Do not restore xattrs whose names match GLOB (`*` wildcard); repeatable.
     #[arg(long, value_name = "GLOB")]
     pub xattrs_exclude: Vec<String>,
@@ -70,7 +82,12 @@ struct Report<'a> {
 const SHOWN_CONFLICTS: usize = 20;
 
 /// Opens one SOURCE argument.
-fn open_source(arg: &str, store: &Path, stdin_used: &mut bool) -> anyhow::Result<Source> {
+fn open_source(
+    arg: &str,
+    store: &Path,
+    registry: &RegistryOptions,
+    stdin_used: &mut bool,
+) -> anyhow::Result<Source> {
     if arg != "-" && is_path_arg(arg) {
         let path = PathBuf::from(arg);
         return Source::dir(path).with_context(|| format!("reading source directory {arg}"));
@@ -85,7 +102,21 @@ fn open_source(arg: &str, store: &Path, stdin_used: &mut bool) -> anyhow::Result
     }
     let text = ref_arg(arg)?;
     let r = ImageRef::parse(&text)?;
-    let img = Image::open(&r, store).with_context(|| format!("opening {r}"))?;
+    let img = match &r {
+        // The registry's errors name the ref already; no context line repeating it.
+        ImageRef::Registry(text) => {
+            let rr = RegistryRef::parse(text)?;
+            let s = Store::open_for_write(store)
+                .with_context(|| format!("opening store {} to pull into", store.display()))?;
+            let pulled = pull_ref(&s, &rr, registry)?;
+            Image::from_descriptor(
+                BlobSource::Layout(s),
+                pulled.descriptor.clone(),
+                pulled.ref_name.clone(),
+            )?
+        }
+        _ => Image::open(&r, store).with_context(|| format!("opening {r}"))?,
+    };
     Ok(Source::Image(Box::new(img)))
 }
 
@@ -97,11 +128,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         tool: "stackmerge",
     };
     let store = store_path(cli.store.as_deref());
+    let registry = RegistryOptions {
+        tls_verify: cli.tls_verify,
+        platform: cli.platform.clone(),
+        log: Some(log),
+    };
     let mut stdin_used = false;
     let sources = cli
         .sources
         .iter()
-        .map(|a| open_source(a, &store, &mut stdin_used))
+        .map(|a| open_source(a, &store, &registry, &mut stdin_used))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let opts = ExtractOptions {
         xattrs_exclude: cli.xattrs_exclude.clone(),
