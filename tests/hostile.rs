@@ -1,0 +1,1057 @@
+//! Hostile images: hand-made OCI layouts whose layers try to write outside the target, and
+//! damaged images. Every case runs the real `unstash` and checks that it either refused
+//! (exit 1, one `error:` line, no target and no staging directory left) or kept the result
+//! inside the target, and in both cases that canary trees outside the target (one beside
+//! it, one at an absolute path under /tmp) are untouched: content, mode, owner, mtime,
+//! link count, and the directories' own mtimes (so even a file created and removed again
+//! outside is noticed).
+//!
+//! Ported from containerd `pkg/archive/tar_test.go` (TestBreakouts), umoci
+//! `oci/layer/tar_extract_test.go` and the CVE list in RESEARCH.md §6. Paths a case aims
+//! at `/etc` in the original aim at the absolute canary here, so a failing test damages a
+//! scratch directory, not the host.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use anyhow::{Context, Result, bail, ensure};
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+use crate::skip;
+use crate::util::{Workdir, build_tree, dump, force_remove, is_root, output};
+
+// ---------------------------------------------------------------------------------------
+// Raw tar bytes, written by hand so that any name, size or record can be said.
+
+const REG: u8 = b'0';
+const LNK: u8 = b'1';
+const SYM: u8 = b'2';
+const CHR: u8 = b'3';
+const DIR: u8 = b'5';
+const FIFO: u8 = b'6';
+
+/// A tar stream being written: headers, PAX records and data exactly as asked.
+#[derive(Debug, Default)]
+struct Tar(Vec<u8>);
+
+/// One header's fields.
+#[derive(Debug, Clone)]
+struct Hdr<'a> {
+    name: &'a [u8],
+    kind: u8,
+    size: u64,
+    mode: u32,
+    link: &'a [u8],
+    dev: (u32, u32),
+    mtime: u64,
+    uid: u64,
+}
+
+impl<'a> Hdr<'a> {
+    fn new(name: &'a [u8], kind: u8) -> Self {
+        Hdr {
+            name,
+            kind,
+            size: 0,
+            mode: if kind == DIR { 0o755 } else { 0o644 },
+            link: b"",
+            dev: (0, 0),
+            mtime: 1_600_000_000,
+            uid: 0,
+        }
+    }
+}
+
+fn octal(field: &mut [u8], v: u64) {
+    let s = format!("{:0w$o}\0", v, w = field.len() - 1);
+    field.copy_from_slice(s.as_bytes());
+}
+
+impl Tar {
+    /// One raw ustar header block. Names longer than the field get a PAX `path` (and
+    /// `linkpath`) record first, as a real writer would.
+    fn header(&mut self, h: &Hdr<'_>) -> &mut Self {
+        let mut pax: Vec<(&[u8], Vec<u8>)> = Vec::new();
+        if h.name.len() > 100 {
+            pax.push((b"path", h.name.to_vec()));
+        }
+        if h.link.len() > 100 {
+            pax.push((b"linkpath", h.link.to_vec()));
+        }
+        if !pax.is_empty() {
+            let recs: Vec<(&[u8], &[u8])> = pax.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+            self.pax(&recs);
+        }
+        let mut b = [0u8; 512];
+        let n = h.name.len().min(100);
+        b[..n].copy_from_slice(&h.name[..n]);
+        octal(&mut b[100..108], u64::from(h.mode));
+        octal(&mut b[108..116], h.uid);
+        octal(&mut b[116..124], h.uid);
+        octal(&mut b[124..136], h.size);
+        octal(&mut b[136..148], h.mtime);
+        b[156] = h.kind;
+        let l = h.link.len().min(100);
+        b[157..157 + l].copy_from_slice(&h.link[..l]);
+        b[257..263].copy_from_slice(b"ustar\0");
+        b[263..265].copy_from_slice(b"00");
+        octal(&mut b[329..337], u64::from(h.dev.0));
+        octal(&mut b[337..345], u64::from(h.dev.1));
+        b[148..156].fill(b' ');
+        let sum: u64 = b.iter().map(|&x| u64::from(x)).sum();
+        b[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        self.0.extend_from_slice(&b);
+        self
+    }
+
+    /// A PAX extended header (`x`) with these records.
+    fn pax(&mut self, records: &[(&[u8], &[u8])]) -> &mut Self {
+        let mut body = Vec::new();
+        for (k, v) in records {
+            let base = k.len() + v.len() + 3; // ' ', '=', '\n'
+            let mut len = base + 1;
+            while len != base + len.to_string().len() {
+                len = base + len.to_string().len();
+            }
+            body.extend_from_slice(len.to_string().as_bytes());
+            body.push(b' ');
+            body.extend_from_slice(k);
+            body.push(b'=');
+            body.extend_from_slice(v);
+            body.push(b'\n');
+        }
+        let mut h = Hdr::new(b"PaxHeaders/x", b'x');
+        h.size = body.len() as u64;
+        self.header(&h);
+        self.data(&body)
+    }
+
+    /// Data and its padding to the next block.
+    fn data(&mut self, d: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(d);
+        let pad = (512 - d.len() % 512) % 512;
+        self.0.resize(self.0.len() + pad, 0);
+        self
+    }
+
+    fn file(&mut self, name: &str, content: &str) -> &mut Self {
+        self.file_bytes(name.as_bytes(), content.as_bytes())
+    }
+
+    fn file_bytes(&mut self, name: &[u8], content: &[u8]) -> &mut Self {
+        let mut h = Hdr::new(name, REG);
+        h.size = content.len() as u64;
+        self.header(&h).data(content)
+    }
+
+    fn dir(&mut self, name: &str) -> &mut Self {
+        self.header(&Hdr::new(name.as_bytes(), DIR))
+    }
+
+    fn dir_mode(&mut self, name: &str, mode: u32) -> &mut Self {
+        let mut h = Hdr::new(name.as_bytes(), DIR);
+        h.mode = mode;
+        self.header(&h)
+    }
+
+    fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
+        let mut h = Hdr::new(name.as_bytes(), SYM);
+        h.link = target.as_bytes();
+        h.mode = 0o777;
+        self.header(&h)
+    }
+
+    fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
+        let mut h = Hdr::new(name.as_bytes(), LNK);
+        h.link = target.as_bytes();
+        self.header(&h)
+    }
+
+    /// An empty regular file: a whiteout when its name starts with `.wh.`.
+    fn whiteout(&mut self, name: &str) -> &mut Self {
+        self.file(name, "")
+    }
+
+    /// The end-of-archive marker.
+    fn end(&mut self) -> Vec<u8> {
+        self.0.extend_from_slice(&[0u8; 1024]);
+        std::mem::take(&mut self.0)
+    }
+
+    /// The bytes so far, without an end marker (for truncation and garbage cases).
+    fn raw(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// OCI layouts built around those tars.
+
+const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const PLAIN: &str = "application/vnd.oci.image.layer.v1.tar";
+
+fn sha256(b: &[u8]) -> String {
+    format!("{:x}", sha2::Sha256::digest(b))
+}
+
+fn gzip(b: &[u8]) -> Vec<u8> {
+    let mut e = GzEncoder::new(Vec::new(), Compression::fast());
+    e.write_all(b).expect("gzip to memory");
+    e.finish().expect("gzip to memory")
+}
+
+/// One layer: the bytes its descriptor describes, and what is actually stored.
+#[derive(Debug, Clone)]
+struct Layer {
+    /// The blob as the descriptor's digest and size describe it.
+    blob: Vec<u8>,
+    /// What the blob file holds, when different (a damaged blob).
+    stored: Option<Vec<u8>>,
+    media_type: String,
+    /// `sha256:` of the uncompressed tar.
+    diff_id: String,
+}
+
+impl Layer {
+    fn gz(tar: &[u8]) -> Layer {
+        Layer {
+            blob: gzip(tar),
+            stored: None,
+            media_type: GZIP.into(),
+            diff_id: format!("sha256:{}", sha256(tar)),
+        }
+    }
+
+    fn plain(tar: &[u8]) -> Layer {
+        Layer {
+            blob: tar.to_vec(),
+            stored: None,
+            media_type: PLAIN.into(),
+            diff_id: format!("sha256:{}", sha256(tar)),
+        }
+    }
+}
+
+/// The JSON documents of a layout, open to tampering before they are written.
+#[derive(Debug)]
+struct Docs {
+    config: Value,
+    /// Its `config` descriptor is filled in when still null.
+    manifest: Value,
+    config_raw: Option<Vec<u8>>,
+    manifest_raw: Option<Vec<u8>>,
+    index_raw: Option<Vec<u8>>,
+    /// The media type the index's descriptor gives the manifest.
+    manifest_desc_media: String,
+}
+
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// Writes an OCI layout with one image, ref name `img:v1`.
+fn write_layout(dir: &Path, layers: &[Layer], tweak: impl FnOnce(&mut Docs)) -> Result<()> {
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs)?;
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let put = |bytes: &[u8]| -> Result<Value> {
+        let hex = sha256(bytes);
+        fs::write(blobs.join(&hex), bytes)?;
+        Ok(json!({"digest": format!("sha256:{hex}"), "size": bytes.len()}))
+    };
+    let mut descs = Vec::new();
+    for l in layers {
+        let hex = sha256(&l.blob);
+        fs::write(blobs.join(&hex), l.stored.as_ref().unwrap_or(&l.blob))?;
+        descs.push(json!({
+            "mediaType": l.media_type,
+            "digest": format!("sha256:{hex}"),
+            "size": l.blob.len(),
+        }));
+    }
+    let mut docs = Docs {
+        config: json!({
+            "architecture": host_arch(),
+            "os": "linux",
+            "config": {},
+            "rootfs": {
+                "type": "layers",
+                "diff_ids": layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>(),
+            },
+        }),
+        manifest: json!({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST,
+            "config": null,
+            "layers": descs,
+        }),
+        config_raw: None,
+        manifest_raw: None,
+        index_raw: None,
+        manifest_desc_media: MANIFEST.into(),
+    };
+    tweak(&mut docs);
+    let config = match docs.config_raw.take() {
+        Some(raw) => raw,
+        None => serde_json::to_vec(&docs.config)?,
+    };
+    let mut cdesc = put(&config)?;
+    cdesc["mediaType"] = json!(CONFIG);
+    if docs.manifest["config"].is_null() {
+        docs.manifest["config"] = cdesc;
+    }
+    let manifest = match docs.manifest_raw.take() {
+        Some(raw) => raw,
+        None => serde_json::to_vec(&docs.manifest)?,
+    };
+    let mut mdesc = put(&manifest)?;
+    mdesc["mediaType"] = json!(docs.manifest_desc_media);
+    mdesc["annotations"] = json!({"org.opencontainers.image.ref.name": "img:v1"});
+    let index = match docs.index_raw.take() {
+        Some(raw) => raw,
+        None => serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": INDEX,
+            "manifests": [mdesc],
+        }))?,
+    };
+    fs::write(dir.join("index.json"), index)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// One case: a workdir with a canary beside the target and one at an absolute path.
+
+/// The canary trees' shape: what a hostile image would like to overwrite, chmod, link to
+/// or delete.
+fn canary_spec() -> String {
+    let me = format!(
+        "{}:{}",
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw()
+    );
+    format!(
+        "d . 755 {me}
+d etc 755 {me}
+f etc/passwd 644 {me} canary\\n
+f etc/shadow 600 {me} secret\\n
+d etc/sub 700 {me}
+f etc/sub/file 640 {me} deep\\n
+t etc/sub/file 1000000000.1
+t etc/sub 1000000000.2
+t etc/passwd 1000000000.3
+t etc/shadow 1000000000.4
+t etc 1000000000.5
+t . 1000000000.6
+"
+    )
+}
+
+#[derive(Debug)]
+struct Case {
+    w: Workdir,
+    /// The absolute canary, `/tmp/stackbuild-canary-<pid>-<case>`.
+    abs: PathBuf,
+    before: (String, String),
+    planned: Option<bool>,
+}
+
+impl Case {
+    fn new(name: &str) -> Result<Case> {
+        let w = Workdir::new(&format!("hostile-{name}"))?;
+        build_tree(&w.path("outside"), &canary_spec())?;
+        let abs = PathBuf::from(format!(
+            "/tmp/stackbuild-canary-{}-{name}",
+            std::process::id()
+        ));
+        if abs.exists() {
+            force_remove(&abs)?;
+        }
+        build_tree(&abs, &canary_spec())?;
+        let before = (dump(&w.path("outside"))?, dump(&abs)?);
+        Ok(Case {
+            w,
+            abs,
+            before,
+            planned: None,
+        })
+    }
+
+    /// The absolute canary as a string, for names and link targets.
+    fn a(&self) -> String {
+        self.abs.display().to_string()
+    }
+
+    /// The absolute canary without its leading `/`: where in-root resolution puts it.
+    fn a_rel(&self) -> String {
+        self.a().trim_start_matches('/').to_owned()
+    }
+
+    fn target(&self) -> PathBuf {
+        self.w.path("target")
+    }
+
+    /// Writes the layout and runs `unstash oci:LAYOUT:img:v1 --to target`.
+    fn unstash(&mut self, layers: &[Layer], tweak: impl FnOnce(&mut Docs)) -> Result<Output> {
+        let layout = self.w.path("layout");
+        write_layout(&layout, layers, tweak)?;
+        self.run_unstash()
+    }
+
+    fn run_unstash(&mut self) -> Result<Output> {
+        let r = format!("oci:{}:img:v1", self.w.path("layout").display());
+        let out = output(
+            self.w
+                .bin("unstash")
+                .args(["--quiet", "--json", &r, "--to", "target"]),
+        )?;
+        if out.status.success() {
+            let v: Value = serde_json::from_slice(&out.stdout)
+                .with_context(|| String::from_utf8_lossy(&out.stdout).into_owned())?;
+            self.planned = v["planned"].as_bool();
+        }
+        Ok(out)
+    }
+
+    /// The canaries are exactly as they were, and nothing new sits beside the target.
+    fn check_canaries(&self) -> Result<()> {
+        let now = (dump(&self.w.path("outside"))?, dump(&self.abs)?);
+        crate::util::assert_same(&self.before.0, &now.0).context("canary beside the target")?;
+        crate::util::assert_same(&self.before.1, &now.1).context("canary at an absolute path")?;
+        let mut names: Vec<String> = fs::read_dir(&self.w.root)?
+            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_>>()?;
+        names.sort();
+        names.retain(|n| n != "layout" && n != "outside" && n != "target");
+        ensure!(
+            names.is_empty(),
+            "left beside the target (a staging directory, or a write outside): {names:?}"
+        );
+        Ok(())
+    }
+
+    /// Refused: exit 1, one `error:` line naming the problem, no target, canaries intact.
+    fn refused(&self, out: &Output, needle: &str) -> Result<()> {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.code() == Some(1),
+            "expected exit 1, got {}; stderr: {stderr}",
+            out.status
+        );
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        ensure!(
+            lines.len() == 1 && lines[0].starts_with("error: "),
+            "expected one error line, got: {stderr}"
+        );
+        ensure!(
+            lines[0].contains(needle),
+            "error line does not say {needle:?}: {}",
+            lines[0]
+        );
+        ensure!(
+            !self.target().exists() && fs::symlink_metadata(self.target()).is_err(),
+            "a refused unstash left a target behind"
+        );
+        self.check_canaries()
+    }
+
+    /// Contained: exit 0, canaries intact; returns a listing of the target.
+    fn contained(&self, out: &Output) -> Result<Listing> {
+        ensure!(
+            out.status.success(),
+            "expected success, got {}; stderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.check_canaries()?;
+        listing(&self.target())
+    }
+}
+
+impl Drop for Case {
+    fn drop(&mut self) {
+        if std::env::var_os("KEEP_TEST_DIRS").is_none() && !std::thread::panicking() {
+            let _ = force_remove(&self.abs); // best effort: a scratch dir under /tmp
+        }
+    }
+}
+
+/// What a target holds: path → `d`, `f:CONTENT`, `l:TARGET`, `c`, `p`, with link counts of
+/// files above one shown as `f:CONTENT:nlink=N`.
+#[derive(Debug)]
+struct Listing(BTreeMap<String, String>);
+
+fn listing(root: &Path) -> Result<Listing> {
+    fn walk(root: &Path, rel: &str, out: &mut BTreeMap<String, String>) -> Result<()> {
+        let dir = if rel.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(rel)
+        };
+        for e in fs::read_dir(&dir)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let p = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let m = fs::symlink_metadata(root.join(&p))?;
+            let ft = m.file_type();
+            let v = if ft.is_dir() {
+                walk(root, &p, out)?;
+                "d".to_owned()
+            } else if ft.is_symlink() {
+                format!("l:{}", fs::read_link(root.join(&p))?.display())
+            } else if ft.is_file() {
+                let c = String::from_utf8_lossy(&fs::read(root.join(&p))?).into_owned();
+                if m.nlink() > 1 {
+                    format!("f:{c}:nlink={}", m.nlink())
+                } else {
+                    format!("f:{c}")
+                }
+            } else {
+                "other".to_owned()
+            };
+            out.insert(p, v);
+        }
+        Ok(())
+    }
+    let mut out = BTreeMap::new();
+    walk(root, "", &mut out)?;
+    Ok(Listing(out))
+}
+
+impl Listing {
+    fn has(&self, path: &str, what: &str) -> Result<&Self> {
+        match self.0.get(path) {
+            Some(v) if v == what => Ok(self),
+            other => bail!("{path}: expected {what:?}, found {other:?} in {:#?}", self.0),
+        }
+    }
+
+    fn lacks(&self, path: &str) -> Result<&Self> {
+        ensure!(
+            !self.0.contains_key(path),
+            "{path} should not exist: {:#?}",
+            self.0
+        );
+        Ok(self)
+    }
+
+    /// The path of the only file holding `content`.
+    fn find(&self, content: &str) -> Result<String> {
+        let want = format!("f:{content}");
+        let hits: Vec<&String> = self
+            .0
+            .iter()
+            .filter(|(_, v)| **v == want)
+            .map(|(k, _)| k)
+            .collect();
+        ensure!(hits.len() == 1, "{content:?} found at {hits:?}: {:#?}", self.0);
+        Ok(hits[0].clone())
+    }
+}
+
+/// A harmless lower layer, so that an image of it plus the hostile layers has more than one
+/// layer and goes through the planner (index, model, one-pass writer).
+fn base_layer() -> Layer {
+    Layer::gz(&Tar::default().dir("base").file("base/keep", "keep").end())
+}
+
+/// Runs `layers` (each a tar) twice: alone (one layer: the sequential path; several: as the
+/// model decides) and on top of [`base_layer`] (always several layers: planned unless the
+/// model is complex), calling `check` on each outcome.
+fn both_ways(
+    name: &str,
+    layers: impl Fn(&Case) -> Vec<Vec<u8>>,
+    check: impl Fn(&Case, &Output) -> Result<()>,
+) -> Result<()> {
+    for with_base in [false, true] {
+        let variant = format!("{name}-{}", if with_base { "based" } else { "bare" });
+        let mut c = Case::new(&variant)?;
+        let mut ls: Vec<Layer> = layers(&c).iter().map(|t| Layer::gz(t)).collect();
+        if with_base {
+            ls.insert(0, base_layer());
+        }
+        let out = c.unstash(&ls, |_| {})?;
+        check(&c, &out).with_context(|| format!("case {variant}"))?;
+        eprintln!("{variant}: exit {:?}, planned {:?}", out.status.code(), c.planned);
+    }
+    Ok(())
+}
+
+fn refused_both_ways(name: &str, needle: &str, layers: impl Fn(&Case) -> Vec<Vec<u8>>) -> Result<()> {
+    both_ways(name, layers, |c, out| c.refused(out, needle))
+}
+
+// ---------------------------------------------------------------------------------------
+// Names: `..`, absolute paths, the root itself (umoci TestUnpackEntrySanitiseScoping).
+
+#[test]
+fn dotdot_and_absolute_names_land_inside() -> Result<()> {
+    both_ways(
+        "scoping",
+        |c| {
+            vec![
+                Tar::default()
+                    .file("../../x", "x")
+                    .file("/abs", "abs")
+                    .file("/../file", "file")
+                    .file("./a/../../b", "b")
+                    .file("dir/../../../outside/etc/passwd", "rel")
+                    .file(&format!("{}/etc/passwd", c.a()), "absolute")
+                    .file(
+                        &format!("../../../../../../../../..{}/etc/shadow", c.a()),
+                        "deep",
+                    )
+                    .end(),
+            ]
+        },
+        |c, out| {
+            c.contained(out)?
+                .has("x", "f:x")?
+                .has("abs", "f:abs")?
+                .has("file", "f:file")?
+                .has("b", "f:b")?
+                .has("outside/etc/passwd", "f:rel")?
+                .has(&format!("{}/etc/passwd", c.a_rel()), "f:absolute")?
+                .has(&format!("{}/etc/shadow", c.a_rel()), "f:deep")?;
+            Ok(())
+        },
+    )
+}
+
+/// umoci TestUnpackEntryParentDir: parents nobody declared are created.
+#[test]
+fn missing_parents_are_created() -> Result<()> {
+    both_ways(
+        "parents",
+        |_| vec![Tar::default().file("a/b/c/d", "deep").end()],
+        |c, out| {
+            c.contained(out)?
+                .has("a", "d")?
+                .has("a/b/c", "d")?
+                .has("a/b/c/d", "f:deep")?;
+            Ok(())
+        },
+    )
+}
+
+/// containerd SymlinkParentDirectory, SymlinkEmptyFilename; umoci CVE-2021-29136: an entry
+/// that is the root itself but not a directory.
+#[test]
+fn non_directory_entries_for_the_root_are_refused() -> Result<()> {
+    let cases: [(&str, &str, u8); 9] = [
+        ("sym-dotdot", "..", SYM),
+        ("sym-empty", "", SYM),
+        ("sym-slashdot", "/.", SYM),
+        ("sym-dot", ".", SYM),
+        ("sym-dotslash", "./", SYM),
+        ("sym-slash", "/", SYM),
+        ("sym-updown", "a/..", SYM),
+        ("file-empty", "", REG),
+        ("file-dotdot", "../..", REG),
+    ];
+    for (name, path, kind) in cases {
+        refused_both_ways(&format!("root-{name}"), "root directory", |c| {
+            let mut t = Tar::default();
+            let a = c.a();
+            let mut h = Hdr::new(path.as_bytes(), kind);
+            h.link = a.as_bytes();
+            t.header(&h);
+            vec![t.file("after", "after").end()]
+        })?;
+    }
+    Ok(())
+}
+
+/// umoci CVE-2021-29136: the `/.` symlink comes in a lower layer, files in a higher one.
+#[test]
+fn cve_2021_29136_root_symlink_in_lower_layer() -> Result<()> {
+    refused_both_ways("cve-2021-29136", "root directory", |c| {
+        vec![
+            Tar::default().symlink("/.", &c.a()).end(),
+            Tar::default().file("etc/passwd", "pwned").end(),
+        ]
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Symlinks (containerd TestBreakouts, umoci TestUnpackEntrySymlinkScoping).
+
+/// umoci TestUnpackEntrySymlinkScoping: whatever a symlink points at, a write through it
+/// resolves as if the target were `/`.
+#[test]
+fn writes_through_symlinks_stay_inside() -> Result<()> {
+    let targets = |c: &Case| {
+        vec![
+            "/".to_owned(),
+            "/../".to_owned(),
+            "/../../../../../".to_owned(),
+            "/./.././../".to_owned(),
+            "..".to_owned(),
+            "../../../..".to_owned(),
+            "../outside".to_owned(),
+            "../outside/etc".to_owned(),
+            format!("{}/etc", c.a()),
+            format!("../../../../../../../../..{}/etc", c.a()),
+            format!("/dummy/../{}/etc", c.a()),
+        ]
+    };
+    let probe = Case::new("symlink-scoping-probe")?;
+    let n = targets(&probe).len();
+    drop(probe);
+    for i in 0..n {
+        for across in [false, true] {
+            both_ways(
+                &format!("symlink-scoping-{i}-{}", if across { "x" } else { "1" }),
+                |c| {
+                    let t = targets(c)[i].clone();
+                    if across {
+                        vec![
+                            Tar::default().symlink("link", &t).end(),
+                            Tar::default().file("link/escaped", "pwned").end(),
+                        ]
+                    } else {
+                        vec![
+                            Tar::default()
+                                .symlink("link", &t)
+                                .file("link/escaped", "pwned")
+                                .end(),
+                        ]
+                    }
+                },
+                |c, out| {
+                    let l = c.contained(out)?;
+                    l.find("pwned")?;
+                    Ok(())
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// containerd SymlinkAbsolute, SymlinkUpAndOut, SymlinkMultipleAbsolute,
+/// SymlinkMultipleRelative, SymlinkSlashEnded, SymlinkParentRelative: with the link's
+/// target present inside, the write lands there.
+#[test]
+fn symlink_breakouts_resolve_in_root() -> Result<()> {
+    type Build = fn(&Case, &mut Tar);
+    let cases: [(&str, Build); 6] = [
+        ("absolute", |c, t| {
+            t.symlink("localetc", &format!("{}/etc", c.a()));
+        }),
+        ("up-and-out", |c, t| {
+            t.dir("dummy")
+                .symlink("localetc", &format!("/dummy/../{}/etc", c.a()));
+        }),
+        ("multiple-absolute", |c, t| {
+            t.symlink("l1", &c.a())
+                .symlink("localetc", "/l1/etc");
+        }),
+        ("multiple-relative", |c, t| {
+            t.symlink("l1", "../../../../../../../..")
+                .symlink("localetc", &format!("l1/{}/etc", c.a_rel()));
+        }),
+        ("slash-ended", |c, t| {
+            t.symlink("localetc/", &format!("{}/etc", c.a()));
+        }),
+        ("parent-relative", |c, t| {
+            t.dir("localetc")
+                .dir("localetc/sub");
+            // `localetc/sub/..` is `localetc` (a duplicate of the directory above is what
+            // this case is about, so the directory goes in a lower layer below).
+            let _ = c;
+        }),
+    ];
+    for (name, build) in cases {
+        for across in [false, true] {
+            both_ways(
+                &format!("breakout-{name}-{}", if across { "x" } else { "1" }),
+                |c| {
+                    let mut t = Tar::default();
+                    t.dir(&format!("{}/etc", c.a_rel()));
+                    build(c, &mut t);
+                    if name == "parent-relative" {
+                        let lower = t.end();
+                        let mut u = Tar::default();
+                        u.symlink("localetc/sub/..", &format!("{}/etc", c.a()));
+                        u.file("localetc/unbroken", "unbroken");
+                        return vec![lower, u.end()];
+                    }
+                    if across {
+                        vec![
+                            t.end(),
+                            Tar::default().file("localetc/unbroken", "unbroken").end(),
+                        ]
+                    } else {
+                        vec![t.file("localetc/unbroken", "unbroken").end()]
+                    }
+                },
+                |c, out| {
+                    let l = c.contained(out)?;
+                    l.has(&format!("{}/etc/unbroken", c.a_rel()), "f:unbroken")?;
+                    Ok(())
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// containerd SymlinkEmptyFile and CVE-2018-20990: a symlink (or hardlink) followed by a
+/// regular file of the same name replaces the link; it never writes through it.
+#[test]
+fn file_over_link_replaces_the_link() -> Result<()> {
+    // In one layer this is a duplicate path, which the layer format forbids.
+    refused_both_ways("file-over-symlink-1", "duplicate path", |c| {
+        vec![
+            Tar::default()
+                .symlink("localpasswd", &format!("{}/etc/passwd", c.a()))
+                .file("localpasswd", "")
+                .end(),
+        ]
+    })?;
+    for (i, target) in ["abs", "../outside/etc/passwd"].into_iter().enumerate() {
+        both_ways(
+            &format!("file-over-symlink-x{i}"),
+            |c| {
+                let t = if target == "abs" {
+                    format!("{}/etc/passwd", c.a())
+                } else {
+                    target.to_owned()
+                };
+                vec![
+                    Tar::default().symlink("localpasswd", &t).end(),
+                    Tar::default().file("localpasswd", "").end(),
+                ]
+            },
+            |c, out| {
+                c.contained(out)?.has("localpasswd", "f:")?;
+                Ok(())
+            },
+        )?;
+    }
+    // CVE-2018-20990 with a hardlink: the other name keeps the old content.
+    both_ways(
+        "file-over-hardlink",
+        |_| {
+            vec![
+                Tar::default()
+                    .file("victim", "orig")
+                    .hardlink("h", "victim")
+                    .end(),
+                Tar::default().file("h", "new").end(),
+            ]
+        },
+        |c, out| {
+            c.contained(out)?.has("victim", "f:orig")?.has("h", "f:new")?;
+            Ok(())
+        },
+    )
+}
+
+/// containerd SymlinkOverrideDirectory(Relative): a symlink replacing a lower directory,
+/// then a file below it.
+#[test]
+fn symlink_over_directory() -> Result<()> {
+    for (i, rel) in [false, true].into_iter().enumerate() {
+        both_ways(
+            &format!("symlink-over-dir-{i}"),
+            |c| {
+                let t = if rel {
+                    "../outside/etc".to_owned()
+                } else {
+                    format!("{}/etc", c.a())
+                };
+                vec![
+                    Tar::default()
+                        .dir("localetc")
+                        .file("localetc/x", "x")
+                        .end(),
+                    Tar::default()
+                        .symlink("localetc", &t)
+                        .file("localetc/unbroken", "unbroken")
+                        .end(),
+                ]
+            },
+            |c, out| {
+                let l = c.contained(out)?;
+                l.find("unbroken")?;
+                l.lacks("localetc/x")?;
+                Ok(())
+            },
+        )?;
+    }
+    refused_both_ways("symlink-over-dir-1layer", "duplicate path", |c| {
+        vec![
+            Tar::default()
+                .dir("localetc")
+                .symlink("localetc", &format!("{}/etc", c.a()))
+                .file("localetc/unbroken", "unbroken")
+                .end(),
+        ]
+    })
+}
+
+/// containerd DirectoryOverrideSymlink(AndHardlink), CVE-2026-33056: a directory entry
+/// over a symlink replaces the link; its mode and times never reach the link's target.
+#[test]
+fn directory_over_symlink() -> Result<()> {
+    for (i, rel) in [false, true].into_iter().enumerate() {
+        both_ways(
+            &format!("dir-over-symlink-{i}"),
+            |c| {
+                let t = if rel {
+                    "../outside/etc".to_owned()
+                } else {
+                    format!("{}/etc", c.a())
+                };
+                vec![
+                    Tar::default().symlink("localetc", &t).end(),
+                    Tar::default()
+                        .dir_mode("localetc", 0o777)
+                        .file("localetc/x", "x")
+                        .end(),
+                ]
+            },
+            |c, out| {
+                c.contained(out)?.has("localetc", "d")?.has("localetc/x", "f:x")?;
+                Ok(())
+            },
+        )?;
+    }
+    both_ways(
+        "dir-over-symlink-and-hardlink",
+        |c| {
+            vec![
+                Tar::default()
+                    .symlink("localetc", &format!("{}/etc", c.a()))
+                    .hardlink("localetc-hl", "localetc")
+                    .end(),
+                Tar::default()
+                    .dir_mode("localetc-hl", 0o777)
+                    .dir_mode("localetc", 0o777)
+                    .file("localetc/x", "x")
+                    .end(),
+            ]
+        },
+        |c, out| {
+            c.contained(out)?
+                .has("localetc", "d")?
+                .has("localetc-hl", "d")?;
+            Ok(())
+        },
+    )?;
+    refused_both_ways("dir-over-symlink-1layer", "duplicate path", |c| {
+        vec![
+            Tar::default()
+                .symlink("localetc", &format!("{}/etc", c.a()))
+                .dir_mode("localetc", 0o777)
+                .end(),
+        ]
+    })
+}
+
+/// RUSTSEC-2021-0080: `symlink → ..` then `symlink/a/b/c`: no directory appears outside.
+#[test]
+fn rustsec_2021_0080_directories_through_dotdot_symlink() -> Result<()> {
+    for (i, t) in ["..", "../outside", "../../../../../.."].into_iter().enumerate() {
+        for across in [false, true] {
+            both_ways(
+                &format!("rustsec-2021-0080-{i}-{across}"),
+                |_| {
+                    let mut a = Tar::default();
+                    a.symlink("symlink", t);
+                    if across {
+                        vec![a.end(), Tar::default().dir("symlink/a/b/c").end()]
+                    } else {
+                        vec![a.dir("symlink/a/b/c").end()]
+                    }
+                },
+                |c, out| {
+                    let l = c.contained(out)?;
+                    ensure!(
+                        l.0.iter().any(|(p, v)| p.ends_with("a/b/c") && v == "d"),
+                        "a/b/c not created inside: {:#?}",
+                        l.0
+                    );
+                    Ok(())
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// umoci TestUnpackEntryNonDirParent (umoci#546): `nondir` then `nondir/foo/bar/baz`:
+/// the file is replaced by a directory.
+#[test]
+fn non_directory_parent_is_replaced() -> Result<()> {
+    for across in [false, true] {
+        both_ways(
+            &format!("nondir-parent-{across}"),
+            |_| {
+                let mut a = Tar::default();
+                a.file("nondir", "file");
+                if across {
+                    vec![a.end(), Tar::default().file("nondir/foo/bar/baz", "baz").end()]
+                } else {
+                    vec![a.file("nondir/foo/bar/baz", "baz").end()]
+                }
+            },
+            |c, out| {
+                c.contained(out)?
+                    .has("nondir", "d")?
+                    .has("nondir/foo/bar/baz", "f:baz")?;
+                Ok(())
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// The harness itself: a change outside the target, of content, mode or time, or a new
+/// file beside it, is noticed (so every case above can fail).
+#[test]
+fn harness_notices_writes_outside() -> Result<()> {
+    type Damage = fn(&Case) -> Result<()>;
+    let damages: [Damage; 5] = [
+        |c| Ok(fs::write(c.w.path("outside/etc/passwd"), "pwned")?),
+        |c| {
+            Ok(fs::set_permissions(
+                c.abs.join("etc"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o777),
+            )?)
+        },
+        |c| {
+            fs::write(c.abs.join("etc/sub/new"), "")?;
+            Ok(fs::remove_file(c.abs.join("etc/sub/new"))?)
+        },
+        |c| Ok(fs::hard_link(c.abs.join("etc/shadow"), c.w.path("outside/link"))?),
+        |c| Ok(fs::create_dir(c.w.path(".target.stackbuild-1"))?),
+    ];
+    for (i, damage) in damages.into_iter().enumerate() {
+        let c = Case::new(&format!("harness-{i}"))?;
+        c.check_canaries()?;
+        damage(&c)?;
+        ensure!(c.check_canaries().is_err(), "damage {i} went unnoticed");
+    }
+    Ok(())
+}
