@@ -540,7 +540,10 @@ impl Listing {
     fn has(&self, path: &str, what: &str) -> Result<&Self> {
         match self.0.get(path) {
             Some(v) if v == what => Ok(self),
-            other => bail!("{path}: expected {what:?}, found {other:?} in {:#?}", self.0),
+            other => bail!(
+                "{path}: expected {what:?}, found {other:?} in {:#?}",
+                self.0
+            ),
         }
     }
 
@@ -562,7 +565,11 @@ impl Listing {
             .filter(|(_, v)| **v == want)
             .map(|(k, _)| k)
             .collect();
-        ensure!(hits.len() == 1, "{content:?} found at {hits:?}: {:#?}", self.0);
+        ensure!(
+            hits.len() == 1,
+            "{content:?} found at {hits:?}: {:#?}",
+            self.0
+        );
         Ok(hits[0].clone())
     }
 }
@@ -590,12 +597,20 @@ fn both_ways(
         }
         let out = c.unstash(&ls, |_| {})?;
         check(&c, &out).with_context(|| format!("case {variant}"))?;
-        eprintln!("{variant}: exit {:?}, planned {:?}", out.status.code(), c.planned);
+        eprintln!(
+            "{variant}: exit {:?}, planned {:?}",
+            out.status.code(),
+            c.planned
+        );
     }
     Ok(())
 }
 
-fn refused_both_ways(name: &str, needle: &str, layers: impl Fn(&Case) -> Vec<Vec<u8>>) -> Result<()> {
+fn refused_both_ways(
+    name: &str,
+    needle: &str,
+    layers: impl Fn(&Case) -> Vec<Vec<u8>>,
+) -> Result<()> {
     both_ways(name, layers, |c, out| c.refused(out, needle))
 }
 
@@ -762,8 +777,7 @@ fn symlink_breakouts_resolve_in_root() -> Result<()> {
                 .symlink("localetc", &format!("/dummy/../{}/etc", c.a()));
         }),
         ("multiple-absolute", |c, t| {
-            t.symlink("l1", &c.a())
-                .symlink("localetc", "/l1/etc");
+            t.symlink("l1", &c.a()).symlink("localetc", "/l1/etc");
         }),
         ("multiple-relative", |c, t| {
             t.symlink("l1", "../../../../../../../..")
@@ -773,8 +787,7 @@ fn symlink_breakouts_resolve_in_root() -> Result<()> {
             t.symlink("localetc/", &format!("{}/etc", c.a()));
         }),
         ("parent-relative", |c, t| {
-            t.dir("localetc")
-                .dir("localetc/sub");
+            t.dir("localetc").dir("localetc/sub");
             // `localetc/sub/..` is `localetc` (a duplicate of the directory above is what
             // this case is about, so the directory goes in a lower layer below).
             let _ = c;
@@ -861,7 +874,9 @@ fn file_over_link_replaces_the_link() -> Result<()> {
             ]
         },
         |c, out| {
-            c.contained(out)?.has("victim", "f:orig")?.has("h", "f:new")?;
+            c.contained(out)?
+                .has("victim", "f:orig")?
+                .has("h", "f:new")?;
             Ok(())
         },
     )
@@ -881,10 +896,7 @@ fn symlink_over_directory() -> Result<()> {
                     format!("{}/etc", c.a())
                 };
                 vec![
-                    Tar::default()
-                        .dir("localetc")
-                        .file("localetc/x", "x")
-                        .end(),
+                    Tar::default().dir("localetc").file("localetc/x", "x").end(),
                     Tar::default()
                         .symlink("localetc", &t)
                         .file("localetc/unbroken", "unbroken")
@@ -932,7 +944,9 @@ fn directory_over_symlink() -> Result<()> {
                 ]
             },
             |c, out| {
-                c.contained(out)?.has("localetc", "d")?.has("localetc/x", "f:x")?;
+                c.contained(out)?
+                    .has("localetc", "d")?
+                    .has("localetc/x", "f:x")?;
                 Ok(())
             },
         )?;
@@ -972,7 +986,10 @@ fn directory_over_symlink() -> Result<()> {
 /// RUSTSEC-2021-0080: `symlink → ..` then `symlink/a/b/c`: no directory appears outside.
 #[test]
 fn rustsec_2021_0080_directories_through_dotdot_symlink() -> Result<()> {
-    for (i, t) in ["..", "../outside", "../../../../../.."].into_iter().enumerate() {
+    for (i, t) in ["..", "../outside", "../../../../../.."]
+        .into_iter()
+        .enumerate()
+    {
         for across in [false, true] {
             both_ways(
                 &format!("rustsec-2021-0080-{i}-{across}"),
@@ -1011,7 +1028,10 @@ fn non_directory_parent_is_replaced() -> Result<()> {
                 let mut a = Tar::default();
                 a.file("nondir", "file");
                 if across {
-                    vec![a.end(), Tar::default().file("nondir/foo/bar/baz", "baz").end()]
+                    vec![
+                        a.end(),
+                        Tar::default().file("nondir/foo/bar/baz", "baz").end(),
+                    ]
                 } else {
                     vec![a.file("nondir/foo/bar/baz", "baz").end()]
                 }
@@ -1044,7 +1064,12 @@ fn harness_notices_writes_outside() -> Result<()> {
             fs::write(c.abs.join("etc/sub/new"), "")?;
             Ok(fs::remove_file(c.abs.join("etc/sub/new"))?)
         },
-        |c| Ok(fs::hard_link(c.abs.join("etc/shadow"), c.w.path("outside/link"))?),
+        |c| {
+            Ok(fs::hard_link(
+                c.abs.join("etc/shadow"),
+                c.w.path("outside/link"),
+            )?)
+        },
         |c| Ok(fs::create_dir(c.w.path(".target.stackbuild-1"))?),
     ];
     for (i, damage) in damages.into_iter().enumerate() {
@@ -1054,4 +1079,346 @@ fn harness_notices_writes_outside() -> Result<()> {
         ensure!(c.check_canaries().is_err(), "damage {i} went unnoticed");
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Hardlinks (containerd Hardlink*, HardlinkSymlink*).
+
+/// Hardlink targets that would lie outside: each names, in-root, a file that does not
+/// exist, so the link is refused; with the same file present inside, it links to that.
+#[test]
+fn hardlinks_to_outside_paths() -> Result<()> {
+    type Build = fn(&Case, &mut Tar);
+    let cases: [(&str, Build); 7] = [
+        ("relative", |c, t| {
+            t.dir("breakouts")
+                .symlink(
+                    "breakouts/d1",
+                    &format!("../../../../../../../..{}/etc", c.a()),
+                )
+                .hardlink("breakouts/mypasswd", "breakouts/d1/passwd");
+        }),
+        ("down-and-out", |c, t| {
+            t.dir("breakouts")
+                .symlink("breakouts/d1", "../..")
+                .hardlink(
+                    "breakouts/mypasswd",
+                    &format!("breakouts/d1/{}/etc/passwd", c.a_rel()),
+                );
+        }),
+        ("absolute", |c, t| {
+            t.symlink("localetc", &format!("{}/etc", c.a()))
+                .hardlink("mypasswd", "localetc/passwd");
+        }),
+        ("relative-long", |c, t| {
+            t.hardlink(
+                "mypasswd",
+                &format!("../../../../../../../../..{}/etc/passwd", c.a()),
+            );
+        }),
+        ("relative-up-and-out", |c, t| {
+            t.dir("breakouts").hardlink(
+                "mypasswd",
+                &format!("breakouts/../../../../../../..{}/etc/passwd", c.a()),
+            );
+        }),
+        ("direct-relative", |_, t| {
+            t.hardlink("mypasswd", "../outside/etc/passwd");
+        }),
+        ("direct-absolute", |c, t| {
+            t.hardlink("mypasswd", &format!("{}/etc/passwd", c.a()));
+        }),
+    ];
+    for (name, build) in cases {
+        refused_both_ways(&format!("hardlink-{name}"), "does not exist", |c| {
+            let mut t = Tar::default();
+            build(c, &mut t);
+            vec![t.end()]
+        })?;
+        both_ways(
+            &format!("hardlink-{name}-inside"),
+            |c| {
+                let mut t = Tar::default();
+                t.dir(&format!("{}/etc", c.a_rel()))
+                    .file(&format!("{}/etc/passwd", c.a_rel()), "inside")
+                    .dir("outside/etc")
+                    .file("outside/etc/passwd", "inside");
+                build(c, &mut t);
+                vec![t.end()]
+            },
+            |c, out| {
+                let l = c.contained(out)?;
+                let p =
+                    l.0.iter()
+                        .find(|(p, _)| p.ends_with("mypasswd"))
+                        .map(|(p, v)| (p.clone(), v.clone()));
+                ensure!(
+                    p.as_ref().is_some_and(|(_, v)| v == "f:inside:nlink=2"),
+                    "mypasswd should be a second name of the inside file: {p:?}"
+                );
+                Ok(())
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// containerd HardlinkSymlinkBeforeCreateTarget, HardlinkSymlinkRelative,
+/// HardlinkSymlinkAbsolute, HardlinkSymlinkChmod: a hardlink to a symlink links the
+/// symlink itself; nothing is created, linked or chmod'ed through it.
+#[test]
+fn hardlinks_to_symlinks_link_the_symlink() -> Result<()> {
+    for (i, rel) in [false, true].into_iter().enumerate() {
+        for across in [false, true] {
+            both_ways(
+                &format!("hardlink-symlink-{i}-{across}"),
+                |c| {
+                    let t = if rel {
+                        "../outside/etc/passwd".to_owned()
+                    } else {
+                        format!("{}/etc/passwd", c.a())
+                    };
+                    let mut a = Tar::default();
+                    a.symlink("passwdlink", &t);
+                    let mut h = Hdr::new(b"hlink", LNK);
+                    h.link = b"passwdlink";
+                    h.mode = 0o777; // HardlinkSymlinkChmod: never applied to anything
+                    h.mtime = 1;
+                    if across {
+                        let mut b = Tar::default();
+                        b.header(&h);
+                        vec![a.end(), b.end()]
+                    } else {
+                        a.header(&h);
+                        // HardlinkSymlinkBeforeCreateTarget: the name appears afterwards.
+                        a.dir(&format!("{}/etc", c.a_rel()));
+                        vec![a.end()]
+                    }
+                },
+                |c, out| {
+                    let l = c.contained(out)?;
+                    let link = l.0.get("hlink").cloned().unwrap_or_default();
+                    ensure!(link.starts_with("l:"), "hlink should be a symlink: {link}");
+                    let m = fs::symlink_metadata(c.target().join("hlink"))?;
+                    ensure!(m.nlink() == 2, "hlink shares the symlink's inode");
+                    Ok(())
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A hardlink to a directory, to itself, or to a whiteout is refused.
+#[test]
+fn hardlinks_to_directories_and_themselves_are_refused() -> Result<()> {
+    refused_both_ways("hardlink-dir", "is a directory", |_| {
+        vec![Tar::default().dir("d").hardlink("l", "d").end()]
+    })?;
+    refused_both_ways("hardlink-self", "itself", |_| {
+        vec![Tar::default().hardlink("l", "./l").end()]
+    })?;
+    refused_both_ways("hardlink-root", "root directory", |_| {
+        vec![Tar::default().hardlink("l", "/..").end()]
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Whiteouts.
+
+/// containerd WhiteoutRoot, WhiteoutRootParent, WhiteoutCurrentDirectory,
+/// WhiteoutParent, and the other reserved `.wh..wh.` names.
+#[test]
+fn invalid_whiteout_names_are_refused() -> Result<()> {
+    for (i, name) in [
+        ".wh.",
+        ".wh..",
+        ".wh...",
+        "etc/.wh..",
+        "etc/.wh...",
+        "etc/.wh.",
+        ".wh..wh.foo",
+        "etc/.wh..wh.plnk",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        refused_both_ways(&format!("whiteout-invalid-{i}"), "whiteout", |_| {
+            vec![
+                Tar::default().dir("etc").file("etc/passwd", "p").end(),
+                Tar::default().whiteout(name).end(),
+            ]
+        })?;
+    }
+    Ok(())
+}
+
+/// containerd WhiteoutSymlink: a whiteout removes the link, not its target.
+#[test]
+fn whiteout_removes_the_symlink_not_its_target() -> Result<()> {
+    both_ways(
+        "whiteout-symlink",
+        |c| {
+            vec![
+                Tar::default()
+                    .dir("etc")
+                    .file("etc/passwd", "inside")
+                    .symlink("passwdlink", "/etc/passwd")
+                    .symlink("outlink", &format!("{}/etc/passwd", c.a()))
+                    .symlink("reldir", "../outside/etc")
+                    .end(),
+                Tar::default()
+                    .whiteout(".wh.passwdlink")
+                    .whiteout(".wh.outlink")
+                    .whiteout(".wh.reldir")
+                    .end(),
+            ]
+        },
+        |c, out| {
+            c.contained(out)?
+                .has("etc/passwd", "f:inside")?
+                .lacks("passwdlink")?
+                .lacks("outlink")?
+                .lacks("reldir")?;
+            Ok(())
+        },
+    )
+}
+
+/// containerd WhiteoutSymlinkPath, WhiteoutDeadSymlinkParent: whiteouts below a symlink
+/// resolve in-root (or find nothing), never outside. Opaque markers likewise.
+#[test]
+fn whiteouts_through_symlinks_stay_inside() -> Result<()> {
+    for (i, marker) in [".wh.passwd", ".wh.sub", ".wh..wh..opq"]
+        .into_iter()
+        .enumerate()
+    {
+        for (j, t) in ["abs", "../outside/etc", "/nonexistent/dir"]
+            .into_iter()
+            .enumerate()
+        {
+            both_ways(
+                &format!("whiteout-via-symlink-{i}-{j}"),
+                |c| {
+                    let t = if t == "abs" {
+                        format!("{}/etc", c.a())
+                    } else {
+                        t.to_owned()
+                    };
+                    vec![
+                        Tar::default()
+                            .dir("etc")
+                            .file("etc/passwd", "inside")
+                            .symlink("localetc", &t)
+                            .end(),
+                        Tar::default().whiteout(&format!("localetc/{marker}")).end(),
+                    ]
+                },
+                |c, out| {
+                    c.contained(out)?.has("etc/passwd", "f:inside")?;
+                    Ok(())
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// containerd WhiteoutRelativePath: `dne/../.wh.etc` whites out `etc`, and a whiteout
+/// aimed outside (`../.wh.outside`, an absolute path) only reaches inside.
+#[test]
+fn whiteout_paths_are_normalised_in_root() -> Result<()> {
+    both_ways(
+        "whiteout-relative",
+        |c| {
+            vec![
+                Tar::default()
+                    .dir("etc")
+                    .file("etc/passwd", "inside")
+                    .dir("keep")
+                    .end(),
+                Tar::default()
+                    .whiteout("dne/../.wh.etc")
+                    .whiteout("../.wh.outside")
+                    .whiteout(&format!("{}/.wh.etc", c.a()))
+                    .whiteout(&format!("../../../../../../../..{}/etc/.wh.passwd", c.a()))
+                    .end(),
+            ]
+        },
+        |c, out| {
+            c.contained(out)?.lacks("etc")?.has("keep", "d")?;
+            Ok(())
+        },
+    )
+}
+
+/// Files named `.wh.*` cannot exist in an image (layer.md): a directory, symlink or
+/// device with such a name, or a path below one (containerd WhiteoutDirectoryName), is
+/// refused rather than written as content or taken for a whiteout.
+#[test]
+fn reserved_names_that_are_not_whiteouts_are_refused() -> Result<()> {
+    type Build = fn(&mut Tar);
+    let cases: [(&str, Build); 4] = [
+        ("dir", |t| {
+            t.dir(".wh.etc").file(".wh.etc/somefile", "x");
+        }),
+        ("below", |t| {
+            t.file(".wh.etc/somefile", "x");
+        }),
+        ("symlink", |t| {
+            t.symlink(".wh.etc", "/");
+        }),
+        ("hardlink", |t| {
+            t.file("f", "f").hardlink(".wh.etc", "f");
+        }),
+    ];
+    for (name, build) in cases {
+        refused_both_ways(&format!("reserved-{name}"), ".wh.", |_| {
+            let mut t = Tar::default();
+            build(&mut t);
+            vec![
+                Tar::default().dir("etc").file("etc/passwd", "p").end(),
+                t.end(),
+            ]
+        })?;
+    }
+    Ok(())
+}
+
+/// umoci TestUnpackEntryWhiteout, TestUnpackOpaqueWhiteout: whiteouts hide lower layers
+/// only, opaque markers apply before the layer's own entries wherever they sit.
+#[test]
+fn whiteouts_and_opaque_markers_hide_lower_layers_only() -> Result<()> {
+    both_ways(
+        "whiteout-semantics",
+        |_| {
+            vec![
+                Tar::default()
+                    .dir("d")
+                    .file("d/a", "a")
+                    .dir("d/sub")
+                    .file("d/sub/b", "b")
+                    .file("x", "x")
+                    .file("y", "y")
+                    .end(),
+                Tar::default()
+                    .file("d/c", "c")
+                    .whiteout("d/.wh..wh..opq")
+                    .whiteout(".wh.x")
+                    .file("z", "z")
+                    .whiteout(".wh.z")
+                    .end(),
+            ]
+        },
+        |c, out| {
+            c.contained(out)?
+                .has("d/c", "f:c")?
+                .lacks("d/a")?
+                .lacks("d/sub")?
+                .lacks("x")?
+                .has("y", "f:y")?
+                .has("z", "f:z")?;
+            Ok(())
+        },
+    )
 }

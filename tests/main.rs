@@ -2,5 +2,5 @@
 
 mod util;
 
-mod stash;
 mod hostile;
+mod stash;
