@@ -271,6 +271,11 @@ pub fn unstash_to_dir(
 }
 
 fn write_image(img: Image, target: &mut Target) -> Result<bool> {
+    let explain = img.clone();
+    write_layers(img, target).map_err(|e| explain.explain(e))
+}
+
+fn write_layers(img: Image, target: &mut Target) -> Result<bool> {
     if img.manifest.layers.len() <= 1 {
         // One layer: applying it in order is already one pass, and needs no index.
         sequential(&img, target)?;

@@ -422,6 +422,23 @@ impl Image {
         Ok(m)
     }
 
+    /// The clearest account of `e`, an error met while reading this image's layers: when a
+    /// layer blob does not match its descriptor's digest or size, that is the cause, and is
+    /// reported instead (a damaged blob makes the decompressor or the tar reader fail
+    /// first, with a message about the symptom).
+    pub fn explain(&self, e: Error) -> Error {
+        for desc in &self.manifest.layers {
+            let damaged = self
+                .source
+                .open_blob(desc)
+                .and_then(|blob| blob.finish().map_err(Error::from));
+            if let Err(damaged) = damaged {
+                return damaged; // names the blob and what is wrong with it
+            }
+        }
+        e
+    }
+
     /// The sum of the layers' compressed sizes.
     pub fn size(&self) -> u64 {
         self.manifest.layers.iter().map(|l| l.size).sum::<u64>()

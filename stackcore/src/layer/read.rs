@@ -61,9 +61,12 @@ impl<R: BufRead> Decoder<R> {
 
 impl<R: BufRead> Read for Decoder<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // Name the format: "incomplete deflate stream" alone does not say which layer
+        // property is broken.
+        let named = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
         match self {
-            Decoder::Gzip(d) => d.read(buf),
-            Decoder::Zstd(d) => d.read(buf),
+            Decoder::Gzip(d) => d.read(buf).map_err(|e| named("gzip", e)),
+            Decoder::Zstd(d) => d.read(buf).map_err(|e| named("zstd", e)),
             Decoder::Plain(r) => r.read(buf),
         }
     }
@@ -81,7 +84,7 @@ pub fn open_layer<R: Read>(
     diff_id: Option<&Digest>,
 ) -> Result<LayerStream<R>> {
     let decoder = Decoder::new(BufReader::with_capacity(256 << 10, blob), &desc.media_type)?;
-    let what = format!("layer {} (uncompressed, diff_id)", desc.digest);
+    let what = "uncompressed tar (diff_id)";
     let check = match diff_id {
         Some(d) => VerifyReader::new(decoder, d.clone(), None, what),
         None => VerifyReader::unchecked(decoder, what),
@@ -102,7 +105,8 @@ pub struct LayerStream<R: Read> {
 }
 
 impl<R: Read> LayerStream<R> {
-    /// Reads to the end and checks every digest; call after the last header.
+    /// Reads to the end and checks every digest; call after the last header. A blob that
+    /// does not match its descriptor is reported as such, before what it decompressed to.
     pub fn finish(self) -> Result<()> {
         let digest = self.digest;
         let wrap = |e: io::Error| Error::Other(format!("layer {digest}: {e}"));
@@ -110,11 +114,14 @@ impl<R: Read> LayerStream<R> {
         // The tar reader read to the end of the uncompressed stream, where the diff_id check
         // fires; one more read returns that verdict again.
         let mut b = [0u8; 1];
-        if check.read(&mut b).map_err(wrap)? != 0 {
-            return Err(wrap(io::Error::other("data after the end of the tar")));
-        }
+        let tail = match check.read(&mut b) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(io::Error::other("data after the end of the tar")),
+            Err(e) => Err(e),
+        };
         let blob = check.into_inner().into_inner().into_inner();
-        blob.finish().map_err(wrap)
+        blob.finish().map_err(wrap)?;
+        tail.map_err(wrap)
     }
 }
 
