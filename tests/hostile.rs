@@ -457,6 +457,7 @@ impl Case {
             lines.len() == 1 && lines[0].starts_with("error: "),
             "expected one error line, got: {stderr}"
         );
+        eprintln!("refused: {}", lines[0]);
         ensure!(
             lines[0].contains(needle),
             "error line does not say {needle:?}: {}",
@@ -1418,6 +1419,396 @@ fn whiteouts_and_opaque_markers_hide_lower_layers_only() -> Result<()> {
                 .lacks("x")?
                 .has("y", "f:y")?
                 .has("z", "f:z")?;
+            Ok(())
+        },
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Parser differentials and damaged images: always refused.
+
+/// CVE-2025-62518, CVE-2026-33055: a PAX `size` that disagrees with the header's, either
+/// way round, or stands in for a header size of 0 that a ustar-only reader would use (and
+/// then read the smuggled entry hidden in the data).
+#[test]
+fn pax_size_disagreement_is_refused() -> Result<()> {
+    let smuggled = Tar::default().file("smuggled", "s").raw();
+    let cases: [(&str, u64, u64); 3] =
+        [("bigger", 3, 1024), ("smaller", 1024, 3), ("zero", 0, 1024)];
+    for (name, header_size, pax_size) in cases {
+        refused_both_ways(&format!("pax-size-{name}"), "size", |_| {
+            let mut t = Tar::default();
+            t.pax(&[(b"size", pax_size.to_string().as_bytes())]);
+            let mut h = Hdr::new(b"f", REG);
+            h.size = header_size;
+            t.header(&h);
+            let mut body = smuggled.clone();
+            body.resize(
+                usize::try_from(header_size.max(pax_size)).expect("small"),
+                0,
+            );
+            t.data(&body[..usize::try_from(header_size.max(pax_size)).expect("small")]);
+            vec![t.end()]
+        })?;
+    }
+    Ok(())
+}
+
+/// Malformed tar streams: trailing garbage, no end marker, a lone zero block, a bad
+/// checksum, an unknown entry type, data on a non-file entry.
+#[test]
+fn malformed_tar_streams_are_refused() -> Result<()> {
+    type Build = fn() -> Vec<u8>;
+    let cases: [(&str, &str, Build); 7] = [
+        ("garbage-after-end", "after the end", || {
+            let mut t = Tar::default().file("a", "a").end();
+            t.extend_from_slice(b"garbage");
+            t
+        }),
+        ("no-end-marker", "truncated", || {
+            Tar::default().file("a", "a").raw()
+        }),
+        ("truncated-data", "truncated", || {
+            let mut t = Tar::default().file("a", &"x".repeat(2000)).raw();
+            t.truncate(1024);
+            t
+        }),
+        ("lone-zero-block", "zero block", || {
+            let mut t = Tar::default().file("a", "a").raw();
+            t.extend_from_slice(&[0u8; 512]);
+            t.extend_from_slice(&Tar::default().file("b", "b").end());
+            t
+        }),
+        ("bad-checksum", "checksum", || {
+            let mut t = Tar::default().file("a", "a").end();
+            t[0] = b'b';
+            t
+        }),
+        ("unknown-type", "unknown entry type", || {
+            Tar::default().header(&Hdr::new(b"x", b'Z')).end()
+        }),
+        ("symlink-with-data", "bytes of data", || {
+            let mut h = Hdr::new(b"s", SYM);
+            h.link = b"t";
+            h.size = 3;
+            Tar::default().header(&h).data(b"abc").end()
+        }),
+    ];
+    for (name, needle, build) in cases {
+        refused_both_ways(&format!("tar-{name}"), needle, |_| vec![build()])?;
+    }
+    Ok(())
+}
+
+/// layer.md: a layer MUST NOT contain duplicate paths (however they are spelled).
+#[test]
+fn duplicate_paths_in_one_layer_are_refused() -> Result<()> {
+    type Build = fn(&mut Tar);
+    let cases: [(&str, Build); 4] = [
+        ("file", |t| {
+            t.file("a", "1").file("a", "2");
+        }),
+        ("spelling", |t| {
+            t.file("d/a", "1").file("./d/../d//a", "2");
+        }),
+        ("dir", |t| {
+            t.dir("d").dir("/d/");
+        }),
+        ("whiteout", |t| {
+            t.whiteout(".wh.x").whiteout("./.wh.x");
+        }),
+    ];
+    for (name, build) in cases {
+        refused_both_ways(&format!("duplicate-{name}"), "duplicate path", |_| {
+            let mut t = Tar::default();
+            build(&mut t);
+            vec![t.end()]
+        })?;
+    }
+    Ok(())
+}
+
+/// umoci hardening.bats and issue 2: damaged blobs and documents, each refused with one
+/// line, leaving no target.
+#[test]
+fn damaged_images_are_refused() -> Result<()> {
+    type Tweak = fn(&mut Vec<Layer>, &mut Docs);
+    let good = || Tar::default().dir("etc").file("etc/passwd", "p").end();
+    let cases: [(&str, &str, Tweak); 16] = [
+        ("digest-mismatch", "digest mismatch", |ls, _| {
+            if let Some(l) = ls.get_mut(1) {
+                let mut b = l.blob.clone();
+                let n = b.len();
+                b[n - 9] ^= 0xff;
+                l.stored = Some(b);
+            }
+        }),
+        ("size-too-big", "bytes", |_, d| {
+            let n = d.manifest["layers"][1]["size"].as_u64().unwrap_or(0);
+            d.manifest["layers"][1]["size"] = json!(n + 1);
+        }),
+        ("size-too-small", "bytes", |_, d| {
+            let n = d.manifest["layers"][1]["size"].as_u64().unwrap_or(0);
+            d.manifest["layers"][1]["size"] = json!(n.saturating_sub(1));
+        }),
+        ("diff-id-mismatch", "diff_id", |_, d| {
+            d.config["rootfs"]["diff_ids"][1] = json!(format!("sha256:{}", sha256(b"other")));
+        }),
+        ("diff-id-count", "diff_ids", |_, d| {
+            d.config["rootfs"]["diff_ids"]
+                .as_array_mut()
+                .expect("array")
+                .pop();
+        }),
+        ("unknown-media-type", "not supported", |_, d| {
+            d.manifest["layers"][1]["mediaType"] =
+                json!("application/vnd.oci.image.layer.v1.tar+bzip2");
+        }),
+        ("bad-json-manifest", "bad JSON", |_, d| {
+            d.manifest_raw = Some(b"{\"schemaVersion\": 2, \"layers\": [".to_vec());
+        }),
+        ("bad-json-config", "bad JSON", |_, d| {
+            d.config_raw = Some(b"{\"rootfs\": nope}".to_vec());
+        }),
+        ("bad-json-index", "bad JSON", |_, d| {
+            d.index_raw = Some(b"[]".to_vec());
+        }),
+        ("wrong-types-manifest", "bad JSON", |_, d| {
+            d.manifest["layers"] = json!("not a list");
+        }),
+        ("digest-uppercase", "digest", |_, d| {
+            let s = d.manifest["layers"][1]["digest"]
+                .as_str()
+                .unwrap_or("")
+                .to_uppercase();
+            d.manifest["layers"][1]["digest"] = json!(s.replace("SHA256", "sha256"));
+        }),
+        ("digest-traversal", "digest", |_, d| {
+            d.manifest["layers"][1]["digest"] =
+                json!(format!("sha256:../../../outside/etc/{}", "a".repeat(44)));
+        }),
+        ("digest-short", "digest", |_, d| {
+            d.manifest["layers"][1]["digest"] = json!("sha256:abc");
+        }),
+        ("digest-sha512", "digest", |_, d| {
+            d.manifest["layers"][1]["digest"] = json!(format!("sha512:{}", "a".repeat(128)));
+        }),
+        ("digest-in-diff-ids", "digest", |_, d| {
+            d.config["rootfs"]["diff_ids"][1] = json!("sha256:xyz");
+        }),
+        ("digest-in-index", "digest", |_, d| {
+            d.index_raw = Some(
+                format!(
+                    r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{MANIFEST}","digest":"sha256:{}","size":1,"annotations":{{"org.opencontainers.image.ref.name":"img:v1"}}}}]}}"#,
+                    "G".repeat(64)
+                )
+                .into_bytes(),
+            );
+        }),
+    ];
+    for (name, needle, tweak) in cases {
+        let mut c = Case::new(&format!("damaged-{name}"))?;
+        let mut ls = vec![base_layer(), Layer::gz(&good())];
+        // The layer part of the tweak now, the document part once the documents exist.
+        let mut scratch = Vec::new();
+        tweak(&mut ls, &mut empty_docs());
+        let out = c.unstash(&ls, |d| tweak(&mut scratch, d))?;
+        c.refused(&out, needle)
+            .with_context(|| format!("case damaged-{name}"))?;
+    }
+    Ok(())
+}
+
+/// Documents that only a tweak of the layers fills in.
+fn empty_docs() -> Docs {
+    Docs {
+        config: json!({"rootfs": {"diff_ids": [null, null]}}),
+        manifest: json!({"layers": [{}, {}]}),
+        config_raw: None,
+        manifest_raw: None,
+        index_raw: None,
+        manifest_desc_media: MANIFEST.into(),
+    }
+}
+
+/// Compressed streams that are not what their media type says.
+#[test]
+fn damaged_compression_is_refused() -> Result<()> {
+    let tar = Tar::default()
+        .dir("etc")
+        .file("etc/passwd", &"p".repeat(5000))
+        .end();
+    let gz = gzip(&tar);
+    let cases: [(&str, Layer); 4] = [
+        (
+            "truncated-gzip",
+            Layer {
+                blob: gz[..gz.len() / 2].to_vec(),
+                ..Layer::gz(&tar)
+            },
+        ),
+        (
+            "not-gzip",
+            Layer {
+                blob: tar.clone(),
+                ..Layer::gz(&tar)
+            },
+        ),
+        (
+            "garbage-after-gzip",
+            Layer {
+                blob: [gz.as_slice(), b"garbage"].concat(),
+                ..Layer::gz(&tar)
+            },
+        ),
+        (
+            "gzip-as-plain",
+            Layer {
+                media_type: PLAIN.into(),
+                ..Layer::gz(&tar)
+            },
+        ),
+    ];
+    for (name, layer) in cases {
+        for with_base in [false, true] {
+            let mut c = Case::new(&format!("compression-{name}-{with_base}"))?;
+            let mut ls = vec![layer.clone()];
+            if with_base {
+                ls.insert(0, base_layer());
+            }
+            let out = c.unstash(&ls, |_| {})?;
+            c.refused(&out, "layer")
+                .with_context(|| format!("case compression-{name}-{with_base}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// CVE-2021-41190: a document whose mediaType disagrees with its descriptor, or that
+/// could be read both as a manifest and as an index.
+#[test]
+fn cve_2021_41190_ambiguous_documents_are_refused() -> Result<()> {
+    type Tweak = fn(&mut Docs);
+    let cases: [(&str, &str, Tweak); 4] = [
+        ("manifest-says-index", "mediaType", |d| {
+            d.manifest["mediaType"] = json!(INDEX);
+        }),
+        ("descriptor-says-index", "mediaType", |d| {
+            d.manifest_desc_media = INDEX.into();
+        }),
+        ("manifest-with-manifests", "manifests", |d| {
+            d.manifest
+                .as_object_mut()
+                .expect("object")
+                .remove("mediaType");
+            d.manifest["manifests"] = json!([]);
+        }),
+        ("index-with-layers", "layers", |d| {
+            d.manifest
+                .as_object_mut()
+                .expect("object")
+                .remove("mediaType");
+            d.manifest["manifests"] = json!([]);
+            d.manifest_desc_media = INDEX.into();
+        }),
+    ];
+    for (name, needle, tweak) in cases {
+        let mut c = Case::new(&format!("cve-2021-41190-{name}"))?;
+        let out = c.unstash(&[Layer::gz(&Tar::default().file("f", "f").end())], tweak)?;
+        c.refused(&out, needle)
+            .with_context(|| format!("case {name}"))?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Resource limits (issue 8).
+
+#[test]
+fn resource_limits_are_enforced() -> Result<()> {
+    let long_name = "a".repeat(256);
+    let long_path = format!("{}f", "d/".repeat(2100));
+    let long_link = "l/".repeat(2100);
+    let big_comment = vec![b'c'; (1 << 20) + 1];
+    let big_xattr = vec![b'x'; (64 << 10) + 1];
+    let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+        ("name", "255", Tar::default().file(&long_name, "x").end()),
+        ("path", "4096", Tar::default().file(&long_path, "x").end()),
+        (
+            "link",
+            "4096",
+            Tar::default().symlink("s", &long_link).end(),
+        ),
+        (
+            "pax-record",
+            "limit",
+            Tar::default()
+                .pax(&[(b"comment", &big_comment)])
+                .file("f", "x")
+                .end(),
+        ),
+        (
+            "xattr-value",
+            "limit",
+            Tar::default()
+                .pax(&[(b"SCHILY.xattr.user.big", &big_xattr)])
+                .file("f", "x")
+                .end(),
+        ),
+    ];
+    for (name, needle, tar) in cases {
+        refused_both_ways(&format!("limit-{name}"), needle, |_| vec![tar.clone()])?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Devices and owners (root only).
+
+#[test]
+fn privileged_devices_and_owners_stay_inside() -> Result<()> {
+    if !is_root() {
+        skip!("needs root (mknod, chown)");
+    }
+    both_ways(
+        "devices",
+        |c| {
+            let mut t = Tar::default();
+            t.dir("dev")
+                .symlink("devdir", &format!("{}/etc", c.a()))
+                .symlink("reldir", "../outside/etc");
+            let mut null = Hdr::new(b"dev/null", CHR);
+            null.dev = (1, 3);
+            null.mode = 0o666;
+            t.header(&null);
+            let mut via = Hdr::new(b"devdir/null", CHR);
+            via.dev = (1, 3);
+            t.header(&via);
+            let mut fifo = Hdr::new(b"reldir/fifo", FIFO);
+            fifo.uid = 4242;
+            t.header(&fifo);
+            // An owner and mode on a symlink to the canary: applied to the link only.
+            let mut owned = Hdr::new(b"ownedlink", SYM);
+            owned.link = b"../outside/etc/passwd";
+            owned.uid = 4242;
+            t.header(&owned);
+            let mut abs_owned = Hdr::new(b"absownedlink", SYM);
+            let a = format!("{}/etc/passwd", c.a());
+            abs_owned.link = a.as_bytes();
+            abs_owned.uid = 4242;
+            t.header(&abs_owned);
+            vec![t.end()]
+        },
+        |c, out| {
+            let l = c.contained(out)?;
+            l.has("dev/null", "other")?;
+            ensure!(
+                l.0.iter().filter(|(_, v)| *v == "other").count() == 3,
+                "three nodes inside: {:#?}",
+                l.0
+            );
+            let m = fs::symlink_metadata(c.target().join("ownedlink"))?;
+            ensure!(m.uid() == 4242, "the link itself is chowned");
             Ok(())
         },
     )
