@@ -1690,20 +1690,20 @@ fn damaged_compression_is_refused() -> Result<()> {
 fn cve_2021_41190_ambiguous_documents_are_refused() -> Result<()> {
     type Tweak = fn(&mut Docs);
     let cases: [(&str, &str, Tweak); 4] = [
-        ("manifest-says-index", "mediaType", |d| {
+        ("manifest-says-index", "disagrees", |d| {
             d.manifest["mediaType"] = json!(INDEX);
         }),
-        ("descriptor-says-index", "mediaType", |d| {
+        ("descriptor-says-index", "disagrees", |d| {
             d.manifest_desc_media = INDEX.into();
         }),
-        ("manifest-with-manifests", "manifests", |d| {
+        ("manifest-with-manifests", "ambiguous", |d| {
             d.manifest
                 .as_object_mut()
                 .expect("object")
                 .remove("mediaType");
             d.manifest["manifests"] = json!([]);
         }),
-        ("index-with-layers", "layers", |d| {
+        ("index-with-layers", "ambiguous", |d| {
             d.manifest
                 .as_object_mut()
                 .expect("object")

@@ -349,6 +349,7 @@ impl Image {
         if desc.media_type == media::INDEX || desc.media_type == media::DOCKER_LIST {
             let index: Index = source.read_json(&desc)?;
             check_media_type(index.media_type.as_deref(), &desc)?;
+            check_unambiguous(&index.extra, &["config", "layers"], &desc)?;
             desc = pick_platform(&index, &name)?;
         }
         if desc.media_type != media::MANIFEST && desc.media_type != media::DOCKER_MANIFEST {
@@ -359,6 +360,7 @@ impl Image {
         }
         let manifest: Manifest = source.read_json(&desc)?;
         check_media_type(manifest.media_type.as_deref(), &desc)?;
+        check_unambiguous(&manifest.extra, &["manifests"], &desc)?;
         if manifest.schema_version != 2 {
             return Err(Error::Other(format!(
                 "{name}: manifest schema version {} not supported",
@@ -459,6 +461,22 @@ fn check_media_type(doc: Option<&str>, desc: &Descriptor) -> Result<()> {
             desc.digest, desc.media_type
         ))),
         _ => Ok(()),
+    }
+}
+
+/// CVE-2021-41190: a document that carries the other kind's fields could be read as a
+/// manifest by one tool and as an index by another, so it is refused (image-spec 1.0.2).
+fn check_unambiguous(
+    extra: &std::collections::BTreeMap<String, serde_json::Value>,
+    foreign: &[&str],
+    desc: &Descriptor,
+) -> Result<()> {
+    match foreign.iter().find(|f| extra.contains_key(**f)) {
+        Some(f) => Err(Error::Other(format!(
+            "blob {}: a {} with a {f:?} field is ambiguous (CVE-2021-41190)",
+            desc.digest, desc.media_type
+        ))),
+        None => Ok(()),
     }
 }
 
