@@ -1813,3 +1813,66 @@ fn privileged_devices_and_owners_stay_inside() -> Result<()> {
         },
     )
 }
+
+// ---------------------------------------------------------------------------------------
+// The layout itself as an attacker's tool: unstash reads it, never writes into it.
+
+/// A foreign layout whose `.stackbuild` directory (where our store keeps its layer-index
+/// cache) is a symlink out of it: planning a multi-layer image writes nothing there.
+#[test]
+fn foreign_layout_is_only_read() -> Result<()> {
+    for (i, rel) in [false, true].into_iter().enumerate() {
+        let mut c = Case::new(&format!("foreign-layout-{i}"))?;
+        let layout = c.w.path("layout");
+        fs::create_dir_all(&layout)?;
+        let aim = if rel { "../outside".to_owned() } else { c.a() };
+        std::os::unix::fs::symlink(&aim, layout.join(".stackbuild"))?;
+        let ls = [
+            base_layer(),
+            Layer::gz(&Tar::default().file("f", "f").end()),
+        ];
+        let out = c.unstash(&ls, |_| {})?;
+        c.contained(&out)?
+            .has("f", "f:f")?
+            .has("base/keep", "f:keep")?;
+        ensure!(c.planned == Some(true), "the planner ran");
+    }
+    // And an ordinary foreign layout gains nothing either.
+    let mut c = Case::new("foreign-layout-plain")?;
+    let ls = [
+        base_layer(),
+        Layer::gz(&Tar::default().file("f", "f").end()),
+    ];
+    let out = c.unstash(&ls, |_| {})?;
+    c.contained(&out)?;
+    ensure!(
+        !c.w.path("layout/.stackbuild").exists(),
+        "unstash wrote into the layout it read"
+    );
+    Ok(())
+}
+
+/// A layer-index cache shipped inside a foreign layout is not trusted: it claims the
+/// damaged layer adds nothing (so a planner trusting it would never read, nor verify,
+/// that layer).
+#[test]
+fn forged_layer_index_cache_is_not_trusted() -> Result<()> {
+    let mut c = Case::new("forged-cache")?;
+    let mut damaged = Layer::gz(&Tar::default().file("f", "f").end());
+    let mut b = damaged.blob.clone();
+    let n = b.len();
+    b[n - 9] ^= 0xff;
+    damaged.stored = Some(b);
+    let hex = sha256(&damaged.blob);
+    let body = br#"{"changes":[]}"#;
+    let cached = json!({
+        "layer": format!("sha256:{hex}"),
+        "sum": format!("sha256:{}", sha256(body)),
+        "index": {"changes": []},
+    });
+    let dir = c.w.path("layout/.stackbuild/cache/index");
+    fs::create_dir_all(&dir)?;
+    fs::write(dir.join(&hex), serde_json::to_vec(&cached)?)?;
+    let out = c.unstash(&[base_layer(), damaged], |_| {})?;
+    c.refused(&out, "digest mismatch")
+}

@@ -151,8 +151,12 @@ pub fn is_path_arg(s: &str) -> bool {
 /// Where blobs come from.
 #[derive(Debug, Clone)]
 pub enum BlobSource {
-    /// An OCI layout directory (our store or another).
+    /// Our store: its layer-index cache is read and written.
     Layout(Store),
+    /// Another OCI layout (`oci:DIR` naming a directory that is not the store). Read only:
+    /// whoever made it could have forged its cache directory or aimed it elsewhere with a
+    /// symlink, so layer indexes are neither read from nor written into it.
+    Foreign(Store),
     /// An OCI archive, read in place.
     Archive(Arc<Archive>),
 }
@@ -161,7 +165,7 @@ impl BlobSource {
     /// Opens a blob; the reader fails at its end unless digest and size match.
     pub fn open_blob(&self, desc: &Descriptor) -> Result<VerifyReader<Box<dyn Read + Send>>> {
         match self {
-            BlobSource::Layout(store) => {
+            BlobSource::Layout(store) | BlobSource::Foreign(store) => {
                 let r = store.open_blob(desc)?.into_inner();
                 Ok(VerifyReader::new(
                     Box::new(r),
@@ -181,7 +185,7 @@ impl BlobSource {
     /// The layout's `index.json`.
     pub fn index(&self) -> Result<Index> {
         match self {
-            BlobSource::Layout(s) => s.read_index(),
+            BlobSource::Layout(s) | BlobSource::Foreign(s) => s.read_index(),
             BlobSource::Archive(a) => a.index(),
         }
     }
@@ -190,7 +194,7 @@ impl BlobSource {
     pub fn cache_store(&self) -> Option<&Store> {
         match self {
             BlobSource::Layout(s) => Some(s),
-            BlobSource::Archive(_) => None,
+            BlobSource::Foreign(_) | BlobSource::Archive(_) => None,
         }
     }
 }
@@ -328,7 +332,12 @@ impl Image {
                 let s = Store::open(dir)?;
                 let index = s.read_index()?;
                 let desc = pick(&index, name.as_deref(), &r.to_string())?;
-                Image::from_descriptor(BlobSource::Layout(s), desc, r.to_string())
+                let src = if same_dir(s.root(), store) {
+                    BlobSource::Layout(s) // `oci:STORE:NAME:TAG`, as stash prints it
+                } else {
+                    BlobSource::Foreign(s)
+                };
+                Image::from_descriptor(src, desc, r.to_string())
             }
             ImageRef::Archive { file, name } => {
                 let a = Arc::new(Archive::open(file)?);
@@ -451,6 +460,15 @@ impl Image {
     /// The manifest digest.
     pub fn digest(&self) -> &Digest {
         &self.manifest_desc.digest
+    }
+}
+
+/// Whether two paths name the same directory.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 
