@@ -1,6 +1,9 @@
 //! Integration tests: the real binaries, alone and in pipes.
+#![allow(clippy::format_push_string, clippy::format_collect)] // test dumps build text freely
 
 mod util;
 
 mod hostile;
+mod incremental;
+mod kiwimerge;
 mod stash;

@@ -50,7 +50,6 @@ x home/user/file user.comment hello
 x etc/shadow system.posix_acl_access 0x0200000001000600ffffffff02000400e803000004000400ffffffff10000400ffffffff20000000ffffffff
 x etc/ssl trusted.overlay.test value
 x . user.rootattr root
-x usr/bin/su user.empty 0x
 t etc/passwd 1700000000.123456789
 t usr/bin/ping 1600000000.000000001
 t usr/bin/relative 1500000000.5
@@ -60,7 +59,10 @@ t . 1200000000.75
 t lib/fifo 1100000000.1
 ";
 
-/// Adds what the text spec cannot say: long and non-UTF-8 names, a sparse file.
+/// Adds what the text spec cannot say: long and non-UTF-8 names, a sparse file, an xattr
+/// with an empty value (which a PAX reader following POSIX strictly would take for "unset":
+/// ours keeps it, umoci and GNU tar drop it, so only the round trip through our own tools
+/// adds it).
 fn extras(root: &std::path::Path) -> Result<()> {
     let long_dir = root.join("x".repeat(120));
     fs::create_dir(&long_dir)?;
@@ -81,6 +83,12 @@ fn privileged_roundtrip_every_kind_and_attribute() -> Result<()> {
     let w = Workdir::new("roundtrip")?;
     let root = w.tree("root", RICH)?;
     extras(&root)?;
+    rustix::fs::lsetxattr(
+        root.join("usr/bin/su"),
+        "user.empty",
+        b"",
+        rustix::fs::XattrFlags::empty(),
+    )?;
     let before = dump(&root)?;
     let out = run(w
         .bin("stash")
@@ -139,21 +147,26 @@ fn privileged_roundtrip_through_a_pipe_and_a_tar() -> Result<()> {
         "-C",
         "untar",
     ]))?;
+    // GNU tar keeps POSIX ACLs in SCHILY.acl.* records, not as the raw xattr we store, so it
+    // does not restore them from our tar: compare without them.
+    let no_acl = |d: String| -> String {
+        d.lines()
+            .map(|l| {
+                l.split(" xattr:system.posix_acl_access=")
+                    .next()
+                    .unwrap_or(l)
+                    .to_owned()
+                    + "\n"
+            })
+            .collect()
+    };
+    let opts = DumpOpts {
+        no_root: true,
+        ..DumpOpts::default()
+    };
     assert_same(
-        &dump_with(
-            &root,
-            DumpOpts {
-                no_root: true,
-                ..DumpOpts::default()
-            },
-        )?,
-        &dump_with(
-            &w.path("untar"),
-            DumpOpts {
-                no_root: true,
-                ..DumpOpts::default()
-            },
-        )?,
+        &no_acl(dump_with(&root, opts)?),
+        &no_acl(dump_with(&w.path("untar"), opts)?),
     )?;
     Ok(())
 }
@@ -191,7 +204,8 @@ fn dev_proc_sys_contents_are_left_out() -> Result<()> {
 
 /// The layer digest of a small fixed tree. It changes only when the layer format does
 /// (tar headers, entry order, gzip blocks): a deliberate change updates it.
-const PINNED_LAYER: &str = "sha256:PIN";
+const PINNED_LAYER: &str =
+    "sha256:76ffd94edfaef1bd3c2b67add0b71f33af30cff6e1e89c74383c11997d1ae6ab";
 
 const FIXED: &str = r"
 d . 755 0:0
@@ -427,8 +441,7 @@ fn names_tags_and_descriptions() -> Result<()> {
         "store",
         "--root",
         "root",
-        "--container-name",
-        "-bad",
+        "--container-name=-bad",
     ]))?;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("^[0-9a-zA-Z][0-9a-zA-Z-]*[0-9a-zA-Z]$"));

@@ -288,7 +288,7 @@ pub fn dump(dir: &Path) -> Result<String> {
 
 pub fn dump_with(dir: &Path, opts: DumpOpts) -> Result<String> {
     let mut paths = Vec::new();
-    collect(dir, PathBuf::new(), &mut paths)?;
+    collect(dir, Path::new(""), &mut paths)?;
     paths.sort();
     let mut groups: HashMap<(u64, u64), String> = HashMap::new();
     let mut out = String::new();
@@ -357,14 +357,14 @@ pub fn dump_with(dir: &Path, opts: DumpOpts) -> Result<String> {
                 line += &format!(
                     " -> {}",
                     String::from_utf8_lossy(fs::read_link(&full)?.as_os_str().as_bytes())
-                )
+                );
             }
             'c' | 'b' => {
                 line += &format!(
                     " dev={},{}",
                     rustix::fs::major(m.rdev()),
                     rustix::fs::minor(m.rdev())
-                )
+                );
             }
             _ => {}
         }
@@ -383,13 +383,13 @@ pub fn dump_with(dir: &Path, opts: DumpOpts) -> Result<String> {
 
 use sha2::Digest as _;
 
-fn collect(dir: &Path, rel: PathBuf, out: &mut Vec<PathBuf>) -> Result<()> {
-    out.push(rel.clone());
-    let full = dir.join(&rel);
+fn collect(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    out.push(rel.to_path_buf());
+    let full = dir.join(rel);
     if fs::symlink_metadata(&full)?.is_dir() {
         for e in fs::read_dir(&full)? {
             let e = e?;
-            collect(dir, rel.join(e.file_name()), out)?;
+            collect(dir, &rel.join(e.file_name()), out)?;
         }
     }
     Ok(())

@@ -90,10 +90,10 @@ impl Plan {
                 Some(lower) => conflicts.extend(lower.overlay(m, |n| n.origin.0, s as u32)),
             }
         }
-        Ok(Plan {
-            model: model.unwrap_or_else(Model::new),
-            conflicts,
-        })
+        let Some(model) = model else {
+            return Err(Error::Usage("nothing to stack: no sources".into()));
+        };
+        Ok(Plan { model, conflicts })
     }
 
     /// How many final entries each source provided.

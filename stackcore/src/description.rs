@@ -49,14 +49,13 @@ pub fn facts(xml: &[u8], origin: &str) -> Result<DescriptionFacts> {
             Event::End(_) => {
                 path.pop();
             }
-            Event::Text(t) => {
+            Event::Text(t)
                 if path.len() == 3
                     && path[1] == b"description"
                     && path[2] == b"author"
-                    && facts.author.is_none()
-                {
-                    facts.author = Some(t.unescape().map_err(|e| bad(&e))?.trim().to_owned());
-                }
+                    && facts.author.is_none() =>
+            {
+                facts.author = Some(t.unescape().map_err(|e| bad(&e))?.trim().to_owned());
             }
             Event::Eof => break,
             _ => {}

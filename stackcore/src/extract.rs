@@ -372,7 +372,7 @@ impl Target {
     }
 
     /// What is at `path` (not following a last-component symlink): `None` when nothing.
-    fn kind_at(&mut self, parent_fd: &OwnedFd, name: &[u8]) -> Result<Option<FileType>> {
+    fn kind_at(parent_fd: &OwnedFd, name: &[u8]) -> Result<Option<FileType>> {
         match rustix::fs::statat(
             parent_fd,
             OsStr::from_bytes(name),
@@ -393,7 +393,7 @@ impl Target {
         name: &[u8],
         keep_dir: bool,
     ) -> Result<bool> {
-        match self.kind_at(parent_fd, name)? {
+        match Self::kind_at(parent_fd, name)? {
             None => Ok(false),
             Some(FileType::Directory) if keep_dir => Ok(true),
             Some(ft) => {
@@ -476,17 +476,14 @@ impl Target {
             Kind::Hardlink => {
                 let tdir = parent(&e.link);
                 let tname = e.name_of_link();
-                let tfd = match self.open_in_root(tdir, OFlags::PATH | OFlags::DIRECTORY) {
-                    Ok(fd) => fd,
-                    Err(_) => {
-                        return Err(Error::Other(format!(
-                            "{}: hardlink target {} does not exist",
-                            show(&e.path),
-                            show(&e.link)
-                        )));
-                    }
+                let Ok(tfd) = self.open_in_root(tdir, OFlags::PATH | OFlags::DIRECTORY) else {
+                    return Err(Error::Other(format!(
+                        "{}: hardlink target {} does not exist",
+                        show(&e.path),
+                        show(&e.link)
+                    )));
                 };
-                match self.kind_at(&tfd, tname)? {
+                match Self::kind_at(&tfd, tname)? {
                     None => {
                         return Err(Error::Other(format!(
                             "{}: hardlink target {} does not exist",
@@ -623,6 +620,7 @@ impl Target {
         Ok(self.stats)
     }
 
+    #[allow(clippy::many_single_char_names)] // i, j, k, n: offsets in one buffer
     fn copy_sparse(&mut self, file: &fs::File, data: &mut dyn Read, e: &Entry) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let mut off: u64 = 0;
@@ -715,7 +713,7 @@ impl Target {
             match rustix::fs::fsetxattr(fd, OsStr::from_bytes(k), v, XattrFlags::empty()) {
                 Ok(()) => {}
                 Err(Errno::PERM | Errno::NOTSUP | Errno::ACCESS) if !self.privileged => {
-                    self.stats.xattrs_skipped += 1
+                    self.stats.xattrs_skipped += 1;
                 }
                 Err(err) => {
                     return Err(Error::Other(format!(

@@ -551,3 +551,59 @@ fn pick_platform(index: &Index, name: &str) -> Result<Descriptor> {
         .cloned()
         .ok_or_else(|| Error::Other(format!("{name}: the image index has no linux/{arch} image")))
 }
+
+impl Image {
+    /// The contents of the regular file `path` in the image's merged tree (`None` when it
+    /// is absent or not a regular file), read from the one layer that holds its final
+    /// version, without unpacking anything else. Files over `limit` bytes are refused.
+    pub fn read_file(&self, path: &[u8], limit: u64) -> Result<Option<Vec<u8>>> {
+        let model = self.model(0)?;
+        if model.complex {
+            return Err(Error::Other(format!(
+                "{}: its layers write through symlinks; unstash it to read {}",
+                self.name,
+                String::from_utf8_lossy(path)
+            )));
+        }
+        let Some(node) = model.nodes.get(path) else {
+            return Ok(None);
+        };
+        if !matches!(
+            node.entry.kind,
+            crate::entry::Kind::File | crate::entry::Kind::Hardlink
+        ) {
+            return Ok(None);
+        }
+        if node.entry.size > limit {
+            return Err(Error::Other(format!(
+                "{}: {} is {} bytes, more than the {limit} this reads",
+                self.name,
+                String::from_utf8_lossy(path),
+                node.entry.size
+            )));
+        }
+        let (_, layer, index) = node.data_origin;
+        let mut stream = self.open_layer(layer as usize)?;
+        let digest = stream.digest.clone();
+        let err = |e: io::Error| crate::layer::read::layer_error(&digest, &e);
+        let mut i = 0u32;
+        let mut found = None;
+        while let Some(_h) = stream.tar.next_header().map_err(err)? {
+            if i == index {
+                let mut bytes = Vec::new();
+                stream.tar.data().read_to_end(&mut bytes).map_err(err)?;
+                found = Some(bytes);
+            }
+            i += 1;
+        }
+        // Read to the end: the bytes count only once the layer's digests check out.
+        stream.finish()?;
+        match found {
+            Some(bytes) => Ok(Some(bytes)),
+            None => Err(Error::Other(format!(
+                "{}: layer {layer} ended before entry {index}",
+                self.name
+            ))),
+        }
+    }
+}

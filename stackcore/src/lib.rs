@@ -20,6 +20,7 @@
 //! | [`description`] | name and author from a root's `image/config.xml` |
 //! | [`timefmt`] | RFC 3339 timestamps |
 //! | [`failpoint`] | named crash points for tests |
+//! | [`kiwi`] | KIWI description parsing, merging, upgrading and linting (`kiwimerge`) |
 #![warn(missing_docs)]
 
 pub mod apply;
@@ -31,6 +32,7 @@ pub mod error;
 pub mod extract;
 pub mod failpoint;
 pub mod image;
+pub mod kiwi;
 pub mod layer;
 pub mod oci;
 pub mod stash;

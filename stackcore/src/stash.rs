@@ -359,7 +359,7 @@ fn decide(
                         entry.link.clone_from(&leader.entry.path);
                         entry.size = 0;
                     }
-                    count(&mut d, model.nodes.get(&entry.path).is_some());
+                    count(&mut d, model.nodes.contains_key(&entry.path));
                     d.emit.insert(m, entry);
                 }
             }

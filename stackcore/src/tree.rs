@@ -157,7 +157,7 @@ impl Walker<'_> {
                     .at(source)?
                     .as_os_str()
                     .as_bytes()
-                    .to_vec()
+                    .to_vec();
             }
             Kind::Char | Kind::Block => {
                 let rdev = meta.rdev();

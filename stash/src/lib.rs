@@ -1,5 +1,6 @@
 //! `stash`: keep a root tree as a layer of an OCI image in the store.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -21,6 +22,7 @@ Examples:
 
 /// Keep a root tree as an OCI image: the whole tree the first time, only what changed after.
 #[derive(Debug, Parser)]
+#[allow(clippy::struct_excessive_bools)] // command-line switches
 #[command(name = "stash", version, about, after_help = EXAMPLES)]
 pub struct Cli {
     /// The root tree to stash (e.g. a KIWI `build/image-root`).
@@ -32,8 +34,8 @@ pub struct Cli {
     /// Tag.
     #[arg(long, default_value = "latest")]
     pub tag: String,
-    /// The store (an OCI image layout); default: $KIWI_STASH_HOME, else /var/lib/kiwi-stash
-    /// for root, else $XDG_DATA_HOME/kiwi-stash.
+    /// The store (an OCI image layout); default: `$KIWI_STASH_HOME`, else
+    /// `/var/lib/kiwi-stash` for root, else `$XDG_DATA_HOME/kiwi-stash`.
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
     /// List the stashes instead (and the original plugin's, from /var/tmp/kiwi-stash).
@@ -60,6 +62,7 @@ pub struct Cli {
 }
 
 /// Runs `stash`.
+#[allow(clippy::needless_pass_by_value)] // the signature `run_main` calls
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let log = Log {
         quiet: cli.quiet,
@@ -218,7 +221,7 @@ fn list(store_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
             });
         }
     }
-    let legacy = legacy_stashes()?;
+    let legacy = legacy_stashes();
     if json {
         #[derive(serde::Serialize)]
         struct Listing {
@@ -235,7 +238,6 @@ fn list(store_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
         });
     }
     let mut out = String::new();
-    use std::fmt::Write as _;
     let _ = writeln!(out, "# store {}", store_dir.display());
     table(&mut out, &rows);
     if !legacy.is_empty() {
@@ -251,7 +253,6 @@ fn list(store_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
 }
 
 fn table(out: &mut String, rows: &[Row]) {
-    use std::fmt::Write as _;
     let _ = writeln!(
         out,
         "{:<40} {:<19} {:>12} {:>6}  CREATED",
@@ -281,14 +282,14 @@ fn legacy_home() -> PathBuf {
 }
 
 /// The original plugin's stashes: `HOME/NAME/NAME.tar` OCI archives.
-fn legacy_stashes() -> anyhow::Result<Vec<Row>> {
+fn legacy_stashes() -> Vec<Row> {
     let home = legacy_home();
     let mut rows = Vec::new();
     let Ok(dirs) = std::fs::read_dir(&home) else {
-        return Ok(rows);
+        return rows;
     };
     let mut names: Vec<String> = dirs
-        .filter_map(|d| d.ok())
+        .filter_map(Result::ok)
         .map(|d| d.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
@@ -331,5 +332,5 @@ fn legacy_stashes() -> anyhow::Result<Vec<Row>> {
             });
         }
     }
-    Ok(rows)
+    rows
 }

@@ -24,7 +24,7 @@ Examples:
 #[derive(Debug, Parser)]
 #[command(name = "unstash", version, about, after_help = EXAMPLES)]
 pub struct Cli {
-    /// The image: NAME[:TAG], oci:DIR[:NAME[:TAG]], oci-archive:FILE[:NAME[:TAG]], or - to
+    /// The image: `NAME[:TAG]`, `oci:DIR[:NAME[:TAG]]`, `oci-archive:FILE[:NAME[:TAG]]`, or `-` to
     /// read a ref (or another tool's --json) from stdin.
     #[arg(value_name = "REF")]
     pub image: String,
@@ -54,6 +54,7 @@ pub struct Cli {
 }
 
 /// Runs `unstash`.
+#[allow(clippy::needless_pass_by_value)] // the signature `run_main` calls
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let log = Log {
         quiet: cli.quiet,

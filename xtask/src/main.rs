@@ -1,1 +1,151 @@
-fn main() {}
+//! `cargo xtask`: CI, the demo, benchmarks, man pages and completions.
+//!
+//! Plain `std::process::Command` keeps this crate's dependencies to clap and serde.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{CommandFactory, Parser, Subcommand};
+
+mod bench;
+mod demo;
+
+/// Project tasks.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Everything CI checks: fmt, clippy -D warnings, all tests, docs.
+    Ci,
+    /// Build the binaries, then run every test.
+    Test,
+    /// Build the tools and run the main job on a sample root tree.
+    Demo,
+    /// Time our tools against the ones users would otherwise use, side by side.
+    Bench(bench::BenchArgs),
+    /// Man pages and shell completions into target/dist/.
+    Dist,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.task {
+        Task::Ci => ci(),
+        Task::Test => test(),
+        Task::Demo => demo::run(),
+        Task::Bench(args) => bench::run(&args),
+        Task::Dist => dist(),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// `$CARGO`, else `cargo`.
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// Runs a command, echoing it, failing on a non-zero exit.
+pub fn sh(c: &mut Command) -> Result<()> {
+    eprintln!("xtask: $ {}", show(c));
+    let start = Instant::now();
+    let status = c.status().with_context(|| format!("running {}", show(c)))?;
+    if !status.success() {
+        bail!("{} failed ({status})", show(c));
+    }
+    eprintln!("xtask: ok ({:.1}s)", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn show(c: &Command) -> String {
+    std::iter::once(c.get_program().to_string_lossy().into_owned())
+        .chain(c.get_args().map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn ci() -> Result<()> {
+    sh(cargo().args(["fmt", "--all", "--check"]))?;
+    sh(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    test()?;
+    sh(cargo()
+        .args(["doc", "--workspace", "--no-deps", "--all-features"])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    sh(cargo().args(["build", "--workspace", "--all-features", "--bins"]))?;
+    sh(cargo().args(["test", "--workspace", "--all-features", "--no-fail-fast"]))
+}
+
+/// Every tool's clap definition, for man pages and completions.
+fn commands() -> Vec<clap::Command> {
+    vec![
+        stash::Cli::command(),
+        unstash::Cli::command(),
+        stackmerge::Cli::command(),
+        kiwimerge::Cli::command(),
+        stackbuild::Cli::command(),
+    ]
+}
+
+fn dist() -> Result<()> {
+    let dist = root().join("target/dist");
+    let man = dist.join("man/man1");
+    let comp = dist.join("completions");
+    std::fs::create_dir_all(&man)?;
+    std::fs::create_dir_all(&comp)?;
+    for mut cmd in commands() {
+        let name = cmd.get_name().to_owned();
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+        std::fs::write(man.join(format!("{name}.1")), page)?;
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            clap_complete::generate_to(shell, &mut cmd, &name, &comp)?;
+        }
+    }
+    sh(cargo().args(["build", "--release", "--bins"]))?;
+    for b in ["stash", "unstash", "stackmerge", "kiwimerge", "stackbuild"] {
+        std::fs::copy(root().join("target/release").join(b), dist.join(b))?;
+    }
+    eprintln!(
+        "xtask: man pages, completions and binaries in {}",
+        dist.display()
+    );
+    Ok(())
+}

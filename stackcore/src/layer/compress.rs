@@ -224,13 +224,12 @@ impl<W: Write> ParGzip<W> {
             last,
         };
         self.next_seq += 1;
-        match &mut self.pool {
-            None => {
-                let out = deflate_block(&job, self.level)?;
-                self.out.write_all(&out)?;
-                self.next_write += 1;
-            }
-            Some(_) => {
+        if self.pool.is_none() {
+            let out = deflate_block(&job, self.level)?;
+            self.out.write_all(&out)?;
+            self.next_write += 1;
+        } else {
+            {
                 loop {
                     let pool = self.pool.as_mut().expect("pool");
                     if pool.in_flight < pool.max_in_flight {
@@ -304,9 +303,8 @@ impl Pool {
                 let tx = res_tx.clone();
                 std::thread::spawn(move || {
                     loop {
-                        let job = match rx.lock().map(|r| r.recv()) {
-                            Ok(Ok(job)) => job,
-                            _ => return,
+                        let Ok(Ok(job)) = rx.lock().map(|r| r.recv()) else {
+                            return;
                         };
                         let res = deflate_block(&job, level).map(|b| (job.seq, b));
                         if tx.send(res).is_err() {

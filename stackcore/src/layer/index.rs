@@ -149,7 +149,7 @@ impl LayerIndex {
 
     /// Stores this index as the cached index of layer `digest`. Failing to cache is not an
     /// error worth failing a run for: the index is rebuilt next time.
-    pub fn save_cached(&self, cache_dir: &Path, tmp_dir: std::path::PathBuf, digest: &Digest) {
+    pub fn save_cached(&self, cache_dir: &Path, tmp_dir: &Path, digest: &Digest) {
         let Ok(body) = serde_json::to_vec(self) else {
             return;
         };
@@ -197,7 +197,7 @@ pub fn layer_index<R: Read>(
     }
     let index = LayerIndex::read(open()?)?;
     if let Some(store) = store {
-        index.save_cached(&store.cache_dir(), store.tmp_dir(), digest);
+        index.save_cached(&store.cache_dir(), &store.tmp_dir(), digest);
     }
     Ok(index)
 }

@@ -324,8 +324,7 @@ impl Model {
                     || old.entry.link != node.entry.link && old.entry.kind == Kind::Symlink
                 {
                     Some("content")
-                } else if !old.entry.same_metadata(&node.entry) && !(old.implicit || node.implicit)
-                {
+                } else if !old.entry.same_metadata(&node.entry) && !old.implicit && !node.implicit {
                     Some("metadata")
                 } else {
                     None

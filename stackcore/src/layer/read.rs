@@ -10,6 +10,7 @@ use crate::tar::TarReader;
 use crate::{Error, Result};
 
 /// A decompressor chosen by media type.
+#[allow(clippy::large_enum_variant)] // one per layer stream; boxing buys nothing
 pub enum Decoder<R: BufRead> {
     /// gzip.
     Gzip(MultiGzDecoder<R>),
@@ -72,7 +73,7 @@ impl<R: BufRead> Read for Decoder<R> {
     }
 }
 
-/// A layer's tar stream: the blob's digest and size and the tar's diff_id are checked by the
+/// A layer's tar stream: the blob's digest and size and the tar's `diff_id` are checked by the
 /// time [`LayerStream::finish`] returns.
 pub type LayerTar<R> = TarReader<VerifyReader<Decoder<BufReader<VerifyReader<R>>>>>;
 

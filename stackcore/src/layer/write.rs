@@ -1,4 +1,4 @@
-//! Writing a layer: entries → PAX tar → compressor → blob, hashing the tar (diff_id) and
+//! Writing a layer: entries → PAX tar → compressor → blob, hashing the tar (`diff_id`) and
 //! the blob (digest) as the bytes stream past, in one pass.
 
 use std::io::Read;
@@ -73,7 +73,7 @@ impl LayerWriter {
             .map_err(|x| Error::Other(format!("writing layer: {x}")))?;
         let (digest, size) = blob.commit()?;
         self.index
-            .save_cached(&store.cache_dir(), store.tmp_dir(), &digest);
+            .save_cached(&store.cache_dir(), &store.tmp_dir(), &digest);
         Ok(WrittenLayer {
             descriptor: Descriptor::new(self.compression.media_type(), digest, size),
             diff_id,

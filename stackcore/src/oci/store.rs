@@ -224,7 +224,7 @@ impl Store {
         let mut bytes = serde_json::to_vec(&index).expect("index serialises");
         bytes.push(b'\n');
         crate::failpoint::hit("index-before-rename");
-        write_atomic(&self.root.join("index.json"), &bytes, self.tmp_dir())?;
+        write_atomic(&self.root.join("index.json"), &bytes, &self.tmp_dir())?;
         crate::failpoint::hit("index-after-rename");
         Ok(())
     }
@@ -344,7 +344,7 @@ impl Drop for BlobWriter {
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Creates a new temp file `DIR/PREFIX-PID-N` (O_EXCL), mode 0644.
+/// Creates a new temp file `DIR/PREFIX-PID-N` (`O_EXCL`), mode 0644.
 pub fn temp_file(dir: &Path, prefix: &str) -> Result<(File, PathBuf)> {
     loop {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -363,9 +363,9 @@ pub fn temp_file(dir: &Path, prefix: &str) -> Result<(File, PathBuf)> {
 }
 
 /// Writes `bytes` to `path` through a fsynced temp file in `tmp_dir` and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8], tmp_dir: PathBuf) -> Result<()> {
-    fs::create_dir_all(&tmp_dir).at(&tmp_dir)?;
-    let (mut file, tmp) = temp_file(&tmp_dir, "write")?;
+pub fn write_atomic(path: &Path, bytes: &[u8], tmp_dir: &Path) -> Result<()> {
+    fs::create_dir_all(tmp_dir).at(tmp_dir)?;
+    let (mut file, tmp) = temp_file(tmp_dir, "write")?;
     let res = (|| {
         file.write_all(bytes).at(&tmp)?;
         file.sync_all().at(&tmp)?;
@@ -389,12 +389,12 @@ fn init_layout(root: &Path) -> Result<()> {
     let blobs = root.join("blobs/sha256");
     fs::create_dir_all(&blobs).at(&blobs)?;
     let tmp = root.join(OWN_DIR).join("tmp");
-    write_atomic(&root.join("index.json"), b"{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.index.v1+json\",\"manifests\":[]}\n", tmp.clone())?;
+    write_atomic(&root.join("index.json"), b"{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.index.v1+json\",\"manifests\":[]}\n", &tmp)?;
     // oci-layout last: its presence is what makes the directory a layout.
     write_atomic(
         &root.join("oci-layout"),
         b"{\"imageLayoutVersion\":\"1.0.0\"}\n",
-        tmp,
+        &tmp,
     )
 }
 

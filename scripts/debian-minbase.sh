@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Makes (once) and prints the path of a Debian 12 minbase root tree, cached outside the
+# clone so tests and benchmarks share it between runs. Safe to run concurrently: the first
+# caller builds under a lock, the others wait and reuse.
+#
+#   scripts/debian-minbase.sh [CACHE_DIR]     (default: /var/cache/stackbuild)
+#
+# The mirror is read from this machine's apt configuration at run time (deb822
+# debian.sources, else sources.list); no host name lives in the project.
+set -euo pipefail
+cache=${1:-${STACKBUILD_CACHE:-/var/cache/stackbuild}}
+root="$cache/debian-12-minbase"
+mkdir -p "$cache"
+exec 9>"$cache/debian-12-minbase.lock"
+flock 9
+if [[ -f "$root.complete" ]]; then
+    echo "$root"
+    exit 0
+fi
+mirror=""
+for f in /etc/apt/sources.list.d/*.sources; do
+    [[ -f $f ]] || continue
+    mirror=$(awk '/^URIs:/ { print $2; exit }' "$f")
+    [[ -n $mirror ]] && break
+done
+if [[ -z $mirror && -f /etc/apt/sources.list ]]; then
+    mirror=$(awk '$1 == "deb" { print $2; exit }' /etc/apt/sources.list)
+fi
+[[ -n $mirror ]] || { echo "debian-minbase: no Debian mirror in the apt configuration" >&2; exit 1; }
+tmp="$cache/.debian-12-minbase.tmp.$$"
+rm -rf "$tmp"
+trap 'rm -rf "$tmp"' EXIT
+if command -v mmdebstrap >/dev/null; then
+    mmdebstrap --quiet --variant=minbase bookworm "$tmp" "$mirror" >&2
+else
+    debootstrap --variant=minbase bookworm "$tmp" "$mirror" >&2
+fi
+rm -rf "$root" "$root.complete"
+mv "$tmp" "$root"
+touch "$root.complete"
+trap - EXIT
+echo "$root"

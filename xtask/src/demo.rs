@@ -1,0 +1,143 @@
+//! `cargo xtask demo`: the main job on a small sample root, start to end.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cargo, root, sh};
+
+fn bin(name: &str) -> Command {
+    Command::new(root().join("target/debug").join(name))
+}
+
+/// Runs one of our tools, shows the command, returns its stdout.
+fn tool(c: &mut Command) -> Result<String> {
+    eprintln!(
+        "\n$ {}",
+        super::show(c).replace(&root().display().to_string(), ".")
+    );
+    let out = c.output().with_context(|| "running a tool")?;
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    print!("{stdout}");
+    if !out.status.success() {
+        bail!("failed ({})", out.status);
+    }
+    Ok(stdout)
+}
+
+fn sample_root(dir: &Path, name: &str, files: &[(&str, &str)]) -> Result<()> {
+    fs::create_dir_all(dir.join("image"))?;
+    for d in ["dev", "proc", "sys", "etc", "usr/bin", "var/lib"] {
+        fs::create_dir_all(dir.join(d))?;
+    }
+    fs::write(
+        dir.join("image/config.xml"),
+        format!(
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<image schemaversion=\"7.4\" name=\"{name}\">\n  \
+             <description type=\"system\">\n    <author>Demo Builder</author>\n    \
+             <contact>demo@example.org</contact>\n    <specification>stackbuild demo root</specification>\n  \
+             </description>\n  <preferences>\n    <version>1.0.0</version>\n    \
+             <packagemanager>apt</packagemanager>\n    <type image=\"tbz\"/>\n  </preferences>\n</image>\n"
+        ),
+    )?;
+    for (path, content) in files {
+        let p = dir.join(path);
+        fs::create_dir_all(p.parent().expect("parent"))?;
+        fs::write(&p, content)?;
+    }
+    Ok(())
+}
+
+/// Runs the demo.
+pub fn run() -> Result<()> {
+    sh(cargo().args(["build", "--workspace", "--bins", "--all-features"]))?;
+    let work = root().join("target/demo");
+    if work.exists() {
+        fs::remove_dir_all(&work)?;
+    }
+    fs::create_dir_all(&work)?;
+    let store = work.join("store");
+    let base = work.join("base-root");
+    sample_root(
+        &base,
+        "demo-base",
+        &[
+            ("etc/os-release", "NAME=\"Demo\"\nVERSION_ID=\"1\"\n"),
+            ("etc/hostname", "demo\n"),
+            ("usr/bin/hello", "#!/bin/sh\necho hello\n"),
+            ("var/lib/state", "1\n"),
+        ],
+    )?;
+    std::os::unix::fs::symlink("../usr/bin/hello", base.join("etc/hello-link"))?;
+    fs::hard_link(base.join("usr/bin/hello"), base.join("usr/bin/hello-again"))?;
+
+    eprintln!("# 1. stash a root tree (the whole tree: the first layer)");
+    let r = tool(
+        bin("stash")
+            .arg("--store")
+            .arg(&store)
+            .arg("--root")
+            .arg(&base),
+    )?;
+    eprintln!("\n# 2. change it and stash again: only the difference becomes a layer");
+    fs::write(base.join("etc/hostname"), "demo-2\n")?;
+    fs::remove_file(base.join("var/lib/state"))?;
+    fs::write(base.join("etc/motd"), "welcome\n")?;
+    tool(
+        bin("stash")
+            .arg("--store")
+            .arg(&store)
+            .arg("--root")
+            .arg(&base)
+            .arg("--json"),
+    )?;
+    eprintln!("\n# 3. stash again without a change: no layer, same ref");
+    tool(
+        bin("stash")
+            .arg("--store")
+            .arg(&store)
+            .arg("--root")
+            .arg(&base),
+    )?;
+
+    let extra = work.join("extra-root");
+    sample_root(
+        &extra,
+        "demo-extra",
+        &[
+            ("etc/motd", "extra says hi\n"),
+            ("opt/extra/tool", "#!/bin/sh\n"),
+        ],
+    )?;
+    eprintln!("\n# 4. a second stash with a description of its own");
+    tool(
+        bin("stash")
+            .arg("--store")
+            .arg(&store)
+            .arg("--root")
+            .arg(&extra)
+            .args(["--tag", "v1"]),
+    )?;
+
+    eprintln!("\n# 5. list the store");
+    tool(bin("stash").arg("--list").arg("--store").arg(&store))?;
+
+    eprintln!("\n# 6. unstash: the merged tree of every layer");
+    let out = work.join("unstashed");
+    tool(bin("unstash").arg(r.trim()).arg("--to").arg(&out))?;
+    let hostname = fs::read_to_string(out.join("etc/hostname"))?;
+    if hostname != "demo-2\n" || out.join("var/lib/state").exists() {
+        bail!("the unstashed tree is not the stashed one");
+    }
+    eprintln!(
+        "unstashed tree in {}: etc/hostname = {}",
+        out.display(),
+        hostname.trim()
+    );
+
+    eprintln!("\n# done: store {}", store.display());
+    Ok(())
+}
