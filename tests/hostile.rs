@@ -1910,3 +1910,23 @@ fn opaque_marker_through_an_in_root_symlink() -> Result<()> {
         },
     )
 }
+
+/// The target's own mode when no entry declares the root: the same whichever way the
+/// layers were written (0755, as tar gives directories it has to make).
+#[test]
+fn undeclared_root_gets_the_same_mode_either_way() -> Result<()> {
+    both_ways(
+        "root-mode",
+        |_| vec![Tar::default().file("f", "f").end()],
+        |c, out| {
+            c.contained(out)?;
+            let mode = fs::metadata(c.target())?.mode() & 0o7777;
+            ensure!(
+                mode == 0o755,
+                "target mode {mode:o} (planned {:?})",
+                c.planned
+            );
+            Ok(())
+        },
+    )
+}

@@ -599,7 +599,15 @@ impl Target {
 
     /// Applies the recorded directory metadata, deepest first, and returns the statistics.
     pub fn finish(mut self) -> Result<ExtractStats> {
-        let dirs = std::mem::take(&mut self.dir_meta);
+        let mut dirs = std::mem::take(&mut self.dir_meta);
+        // A root no entry declared is a directory we had to make: 0755, as for parents,
+        // rather than the staging directory's private 0700 (which only a one-layer image,
+        // written without a plan, would otherwise keep).
+        dirs.entry(Vec::new()).or_insert_with(|| {
+            let mut root = Entry::new(Vec::new(), Kind::Dir);
+            root.mode = 0o755;
+            (root, true)
+        });
         for (path, (e, implicit)) in dirs.iter().rev() {
             // A path that is no longer a directory here (a later symlink swapped in) is left
             // alone: O_NOFOLLOW refuses it.
