@@ -1930,3 +1930,97 @@ fn undeclared_root_gets_the_same_mode_either_way() -> Result<()> {
         },
     )
 }
+
+/// Symlink loops and long chains: resolving through them fails cleanly (ELOOP) or
+/// replaces the link; nothing outside is touched.
+#[test]
+fn symlink_loops_are_refused_or_contained() -> Result<()> {
+    both_ways(
+        "symlink-loop",
+        |_| {
+            vec![
+                Tar::default()
+                    .symlink("a", "b")
+                    .symlink("b", "a")
+                    .file("a/x", "x")
+                    .end(),
+            ]
+        },
+        |c, out| {
+            if out.status.success() {
+                c.contained(out)?.find("x")?;
+                Ok(())
+            } else {
+                c.refused(out, "symbolic links")
+            }
+        },
+    )?;
+    both_ways(
+        "symlink-chain",
+        |c| {
+            let mut t = Tar::default();
+            t.symlink("l0", &format!("{}/etc", c.a()));
+            for i in 1..50 {
+                t.symlink(&format!("l{i}"), &format!("l{}", i - 1));
+            }
+            vec![t.file("l49/x", "x").end()]
+        },
+        |c, out| {
+            if out.status.success() {
+                c.contained(out)?.find("x")?;
+                Ok(())
+            } else {
+                c.refused(out, "symbolic links")
+            }
+        },
+    )
+}
+
+/// `unstash --output -` goes through a scratch staging directory: a hostile image is
+/// contained there too, and the tar it prints holds the in-root result.
+#[test]
+fn tar_output_of_a_hostile_image_stays_contained() -> Result<()> {
+    let c = Case::new("tar-output")?;
+    let a = c.a();
+    let t = Tar::default()
+        .symlink("localetc", &format!("{a}/etc"))
+        .file("localetc/unbroken", "unbroken")
+        .symlink("rel", "../outside/etc")
+        .file("rel/passwd", "pwned")
+        .hardlink("h", "../outside/etc/shadow")
+        .end();
+    write_layout(&c.w.path("layout"), &[Layer::gz(&t)], |_| {})?;
+    let r = format!("oci:{}:img:v1", c.w.path("layout").display());
+    let scratch = c.w.path("scratch");
+    fs::create_dir(&scratch)?;
+    let out = output(
+        c.w.bin("unstash")
+            .env("TMPDIR", &scratch)
+            .args(["--quiet", &r, "--output", "-"]),
+    )?;
+    ensure!(
+        fs::read_dir(&scratch)?.next().is_none(),
+        "a refused unstash left its scratch staging directory"
+    );
+    fs::remove_dir(&scratch)?;
+    c.refused(&out, "does not exist")?;
+    // Without the hardlink it succeeds, and the links are plain entries of the tar.
+    let t = Tar::default()
+        .symlink("localetc", &format!("{a}/etc"))
+        .file("localetc/unbroken", "unbroken")
+        .symlink("rel", "../outside/etc")
+        .file("rel/passwd", "pwned")
+        .end();
+    write_layout(&c.w.path("layout"), &[Layer::gz(&t)], |_| {})?;
+    let out = output(c.w.bin("unstash").args(["--quiet", &r, "--output", "-"]))?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.check_canaries()?;
+    let list = crate::util::pipe(c.w.cmd("tar").arg("-tvf").arg("-"), &out.stdout)?;
+    let list = String::from_utf8_lossy(&list.stdout);
+    ensure!(list.contains("unbroken") && list.contains("passwd"), "{list}");
+    Ok(())
+}
