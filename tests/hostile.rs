@@ -2021,6 +2021,116 @@ fn tar_output_of_a_hostile_image_stays_contained() -> Result<()> {
     c.check_canaries()?;
     let list = crate::util::pipe(c.w.cmd("tar").arg("-tvf").arg("-"), &out.stdout)?;
     let list = String::from_utf8_lossy(&list.stdout);
-    ensure!(list.contains("unbroken") && list.contains("passwd"), "{list}");
+    ensure!(
+        list.contains("unbroken") && list.contains("passwd"),
+        "{list}"
+    );
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Hardlink semantics across layers (go-containerregistry#977, image-spec#1204, kaniko#282).
+
+#[test]
+fn hardlinks_across_layers() -> Result<()> {
+    // A link to a file of a lower layer.
+    both_ways(
+        "hl-lower",
+        |_| {
+            vec![
+                Tar::default().dir("bin").file("bin/a", "A").end(),
+                Tar::default().hardlink("bin/b", "bin/a").end(),
+            ]
+        },
+        |c, out| {
+            c.contained(out)?
+                .has("bin/a", "f:A:nlink=2")?
+                .has("bin/b", "f:A:nlink=2")?;
+            Ok(())
+        },
+    )?;
+    // A link whose target a later layer whites out: the link keeps the data.
+    both_ways(
+        "hl-target-whited-out",
+        |_| {
+            vec![
+                Tar::default().file("a", "A").end(),
+                Tar::default().hardlink("b", "a").end(),
+                Tar::default().whiteout(".wh.a").end(),
+            ]
+        },
+        |c, out| {
+            c.contained(out)?.lacks("a")?.has("b", "f:A")?;
+            Ok(())
+        },
+    )?;
+    // A later layer replaces one name of a group: the other names keep the old content.
+    both_ways(
+        "hl-group-split",
+        |_| {
+            vec![
+                Tar::default()
+                    .file("a", "old")
+                    .hardlink("b", "a")
+                    .hardlink("c", "a")
+                    .end(),
+                Tar::default().file("b", "new").end(),
+            ]
+        },
+        |c, out| {
+            c.contained(out)?
+                .has("a", "f:old:nlink=2")?
+                .has("b", "f:new")?
+                .has("c", "f:old:nlink=2")?;
+            Ok(())
+        },
+    )?;
+    // A link whose parent directory has no entry in the tar.
+    both_ways(
+        "hl-implicit-parent",
+        |_| {
+            vec![
+                Tar::default()
+                    .file("x/y/a", "A")
+                    .hardlink("p/q/b", "x/y/a")
+                    .end(),
+            ]
+        },
+        |c, out| {
+            c.contained(out)?
+                .has("p/q", "d")?
+                .has("p/q/b", "f:A:nlink=2")?;
+            Ok(())
+        },
+    )
+}
+
+/// Modes that an extractor must not trip over (umoci#222): a file of mode 000, a 0500
+/// directory with children, a 0000 directory; restored exactly, nothing left writable.
+#[test]
+fn restrictive_modes_are_restored_after_the_children() -> Result<()> {
+    both_ways(
+        "modes",
+        |_| {
+            let mut t = Tar::default();
+            let mut f = Hdr::new(b"ro/none", REG);
+            f.mode = 0;
+            f.size = 4;
+            t.dir_mode("ro", 0o500);
+            t.header(&f).data(b"data");
+            t.dir_mode("ro/sub", 0);
+            t.file("ro/sub/deep", "deep");
+            vec![t.end()]
+        },
+        |c, out| {
+            c.contained(out)?
+                .has("ro/none", "f:data")?
+                .has("ro/sub/deep", "f:deep")?;
+            let mode = |p: &str| -> Result<u32> {
+                Ok(fs::symlink_metadata(c.target().join(p))?.mode() & 0o7777)
+            };
+            ensure!(mode("ro")? == 0o500 && mode("ro/none")? == 0 && mode("ro/sub")? == 0);
+            Ok(())
+        },
+    )
 }

@@ -273,7 +273,14 @@ impl Model {
     /// them for the links that need them and removes them afterwards. Sets `complex` when
     /// such a path now lies below a non-directory, where removing it could hit another file.
     pub fn transient(&mut self) -> Vec<(Origin, Vec<u8>)> {
-        let finals: HashSet<Origin> = self.nodes.values().map(|n| n.origin).collect();
+        // Implicit directories (the root among them) carry the origin of the entry that
+        // made them, not one of their own: they must not make that entry look final.
+        let finals: HashSet<Origin> = self
+            .nodes
+            .values()
+            .filter(|n| !n.implicit)
+            .map(|n| n.origin)
+            .collect();
         let mut t: Vec<(Origin, Vec<u8>)> = self
             .needed
             .iter()
@@ -488,6 +495,34 @@ mod tests {
             m.complex,
             "the writer would empty real/, the model would not"
         );
+    }
+
+    #[test]
+    fn whited_out_link_source_is_transient() {
+        // The root (and implicit parents) share origin (0, 0, 0) with the first entry.
+        let mut m = Model::new();
+        m.apply_layer(
+            0,
+            0,
+            &LayerIndex {
+                changes: vec![file("a")],
+            },
+        );
+        m.apply_layer(
+            0,
+            1,
+            &LayerIndex {
+                changes: vec![link("b", "a")],
+            },
+        );
+        m.apply_layer(
+            0,
+            2,
+            &LayerIndex {
+                changes: vec![Change::Whiteout(b"a".to_vec())],
+            },
+        );
+        assert_eq!(m.transient(), [((0, 0, 0), b"a".to_vec())]);
     }
 
     #[test]
