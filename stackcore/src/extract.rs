@@ -560,9 +560,13 @@ impl Target {
     /// Removes everything below `dir` except the paths in `keep` (and their ancestors'
     /// other kept children): an opaque marker applied after some of its layer's entries.
     pub fn prune(&mut self, dir: &[u8], keep: &HashSet<Vec<u8>>) -> Result<()> {
-        let fd = match self.open_in_root(dir, OFlags::RDONLY | OFlags::DIRECTORY) {
+        // Like `remove`, never through a symlink in the last component: a link has no
+        // children to hide, and emptying the directory it points to is not what the
+        // marker says (nor what the planner models).
+        let fd = match self.open_in_root(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW)
+        {
             Ok(fd) => fd,
-            Err(Errno::NOENT | Errno::NOTDIR) => return Ok(()),
+            Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => return Ok(()),
             Err(e) => return Err(errno_at(dir, e)),
         };
         let mut names = Vec::new();

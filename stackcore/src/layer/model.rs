@@ -177,14 +177,7 @@ impl Model {
         for c in &index.changes {
             match c {
                 Change::Opaque(dir) => {
-                    // Through a symlink (as an ancestor or as `dir` itself) an extractor
-                    // empties the directory the link resolves to, which paths cannot model.
-                    if self.ancestor_not_dir(dir).is_some()
-                        || self
-                            .nodes
-                            .get(dir)
-                            .is_some_and(|n| n.entry.kind == Kind::Symlink)
-                    {
+                    if self.ancestor_not_dir(dir).is_some() {
                         self.complex = true;
                     }
                     self.remove_below(dir);
@@ -464,37 +457,6 @@ mod tests {
         assert!(w.contains(&(0, 0, 0)), "the first a carries b's data");
         assert!(w.contains(&(0, 2, 0)));
         assert_eq!(m.nodes[b"b".as_slice()].data_origin, (0, 0, 0));
-    }
-
-    #[test]
-    fn opaque_marker_on_a_symlink_is_complex() {
-        let mut m = Model::new();
-        let sl = Change::Put(
-            Entry {
-                link: b"real".to_vec(),
-                ..Entry::new(b"link".to_vec(), Kind::Symlink)
-            },
-            None,
-        );
-        m.apply_layer(
-            0,
-            0,
-            &LayerIndex {
-                changes: vec![dir("real"), file("real/a"), sl],
-            },
-        );
-        assert!(!m.complex);
-        m.apply_layer(
-            0,
-            1,
-            &LayerIndex {
-                changes: vec![Change::Opaque(b"link".to_vec())],
-            },
-        );
-        assert!(
-            m.complex,
-            "the writer would empty real/, the model would not"
-        );
     }
 
     #[test]
