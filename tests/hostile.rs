@@ -368,6 +368,8 @@ struct Case {
     abs: PathBuf,
     before: (String, String),
     planned: Option<bool>,
+    /// Run unstash with `STACKBUILD_UNPLANNED=1` (layers applied in order).
+    unplanned: bool,
 }
 
 impl Case {
@@ -388,6 +390,7 @@ impl Case {
             abs,
             before,
             planned: None,
+            unplanned: false,
         })
     }
 
@@ -414,11 +417,12 @@ impl Case {
 
     fn run_unstash(&mut self) -> Result<Output> {
         let r = format!("oci:{}:img:v1", self.w.path("layout").display());
-        let out = output(
-            self.w
-                .bin("unstash")
-                .args(["--quiet", "--json", &r, "--to", "target"]),
-        )?;
+        let mut cmd = self.w.bin("unstash");
+        cmd.args(["--quiet", "--json", &r, "--to", "target"]);
+        if self.unplanned {
+            cmd.env("STACKBUILD_UNPLANNED", "1");
+        }
+        let out = output(&mut cmd)?;
         if out.status.success() {
             let v: Value = serde_json::from_slice(&out.stdout)
                 .with_context(|| String::from_utf8_lossy(&out.stdout).into_owned())?;
@@ -581,17 +585,26 @@ fn base_layer() -> Layer {
     Layer::gz(&Tar::default().dir("base").file("base/keep", "keep").end())
 }
 
-/// Runs `layers` (each a tar) twice: alone (one layer: the sequential path; several: as the
-/// model decides) and on top of [`base_layer`] (always several layers: planned unless the
-/// model is complex), calling `check` on each outcome.
+/// Runs `layers` (each a tar) three times: alone (one layer: the sequential path; several:
+/// as the model decides), on top of [`base_layer`] (always several layers: planned unless
+/// the model is complex), and on top of it again with the planner switched off, calling
+/// `check` on each outcome.
 fn both_ways(
     name: &str,
     layers: impl Fn(&Case) -> Vec<Vec<u8>>,
     check: impl Fn(&Case, &Output) -> Result<()>,
 ) -> Result<()> {
-    for with_base in [false, true] {
-        let variant = format!("{name}-{}", if with_base { "based" } else { "bare" });
+    for (with_base, unplanned) in [(false, false), (true, false), (true, true)] {
+        let variant = format!(
+            "{name}-{}",
+            match (with_base, unplanned) {
+                (false, _) => "bare",
+                (true, false) => "based",
+                (true, true) => "unplanned",
+            }
+        );
         let mut c = Case::new(&variant)?;
+        c.unplanned = unplanned;
         let mut ls: Vec<Layer> = layers(&c).iter().map(|t| Layer::gz(t)).collect();
         if with_base {
             ls.insert(0, base_layer());
@@ -2308,5 +2321,73 @@ fn planner_agrees_with_in_order_extraction() -> Result<()> {
         planned > seeds / 4,
         "too few stacks exercised the planner: {planned}"
     );
+    Ok(())
+}
+
+/// A whiteout in the same layer as entries at or below its path: the lower layers' content
+/// goes, this layer's stays, whether the whiteout comes before or after them in the tar.
+#[test]
+fn whiteout_next_to_its_own_layers_entries() -> Result<()> {
+    for after in [false, true] {
+        both_ways(
+            &format!("whiteout-same-layer-{after}"),
+            |_| {
+                let lower = Tar::default()
+                    .dir("c")
+                    .file("c/a", "a")
+                    .dir("c/sub")
+                    .file("c/sub/b", "b")
+                    .end();
+                let mut t = Tar::default();
+                if !after {
+                    t.whiteout(".wh.c");
+                }
+                t.dir("c").file("c/new", "new").dir("c/sub");
+                if after {
+                    t.whiteout(".wh.c");
+                }
+                vec![lower, t.end()]
+            },
+            |c, out| {
+                c.contained(out)?
+                    .has("c/new", "f:new")?
+                    .has("c/sub", "d")?
+                    .lacks("c/a")?
+                    .lacks("c/sub/b")?;
+                Ok(())
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Directories nobody declared are 0755 whatever the caller's umask, as the planner makes
+/// them; declared ones keep their mode.
+#[test]
+fn implicit_directories_ignore_the_umask() -> Result<()> {
+    for layers in [1, 2] {
+        let c = Case::new(&format!("umask-{layers}"))?;
+        let mut ls = vec![Layer::gz(
+            &Tar::default().file("a/b/f", "f").dir_mode("d", 0o750).end(),
+        )];
+        if layers == 2 {
+            ls.push(Layer::gz(&Tar::default().file("x/y", "y").end()));
+        }
+        write_layout(&c.w.path("layout"), &ls, |_| {})?;
+        let r = format!("oci:{}:img:v1", c.w.path("layout").display());
+        let bin = crate::util::bin_dir().join("unstash");
+        let out = output(
+            c.w.cmd("sh")
+                .arg("-c")
+                .arg("umask 077 && exec \"$0\" \"$@\"")
+                .arg(&bin)
+                .args(["--quiet", &r, "--to", "target"]),
+        )?;
+        c.contained(&out)?;
+        for (p, want) in [("", 0o755), ("a", 0o755), ("a/b", 0o755), ("d", 0o750)] {
+            let mode = fs::metadata(c.target().join(p))?.mode() & 0o7777;
+            ensure!(mode == want, "{layers} layers: {p:?} has mode {mode:o}, not {want:o}");
+        }
+    }
     Ok(())
 }

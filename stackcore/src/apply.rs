@@ -194,6 +194,7 @@ pub fn sequential(img: &Image, target: &mut Target) -> Result<()> {
         let digest = stream.digest.clone();
         let err = |e: io::Error| crate::layer::read::layer_error(&digest, &e);
         let mut current: HashSet<Vec<u8>> = HashSet::new();
+        let mut declared: HashSet<Vec<u8>> = HashSet::new();
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         while let Some(h) = stream.tar.next_header().map_err(err)? {
             let change = classify(h.entry).map_err(err)?;
@@ -220,12 +221,19 @@ pub fn sequential(img: &Image, target: &mut Target) -> Result<()> {
                     if current.contains(&p) || current.iter().any(|c| crate::entry::is_below(c, &p))
                     {
                         target.prune(&p, &current)?;
+                        // Directories this layer only implies keep no lower metadata.
+                        for c in &current {
+                            if (*c == p || crate::entry::is_below(c, &p)) && !declared.contains(c) {
+                                target.mark_implicit(c);
+                            }
+                        }
                     } else {
                         target.remove(&p)?;
                     }
                 }
                 Change::Put(e, _) => {
                     target.put(&e, &mut stream.tar.data())?;
+                    declared.insert(e.path.clone());
                     let mut p = e.path.clone();
                     loop {
                         let fresh = current.insert(p.clone());

@@ -355,6 +355,9 @@ impl Target {
             rustix::fs::mkdirat(&cur, name, Mode::from_raw_mode(0o755))
                 .map_err(|e| errno_at(&prefix, e))?;
             self.stats.dirs += 1;
+            // mkdirat's mode went through the umask; finish() sets 0755 exactly, as the
+            // planner does for the parents it makes (an entry for it later wins).
+            self.mark_implicit(&prefix);
             cur = rustix::fs::openat(
                 &cur,
                 name,
@@ -588,6 +591,14 @@ impl Target {
             }
         }
         Ok(())
+    }
+
+    /// Forgets what metadata was recorded for the directory `path` (an entry of a layer a
+    /// whiteout has since hidden): it ends up as a directory nobody declared, mode 0755.
+    pub fn mark_implicit(&mut self, path: &[u8]) {
+        let mut e = Entry::new(path.to_vec(), Kind::Dir);
+        e.mode = 0o755;
+        self.dir_meta.insert(path.to_vec(), (e, true));
     }
 
     /// Makes sure the directory `e.path` exists (replacing a non-directory) and records its
