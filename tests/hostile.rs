@@ -6,7 +6,7 @@
 //! link count, and the directories' own mtimes (so even a file created and removed again
 //! outside is noticed).
 //!
-//! Ported from containerd `pkg/archive/tar_test.go` (TestBreakouts), umoci
+//! Ported from containerd `pkg/archive/tar_test.go` (`TestBreakouts`), umoci
 //! `oci/layer/tar_extract_test.go` and the CVE list in RESEARCH.md §6. Paths a case aims
 //! at `/etc` in the original aim at the absolute canary here, so a failing test damages a
 //! scratch directory, not the host.
@@ -665,7 +665,7 @@ fn dotdot_and_absolute_names_land_inside() -> Result<()> {
     )
 }
 
-/// umoci TestUnpackEntryParentDir: parents nobody declared are created.
+/// umoci `TestUnpackEntryParentDir`: parents nobody declared are created.
 #[test]
 fn missing_parents_are_created() -> Result<()> {
     both_ways(
@@ -681,7 +681,7 @@ fn missing_parents_are_created() -> Result<()> {
     )
 }
 
-/// containerd SymlinkParentDirectory, SymlinkEmptyFilename; umoci CVE-2021-29136: an entry
+/// containerd `SymlinkParentDirectory`, `SymlinkEmptyFilename`; umoci CVE-2021-29136: an entry
 /// that is the root itself but not a directory.
 #[test]
 fn non_directory_entries_for_the_root_are_refused() -> Result<()> {
@@ -723,7 +723,7 @@ fn cve_2021_29136_root_symlink_in_lower_layer() -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // Symlinks (containerd TestBreakouts, umoci TestUnpackEntrySymlinkScoping).
 
-/// umoci TestUnpackEntrySymlinkScoping: whatever a symlink points at, a write through it
+/// umoci `TestUnpackEntrySymlinkScoping`: whatever a symlink points at, a write through it
 /// resolves as if the target were `/`.
 #[test]
 fn writes_through_symlinks_stay_inside() -> Result<()> {
@@ -776,8 +776,8 @@ fn writes_through_symlinks_stay_inside() -> Result<()> {
     Ok(())
 }
 
-/// containerd SymlinkAbsolute, SymlinkUpAndOut, SymlinkMultipleAbsolute,
-/// SymlinkMultipleRelative, SymlinkSlashEnded, SymlinkParentRelative: with the link's
+/// containerd `SymlinkAbsolute`, `SymlinkUpAndOut`, `SymlinkMultipleAbsolute`,
+/// `SymlinkMultipleRelative`, `SymlinkSlashEnded`, `SymlinkParentRelative`: with the link's
 /// target present inside, the write lands there.
 #[test]
 fn symlink_breakouts_resolve_in_root() -> Result<()> {
@@ -842,7 +842,7 @@ fn symlink_breakouts_resolve_in_root() -> Result<()> {
     Ok(())
 }
 
-/// containerd SymlinkEmptyFile and CVE-2018-20990: a symlink (or hardlink) followed by a
+/// containerd `SymlinkEmptyFile` and CVE-2018-20990: a symlink (or hardlink) followed by a
 /// regular file of the same name replaces the link; it never writes through it.
 #[test]
 fn file_over_link_replaces_the_link() -> Result<()> {
@@ -896,7 +896,7 @@ fn file_over_link_replaces_the_link() -> Result<()> {
     )
 }
 
-/// containerd SymlinkOverrideDirectory(Relative): a symlink replacing a lower directory,
+/// containerd `SymlinkOverrideDirectory(Relative)`: a symlink replacing a lower directory,
 /// then a file below it.
 #[test]
 fn symlink_over_directory() -> Result<()> {
@@ -936,7 +936,7 @@ fn symlink_over_directory() -> Result<()> {
     })
 }
 
-/// containerd DirectoryOverrideSymlink(AndHardlink), CVE-2026-33056: a directory entry
+/// containerd `DirectoryOverrideSymlink(AndHardlink)`, CVE-2026-33056: a directory entry
 /// over a symlink replaces the link; its mode and times never reach the link's target.
 #[test]
 fn directory_over_symlink() -> Result<()> {
@@ -1031,7 +1031,7 @@ fn rustsec_2021_0080_directories_through_dotdot_symlink() -> Result<()> {
     Ok(())
 }
 
-/// umoci TestUnpackEntryNonDirParent (umoci#546): `nondir` then `nondir/foo/bar/baz`:
+/// umoci `TestUnpackEntryNonDirParent` (umoci#546): `nondir` then `nondir/foo/bar/baz`:
 /// the file is replaced by a directory.
 #[test]
 fn non_directory_parent_is_replaced() -> Result<()> {
@@ -1177,8 +1177,8 @@ fn hardlinks_to_outside_paths() -> Result<()> {
     Ok(())
 }
 
-/// containerd HardlinkSymlinkBeforeCreateTarget, HardlinkSymlinkRelative,
-/// HardlinkSymlinkAbsolute, HardlinkSymlinkChmod: a hardlink to a symlink links the
+/// containerd `HardlinkSymlinkBeforeCreateTarget`, `HardlinkSymlinkRelative`,
+/// `HardlinkSymlinkAbsolute`, `HardlinkSymlinkChmod`: a hardlink to a symlink links the
 /// symlink itself; nothing is created, linked or chmod'ed through it.
 #[test]
 fn hardlinks_to_symlinks_link_the_symlink() -> Result<()> {
@@ -1240,8 +1240,8 @@ fn hardlinks_to_directories_and_themselves_are_refused() -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // Whiteouts.
 
-/// containerd WhiteoutRoot, WhiteoutRootParent, WhiteoutCurrentDirectory,
-/// WhiteoutParent, and the other reserved `.wh..wh.` names.
+/// containerd `WhiteoutRoot`, `WhiteoutRootParent`, `WhiteoutCurrentDirectory`,
+/// `WhiteoutParent`, and the other reserved `.wh..wh.` names.
 #[test]
 fn invalid_whiteout_names_are_refused() -> Result<()> {
     for (i, name) in [
@@ -1267,7 +1267,7 @@ fn invalid_whiteout_names_are_refused() -> Result<()> {
     Ok(())
 }
 
-/// containerd WhiteoutSymlink: a whiteout removes the link, not its target.
+/// containerd `WhiteoutSymlink`: a whiteout removes the link, not its target.
 #[test]
 fn whiteout_removes_the_symlink_not_its_target() -> Result<()> {
     both_ways(
@@ -1299,7 +1299,7 @@ fn whiteout_removes_the_symlink_not_its_target() -> Result<()> {
     )
 }
 
-/// containerd WhiteoutSymlinkPath, WhiteoutDeadSymlinkParent: whiteouts below a symlink
+/// containerd `WhiteoutSymlinkPath`, `WhiteoutDeadSymlinkParent`: whiteouts below a symlink
 /// resolve in-root (or find nothing), never outside. Opaque markers likewise.
 #[test]
 fn whiteouts_through_symlinks_stay_inside() -> Result<()> {
@@ -1338,7 +1338,7 @@ fn whiteouts_through_symlinks_stay_inside() -> Result<()> {
     Ok(())
 }
 
-/// containerd WhiteoutRelativePath: `dne/../.wh.etc` whites out `etc`, and a whiteout
+/// containerd `WhiteoutRelativePath`: `dne/../.wh.etc` whites out `etc`, and a whiteout
 /// aimed outside (`../.wh.outside`, an absolute path) only reaches inside.
 #[test]
 fn whiteout_paths_are_normalised_in_root() -> Result<()> {
@@ -1367,7 +1367,7 @@ fn whiteout_paths_are_normalised_in_root() -> Result<()> {
 }
 
 /// Files named `.wh.*` cannot exist in an image (layer.md): a directory, symlink or
-/// device with such a name, or a path below one (containerd WhiteoutDirectoryName), is
+/// device with such a name, or a path below one (containerd `WhiteoutDirectoryName`), is
 /// refused rather than written as content or taken for a whiteout.
 #[test]
 fn reserved_names_that_are_not_whiteouts_are_refused() -> Result<()> {
@@ -1399,7 +1399,7 @@ fn reserved_names_that_are_not_whiteouts_are_refused() -> Result<()> {
     Ok(())
 }
 
-/// umoci TestUnpackEntryWhiteout, TestUnpackOpaqueWhiteout: whiteouts hide lower layers
+/// umoci `TestUnpackEntryWhiteout`, `TestUnpackOpaqueWhiteout`: whiteouts hide lower layers
 /// only, opaque markers apply before the layer's own entries wherever they sit.
 #[test]
 fn whiteouts_and_opaque_markers_hide_lower_layers_only() -> Result<()> {
@@ -1663,8 +1663,8 @@ fn damaged_compression_is_refused() -> Result<()> {
         (
             "not-gzip",
             Layer {
-                blob: tar.clone(),
-                ..Layer::gz(&tar)
+                media_type: GZIP.into(),
+                ..Layer::plain(&tar)
             },
         ),
         (
@@ -2171,6 +2171,9 @@ impl Rng {
     }
 }
 
+/// Adds one entry to a tar.
+type AddEntry = Box<dyn Fn(&mut Tar)>;
+
 /// Random layers, and what they hold in words (for a failure message).
 fn random_layers(seed: u64) -> (Vec<Vec<u8>>, String) {
     let mut text = String::new();
@@ -2181,9 +2184,9 @@ fn random_layers(seed: u64) -> (Vec<Vec<u8>>, String) {
             text += &format!("layer {l}:");
             let mut t = Tar::default();
             let mut used = std::collections::HashSet::new();
-            for _ in 0..1 + r.below(6) {
+            for _ in 0..=r.below(6) {
                 let p = r.path();
-                let (key, add): (String, Box<dyn Fn(&mut Tar)>) = match r.below(9) {
+                let (key, add): (String, AddEntry) = match r.below(9) {
                     0..=2 => {
                         let content = format!("c{}", r.below(100));
                         text += &format!(" f {p}={content};");
@@ -2386,7 +2389,10 @@ fn implicit_directories_ignore_the_umask() -> Result<()> {
         c.contained(&out)?;
         for (p, want) in [("", 0o755), ("a", 0o755), ("a/b", 0o755), ("d", 0o750)] {
             let mode = fs::metadata(c.target().join(p))?.mode() & 0o7777;
-            ensure!(mode == want, "{layers} layers: {p:?} has mode {mode:o}, not {want:o}");
+            ensure!(
+                mode == want,
+                "{layers} layers: {p:?} has mode {mode:o}, not {want:o}"
+            );
         }
     }
     Ok(())
