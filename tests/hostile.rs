@@ -2397,3 +2397,42 @@ fn implicit_directories_ignore_the_umask() -> Result<()> {
     }
     Ok(())
 }
+
+/// A whiteout reached through a symlink its own layer made: whiteouts only hide what lower
+/// layers left, so it never deletes the layer's own entries (differential seed 974).
+#[test]
+fn whiteout_through_its_own_layers_symlink() -> Result<()> {
+    both_ways(
+        "whiteout-own-symlink",
+        |_| {
+            vec![
+                Tar::default().dir("a").file("a/c", "lower").end(),
+                Tar::default()
+                    .symlink("a", "..")
+                    .file("c/b", "mine")
+                    .whiteout("a/.wh.c")
+                    .end(),
+            ]
+        },
+        |c, out| {
+            c.contained(out)?.has("a", "l:..")?.has("c/b", "f:mine")?;
+            Ok(())
+        },
+    )?;
+    both_ways(
+        "whiteout-own-symlink-1",
+        |_| {
+            vec![
+                Tar::default()
+                    .symlink("a", "..")
+                    .file("c/b", "mine")
+                    .whiteout("a/.wh.c")
+                    .end(),
+            ]
+        },
+        |c, out| {
+            c.contained(out)?.has("c/b", "f:mine")?;
+            Ok(())
+        },
+    )
+}

@@ -13,7 +13,7 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
-use crate::entry::{Entry, Kind, parent};
+use crate::entry::{Entry, Kind};
 use crate::extract::Target;
 use crate::image::Image;
 use crate::layer::index::{Change, classify};
@@ -186,15 +186,26 @@ pub fn write(sources: &[Source], plan: &mut Plan, target: &mut Target) -> Result
     Ok(true)
 }
 
-/// Applies an image's layers in order, as a plain extractor would: whiteouts hide what the
-/// layers below put there, never what this layer put.
+/// Applies an image's layers in order, as a plain extractor would, with overlay semantics:
+/// a layer's whiteouts and opaque markers hide what the layers below left there and never
+/// what the layer itself puts, so they are applied first, wherever they sit in its tar
+/// (from the layer's index, as the planner does). Applied where they appear, one could act
+/// on the layer's own entries, even through a symlink the same layer just made.
 pub fn sequential(img: &Image, target: &mut Target) -> Result<()> {
     for l in 0..img.manifest.layers.len() {
+        if l > 0 {
+            // Nothing lies below the first layer: its markers have nothing to hide.
+            for change in img.layer_index(l)?.changes {
+                match change {
+                    Change::Opaque(dir) => target.prune(&dir, &HashSet::new())?,
+                    Change::Whiteout(p) => target.remove(&p)?,
+                    Change::Put(..) => {}
+                }
+            }
+        }
         let mut stream = img.open_layer(l)?;
         let digest = stream.digest.clone();
         let err = |e: io::Error| crate::layer::read::layer_error(&digest, &e);
-        let mut current: HashSet<Vec<u8>> = HashSet::new();
-        let mut declared: HashSet<Vec<u8>> = HashSet::new();
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         while let Some(h) = stream.tar.next_header().map_err(err)? {
             let change = classify(h.entry).map_err(err)?;
@@ -212,37 +223,8 @@ pub fn sequential(img: &Image, target: &mut Target) -> Result<()> {
                     ),
                 )));
             }
-            match change {
-                Change::Opaque(dir) => target.prune(&dir, &current)?,
-                Change::Whiteout(p) => {
-                    // A whiteout hides what the layers below left at `p`, never this
-                    // layer's own entries: where this layer already put `p` or something
-                    // below it, only the rest goes.
-                    if current.contains(&p) || current.iter().any(|c| crate::entry::is_below(c, &p))
-                    {
-                        target.prune(&p, &current)?;
-                        // Directories this layer only implies keep no lower metadata.
-                        for c in &current {
-                            if (*c == p || crate::entry::is_below(c, &p)) && !declared.contains(c) {
-                                target.mark_implicit(c);
-                            }
-                        }
-                    } else {
-                        target.remove(&p)?;
-                    }
-                }
-                Change::Put(e, _) => {
-                    target.put(&e, &mut stream.tar.data())?;
-                    declared.insert(e.path.clone());
-                    let mut p = e.path.clone();
-                    loop {
-                        let fresh = current.insert(p.clone());
-                        if p.is_empty() || !fresh {
-                            break;
-                        }
-                        p = parent(&p).to_vec();
-                    }
-                }
+            if let Change::Put(e, _) = change {
+                target.put(&e, &mut stream.tar.data())?;
             }
         }
         stream.finish()?;
