@@ -417,8 +417,12 @@ impl Case {
 
     fn run_unstash(&mut self) -> Result<Output> {
         let r = format!("oci:{}:img:v1", self.w.path("layout").display());
-        let mut cmd = self.w.bin("unstash");
-        cmd.args(["--quiet", "--json", &r, "--to", "target"]);
+        // Under timeout(1): a hostile layout that makes unstash hang fails the case.
+        let mut cmd = self.w.cmd("timeout");
+        cmd.arg("60")
+            .arg(crate::util::bin_dir().join("unstash"))
+            .args(["--quiet", "--json", &r, "--to", "target"]);
+        cmd.env_remove("KIWI_STASH_HOME");
         if self.unplanned {
             cmd.env("STACKBUILD_UNPLANNED", "1");
         }
@@ -2435,4 +2439,64 @@ fn whiteout_through_its_own_layers_symlink() -> Result<()> {
             Ok(())
         },
     )
+}
+
+/// Layout files that are not regular files: a FIFO would block unstash forever, a symlink
+/// to `/dev/zero` would never end (or fill memory); oversized documents are refused too.
+#[test]
+fn layout_files_that_are_not_regular_files_are_refused() -> Result<()> {
+    type Damage = fn(&Path, &str) -> Result<()>;
+    let cases: [(&str, &str, Damage); 5] = [
+        ("index-dev-zero", "regular file", |l, _| {
+            fs::remove_file(l.join("index.json"))?;
+            Ok(std::os::unix::fs::symlink(
+                "/dev/zero",
+                l.join("index.json"),
+            )?)
+        }),
+        ("oci-layout-dev-zero", "regular file", |l, _| {
+            fs::remove_file(l.join("oci-layout"))?;
+            Ok(std::os::unix::fs::symlink(
+                "/dev/zero",
+                l.join("oci-layout"),
+            )?)
+        }),
+        ("index-fifo", "regular file", |l, _| {
+            fs::remove_file(l.join("index.json"))?;
+            mkfifo(&l.join("index.json"))
+        }),
+        ("blob-fifo", "regular file", |l, hex| {
+            let blob = l.join("blobs/sha256").join(hex);
+            fs::remove_file(&blob)?;
+            mkfifo(&blob)
+        }),
+        ("index-huge", "larger than", |l, _| {
+            let mut text = fs::read(l.join("index.json"))?;
+            text.resize(5 << 20, b' ');
+            Ok(fs::write(l.join("index.json"), text)?)
+        }),
+    ];
+    for (name, needle, damage) in cases {
+        let mut c = Case::new(&format!("layout-file-{name}"))?;
+        let layer = Layer::gz(&Tar::default().file("f", "f").end());
+        let hex = sha256(&layer.blob);
+        let layout = c.w.path("layout");
+        write_layout(&layout, &[base_layer(), layer], |_| {})?;
+        damage(&layout, &hex)?;
+        let out = c.run_unstash()?;
+        c.refused(&out, needle)
+            .with_context(|| format!("case {name}"))?;
+    }
+    Ok(())
+}
+
+fn mkfifo(p: &Path) -> Result<()> {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        p,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )?;
+    Ok(())
 }
