@@ -2500,3 +2500,62 @@ fn mkfifo(p: &Path) -> Result<()> {
     )?;
     Ok(())
 }
+
+/// Owners that do not fit Linux's 32-bit ids (2^32 would wrap to root, 2^32-1 means "leave
+/// unchanged" to chown) are refused, in PAX records and in base-256 header fields.
+#[test]
+fn out_of_range_owners_are_refused() -> Result<()> {
+    for (i, uid) in ["4294967296", "4294967295", "18446744073709551615"]
+        .into_iter()
+        .enumerate()
+    {
+        refused_both_ways(&format!("owner-{i}"), "out of range", |_| {
+            vec![
+                Tar::default()
+                    .pax(&[(b"uid", uid.as_bytes())])
+                    .file("f", "x")
+                    .end(),
+            ]
+        })?;
+    }
+    refused_both_ways("owner-gid", "out of range", |_| {
+        vec![
+            Tar::default()
+                .pax(&[(b"gid", b"4294967296")])
+                .file("f", "x")
+                .end(),
+        ]
+    })
+}
+
+/// A hardlink to a symlink, later used as a parent directory: an extractor follows it
+/// like the symlink it is, and the planner must not pretend it is a plain file to replace
+/// (differential seed 1460).
+#[test]
+fn hardlinked_symlink_as_a_parent() -> Result<()> {
+    both_ways(
+        "hardlinked-symlink-parent",
+        |_| {
+            vec![
+                Tar::default()
+                    .dir("d")
+                    .symlink("l", "d")
+                    .hardlink("h", "l")
+                    .symlink("out", "../outside/etc")
+                    .hardlink("hout", "out")
+                    .end(),
+                Tar::default()
+                    .file("h/x", "x")
+                    .file("hout/passwd", "pwned")
+                    .end(),
+            ]
+        },
+        |c, out| {
+            c.contained(out)?
+                .has("d/x", "f:x")?
+                .has("h", "l:d")?
+                .has("hout/passwd", "f:pwned")?;
+            Ok(())
+        },
+    )
+}

@@ -232,17 +232,42 @@ impl<R: Read> TarReader<R> {
                         Some(g) => g,
                         None => num(&block[116..124], "gid")?,
                     };
+                    // Owners are 32-bit, and (uid_t)-1 tells chown "leave it": a larger
+                    // number would silently become another owner (2^32 is root).
+                    let id = |v: u64, what: &str| {
+                        if v >= u64::from(u32::MAX) {
+                            return Err(bad(format!(
+                                "tar: {}: {what} {v} is out of range",
+                                String::from_utf8_lossy(&path)
+                            )));
+                        }
+                        Ok(v)
+                    };
+                    let (uid, gid) = (id(uid, "uid")?, id(gid, "gid")?);
                     let mtime = match pax_mtime {
                         Some(t) => t,
                         None => Mtime {
-                            sec: num(&block[136..148], "mtime")? as i64,
+                            sec: i64::try_from(num(&block[136..148], "mtime")?).map_err(|_| {
+                                bad(format!(
+                                    "tar: {}: mtime out of range",
+                                    String::from_utf8_lossy(&path)
+                                ))
+                            })?,
                             nsec: 0,
                         },
                     };
+                    let dev = |f: &[u8], what: &str| {
+                        u32::try_from(num(f, what)?).map_err(|_| {
+                            bad(format!(
+                                "tar: {}: {what} out of range",
+                                String::from_utf8_lossy(&path)
+                            ))
+                        })
+                    };
                     let (dev_major, dev_minor) = if matches!(kind, Kind::Char | Kind::Block) {
                         (
-                            num(&block[329..337], "devmajor")? as u32,
-                            num(&block[337..345], "devminor")? as u32,
+                            dev(&block[329..337], "devmajor")?,
+                            dev(&block[337..345], "devminor")?,
                         )
                     } else {
                         (0, 0)
