@@ -146,10 +146,12 @@ impl Model {
             return;
         }
         if let Some(blocker) = self.ancestor_not_dir(path) {
+            // A hardlink may name a symlink (its node keeps only the kind `Hardlink`):
+            // an extractor follows it as well.
             if self
                 .nodes
                 .get(&blocker)
-                .is_some_and(|n| n.entry.kind == Kind::Symlink)
+                .is_some_and(|n| matches!(n.entry.kind, Kind::Symlink | Kind::Hardlink))
             {
                 self.complex = true;
             }
