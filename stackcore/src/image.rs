@@ -226,7 +226,14 @@ impl Archive {
             if h.entry.kind == crate::entry::Kind::File {
                 let name = normalize_path(&h.entry.path).map_err(bad)?;
                 let pos = tar_pos(&mut tar);
-                files.insert(name, (pos, h.data_size));
+                // Two members of one name: tools disagree on which one counts (the first,
+                // the last), so the archive could be two different images.
+                if files.insert(name.clone(), (pos, h.data_size)).is_some() {
+                    return Err(bad(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("two members named {}", String::from_utf8_lossy(&name)),
+                    )));
+                }
             }
         }
         Ok(Archive {
