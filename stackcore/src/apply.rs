@@ -13,7 +13,7 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
-use crate::entry::{Entry, Kind};
+use crate::entry::{Entry, Kind, parent};
 use crate::extract::Target;
 use crate::image::Image;
 use crate::layer::index::{Change, classify};
@@ -175,7 +175,12 @@ pub fn write(sources: &[Source], plan: &mut Plan, target: &mut Target) -> Result
     }
     for (_, path) in &transient {
         if !plan.model.nodes.contains_key(path) {
-            target.remove(path)?;
+            // With the parents made only for it: none of them is in the final tree either.
+            let mut top = path.as_slice();
+            while !parent(top).is_empty() && !plan.model.nodes.contains_key(parent(top)) {
+                top = parent(top);
+            }
+            target.remove(top)?;
         }
     }
     for node in plan.model.nodes.values() {
