@@ -1773,6 +1773,12 @@ fn resource_limits_are_enforced() -> Result<()> {
                 .end(),
         ),
     ];
+    let mut cases = cases;
+    let mut gnu = Tar::default();
+    let mut h = Hdr::new(b"././@LongLink", b'L');
+    h.size = 5000;
+    gnu.header(&h).data(&[b'a'; 5000]).file("f", "x");
+    cases.push(("gnu-long-name", "too long", gnu.end()));
     for (name, needle, tar) in cases {
         refused_both_ways(&format!("limit-{name}"), needle, |_| vec![tar.clone()])?;
     }
@@ -2555,6 +2561,131 @@ fn hardlinked_symlink_as_a_parent() -> Result<()> {
                 .has("d/x", "f:x")?
                 .has("h", "l:d")?
                 .has("hout/passwd", "f:pwned")?;
+            Ok(())
+        },
+    )
+}
+
+/// An `oci-archive:` whose tar names a layout file twice (`index.json` and
+/// `./index.json`): which one a reader takes decides which image it sees, so it is refused.
+#[test]
+fn oci_archive_with_duplicate_members_is_refused() -> Result<()> {
+    let c = Case::new("archive-duplicate")?;
+    let layout = c.w.path("layout");
+    write_layout(
+        &layout,
+        &[Layer::gz(&Tar::default().file("f", "f").end())],
+        |_| {},
+    )?;
+    let mut t = Tar::default();
+    let mut names = vec!["oci-layout".to_owned(), "index.json".to_owned()];
+    for e in fs::read_dir(layout.join("blobs/sha256"))? {
+        names.push(format!("blobs/sha256/{}", e?.file_name().to_string_lossy()));
+    }
+    for n in &names {
+        t.file_bytes(n.as_bytes(), &fs::read(layout.join(n))?);
+    }
+    let good = {
+        let mut g = Tar::default();
+        g.0.clone_from(&t.0);
+        g.end()
+    };
+    t.file_bytes(b"./index.json", br#"{"schemaVersion":2,"manifests":[]}"#);
+    let bad = t.end();
+    fs::write(layout.join("good.tar"), good)?;
+    fs::write(layout.join("bad.tar"), bad)?;
+    let run = |name: &str| -> Result<Output> {
+        let r = format!("oci-archive:{}:img:v1", layout.join(name).display());
+        output(c.w.bin("unstash").args(["--quiet", &r, "--to", "target"]))
+    };
+    let out = run("good.tar")?;
+    c.contained(&out)?.has("f", "f:f")?;
+    force_remove(&c.target())?;
+    let out = run("bad.tar")?;
+    c.refused(&out, "two members named index.json")
+}
+
+/// A layer bigger than the free space: the run ends with one line naming the problem, and
+/// neither the target nor its staging directory is left on the full file system.
+#[test]
+fn privileged_full_disk_fails_cleanly() -> Result<()> {
+    if !is_root() {
+        skip!("needs root (mounts a 1 MiB tmpfs)");
+    }
+    let c = Case::new("disk-full")?;
+    let small = c.w.path("small");
+    fs::create_dir(&small)?;
+    let mounted = output(
+        c.w.cmd("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&small),
+    )?;
+    if !mounted.status.success() {
+        fs::remove_dir(&small)?;
+        skip!(
+            "cannot mount a tmpfs here: {}",
+            String::from_utf8_lossy(&mounted.stderr)
+        );
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status(); // best effort
+        }
+    }
+    let guard = Unmount(small.clone());
+    // Incompressible-ish bytes: zeros would become holes and take no space.
+    let mut r = Rng(7);
+    let big: Vec<u8> = (0..2 << 20)
+        .map(|_| u8::try_from(r.below(256)).expect("byte"))
+        .collect();
+    let mut t = Tar::default();
+    t.file("small-first", "s").file_bytes(b"big", &big);
+    write_layout(&c.w.path("layout"), &[Layer::gz(&t.end())], |_| {})?;
+    let r = format!("oci:{}:img:v1", c.w.path("layout").display());
+    let out = output(
+        c.w.bin("unstash")
+            .args(["--quiet", &r, "--to", "small/target"]),
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(1),
+        "exit {}: {stderr}",
+        out.status
+    );
+    ensure!(
+        stderr.lines().count() == 1 && stderr.contains("No space left on device"),
+        "{stderr}"
+    );
+    let left: Vec<_> = fs::read_dir(&small)?.collect();
+    ensure!(left.is_empty(), "left on the full file system: {left:?}");
+    drop(guard);
+    fs::remove_dir(&small)?;
+    c.check_canaries()
+}
+
+/// Both names of a hardlink group whited out by later layers: the planner writes the data
+/// for the link and removes it again, and no directory made for it stays behind
+/// (differential seed 1966).
+#[test]
+fn whited_out_link_group_leaves_no_directories() -> Result<()> {
+    both_ways(
+        "whited-out-group",
+        |_| {
+            vec![
+                Tar::default()
+                    .file("d/e/a", "a")
+                    .hardlink("l", "d/e/a")
+                    .end(),
+                Tar::default().whiteout(".wh.d").end(),
+                Tar::default().whiteout(".wh.l").file("z", "z").end(),
+            ]
+        },
+        |c, out| {
+            let l = c.contained(out)?;
+            l.has("z", "f:z")?;
+            let left: Vec<&String> = l.0.keys().filter(|k| !k.starts_with("base")).collect();
+            ensure!(left == ["z"], "only z should be left: {left:?}");
             Ok(())
         },
     )
