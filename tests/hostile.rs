@@ -2189,6 +2189,8 @@ fn random_layers(seed: u64) -> (Vec<Vec<u8>>, String) {
     let mut text = String::new();
     let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let layers = 2 + r.below(3);
+    // Files put so far: odd seeds link to them rather than to names that may not exist.
+    let mut files: Vec<String> = Vec::new();
     let tars = (0..layers)
         .map(|l| {
             text += &format!("layer {l}:");
@@ -2196,10 +2198,17 @@ fn random_layers(seed: u64) -> (Vec<Vec<u8>>, String) {
             let mut used = std::collections::HashSet::new();
             for _ in 0..=r.below(6) {
                 let p = r.path();
-                let (key, add): (String, AddEntry) = match r.below(9) {
+                // Odd seeds: no symlinks, more hardlinks and markers (the planner's ground).
+                let pick = if seed % 2 == 1 {
+                    [0, 1, 3, 6, 6, 7, 8][r.below(7)]
+                } else {
+                    r.below(9)
+                };
+                let (key, add): (String, AddEntry) = match pick {
                     0..=2 => {
                         let content = format!("c{}", r.below(100));
                         text += &format!(" f {p}={content};");
+                        files.push(p.clone());
                         (
                             p.clone(),
                             Box::new(move |t| {
@@ -2235,7 +2244,11 @@ fn random_layers(seed: u64) -> (Vec<Vec<u8>>, String) {
                         )
                     }
                     6 => {
-                        let to = r.path();
+                        let to = if seed % 2 == 1 && !files.is_empty() {
+                            files[r.below(files.len())].clone()
+                        } else {
+                            r.path()
+                        };
                         if to == p {
                             continue;
                         }
