@@ -6,4 +6,5 @@ mod util;
 mod hostile;
 mod incremental;
 mod kiwimerge;
+mod stackbuild;
 mod stash;

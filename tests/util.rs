@@ -438,3 +438,52 @@ pub fn assert_same(want: &str, got: &str) -> Result<()> {
     }
     bail!("trees differ (- expected, + got):\n{msg}")
 }
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf()
+}
+
+/// A test fixture file.
+pub fn fixture(rel: &str) -> PathBuf {
+    workspace().join("tests/fixtures").join(rel)
+}
+
+/// The Debian 12 minbase root, made once and cached outside the clone
+/// (`scripts/debian-minbase.sh`).
+pub fn debian_minbase() -> Result<PathBuf> {
+    let out =
+        run(Command::new(workspace().join("scripts/debian-minbase.sh")).stderr(Stdio::inherit()))?;
+    Ok(PathBuf::from(out.trim()))
+}
+
+/// The Debian mirror this machine's apt uses (deb822 `URIs:`, else `sources.list`).
+pub fn debian_mirror() -> Result<String> {
+    for entry in fs::read_dir("/etc/apt/sources.list.d")? {
+        let p = entry?.path();
+        if p.extension().is_some_and(|e| e == "sources") {
+            for line in fs::read_to_string(&p)?.lines() {
+                if let Some(uri) = line.strip_prefix("URIs:") {
+                    return Ok(uri.split_whitespace().next().unwrap_or_default().to_owned());
+                }
+            }
+        }
+    }
+    let list = fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
+    list.lines()
+        .find_map(|l| {
+            l.strip_prefix("deb ")
+                .and_then(|r| r.split_whitespace().find(|w| w.contains("://")))
+        })
+        .map(str::to_owned)
+        .context("no Debian mirror in the apt configuration")
+}
+
+/// Copies a tree with `cp -a` (every attribute kept).
+pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    run(Command::new("cp").arg("-a").arg(from).arg(to))?;
+    Ok(())
+}

@@ -413,7 +413,7 @@ impl Image {
     }
 
     /// Opens layer `i` as a verified tar stream.
-    pub fn open_layer(&self, i: usize) -> Result<LayerStream<Box<dyn Read + Send>>> {
+    pub fn open_layer(&self, i: usize) -> Result<LayerStream> {
         let desc = &self.manifest.layers[i];
         open_layer(
             self.source.open_blob(desc)?,

@@ -11,6 +11,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod e2e;
 
 /// Project tasks.
 #[derive(Debug, Parser)]
@@ -32,6 +33,8 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Man pages and shell completions into target/dist/.
     Dist,
+    /// The flagship end to end: registry container -> VM disk -> boot to a shell (as root).
+    E2e(e2e::E2eArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Task::Demo => demo::run(),
         Task::Bench(args) => bench::run(&args),
         Task::Dist => dist(),
+        Task::E2e(args) => e2e::run(&args),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
