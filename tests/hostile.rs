@@ -2703,3 +2703,28 @@ fn whited_out_link_group_leaves_no_directories() -> Result<()> {
         },
     )
 }
+
+/// A directory first made as a parent through an in-root symlink, then declared under its
+/// real name: the declared mode wins, whichever name sorts first.
+#[test]
+fn implicit_directory_through_a_symlink_keeps_its_declared_mode() -> Result<()> {
+    both_ways(
+        "implicit-via-symlink",
+        |_| {
+            vec![
+                Tar::default()
+                    .dir("z")
+                    .symlink("a", "z")
+                    .file("a/new/x", "x")
+                    .dir_mode("z/new", 0o700)
+                    .end(),
+            ]
+        },
+        |c, out| {
+            c.contained(out)?.has("z/new/x", "f:x")?;
+            let mode = fs::metadata(c.target().join("z/new"))?.mode() & 0o7777;
+            ensure!(mode == 0o700, "z/new has mode {mode:o}");
+            Ok(())
+        },
+    )
+}

@@ -355,16 +355,17 @@ impl Target {
             rustix::fs::mkdirat(&cur, name, Mode::from_raw_mode(0o755))
                 .map_err(|e| errno_at(&prefix, e))?;
             self.stats.dirs += 1;
-            // mkdirat's mode went through the umask; finish() sets 0755 exactly, as the
-            // planner does for the parents it makes (an entry for it later wins).
-            self.mark_implicit(&prefix);
             cur = rustix::fs::openat(
                 &cur,
                 name,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             )
             .map_err(|e| errno_at(&prefix, e))?;
+            // mkdirat's mode went through the umask: 0755 exactly, as the planner gives the
+            // parents it makes (an entry for this directory, if one comes, sets its own).
+            rustix::fs::fchmod(&cur, Mode::from_raw_mode(0o755))
+                .map_err(|e| errno_at(&prefix, e))?;
         }
         Ok(cur)
     }
@@ -561,7 +562,8 @@ impl Target {
     }
 
     /// Removes everything below `dir` except the paths in `keep` (and their ancestors'
-    /// other kept children): an opaque marker applied after some of its layer's entries.
+    /// other kept children): an opaque marker (with `keep` empty when it is applied before
+    /// its layer's entries, as `apply::sequential` does).
     pub fn prune(&mut self, dir: &[u8], keep: &HashSet<Vec<u8>>) -> Result<()> {
         // Like `remove`, never through a symlink in the last component: a link has no
         // children to hide, and emptying the directory it points to is not what the
@@ -591,14 +593,6 @@ impl Target {
             }
         }
         Ok(())
-    }
-
-    /// Forgets what metadata was recorded for the directory `path` (an entry of a layer a
-    /// whiteout has since hidden): it ends up as a directory nobody declared, mode 0755.
-    pub fn mark_implicit(&mut self, path: &[u8]) {
-        let mut e = Entry::new(path.to_vec(), Kind::Dir);
-        e.mode = 0o755;
-        self.dir_meta.insert(path.to_vec(), (e, true));
     }
 
     /// Makes sure the directory `e.path` exists (replacing a non-directory) and records its
