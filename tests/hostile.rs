@@ -2618,6 +2618,14 @@ fn oci_archive_with_duplicate_members_is_refused() -> Result<()> {
     c.refused(&out, "two members named index.json")
 }
 
+/// Unmounts a test mount when dropped.
+struct Unmount(PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status(); // best effort
+    }
+}
+
 /// A layer bigger than the free space: the run ends with one line naming the problem, and
 /// neither the target nor its staging directory is left on the full file system.
 #[test]
@@ -2639,12 +2647,6 @@ fn privileged_full_disk_fails_cleanly() -> Result<()> {
             "cannot mount a tmpfs here: {}",
             String::from_utf8_lossy(&mounted.stderr)
         );
-    }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status(); // best effort
-        }
     }
     let guard = Unmount(small.clone());
     // Incompressible-ish bytes: zeros would become holes and take no space.
