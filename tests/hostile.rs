@@ -2730,3 +2730,98 @@ fn implicit_directory_through_a_symlink_keeps_its_declared_mode() -> Result<()> 
         },
     )
 }
+
+// ---------------------------------------------------------------------------------------
+// The same images stacked by stackbuild (the path registry pulls take): one stash, or the
+// same stash twice (two sources: the planner's rsync-like merge between sources).
+
+#[test]
+fn stackbuild_stacks_hostile_images_contained() -> Result<()> {
+    type Build = fn(&Case) -> Vec<Vec<u8>>;
+    let cases: [(&str, Build); 5] = [
+        ("symlink-write", |c| {
+            vec![
+                Tar::default()
+                    .symlink("l", &format!("{}/etc", c.a()))
+                    .symlink("r", "../outside/etc")
+                    .end(),
+                Tar::default()
+                    .file("l/pwned", "pwned")
+                    .file("r/pwned", "pwned")
+                    .end(),
+            ]
+        }),
+        ("hardlink-symlink-chmod", |c| {
+            let mut t = Tar::default();
+            t.symlink("passwdlink", &format!("{}/etc/passwd", c.a()));
+            let mut h = Hdr::new(b"hlink", LNK);
+            h.link = b"passwdlink";
+            h.mode = 0o777;
+            t.header(&h);
+            vec![t.end(), Tar::default().file("x", "x").end()]
+        }),
+        ("dir-over-symlink", |c| {
+            vec![
+                Tar::default()
+                    .symlink("localetc", &format!("{}/etc", c.a()))
+                    .end(),
+                Tar::default()
+                    .dir_mode("localetc", 0o777)
+                    .file("localetc/x", "x")
+                    .end(),
+            ]
+        }),
+        ("whiteout-via-symlink", |c| {
+            vec![
+                Tar::default()
+                    .symlink("localetc", &format!("{}/etc", c.a()))
+                    .symlink("rel", "../outside/etc")
+                    .end(),
+                Tar::default()
+                    .whiteout("localetc/.wh.passwd")
+                    .whiteout("rel/.wh..wh..opq")
+                    .end(),
+            ]
+        }),
+        ("hardlink-outside", |_| {
+            vec![
+                Tar::default().file("x", "x").end(),
+                Tar::default().hardlink("h", "../outside/etc/passwd").end(),
+            ]
+        }),
+    ];
+    for (name, build) in cases {
+        for copies in [1, 2] {
+            let c = Case::new(&format!("stackbuild-{name}-{copies}"))?;
+            let ls: Vec<Layer> = build(&c).iter().map(|t| Layer::gz(t)).collect();
+            write_layout(&c.w.path("layout"), &ls, |_| {})?;
+            let mut cmd = c.w.bin("stackbuild");
+            cmd.args(["--quiet", "--prepare-only", "--store", "layout"]);
+            for _ in 0..copies {
+                cmd.args(["--stash", "img:v1"]);
+            }
+            cmd.args(["--target-dir", "target"]);
+            let out = output(&mut cmd)?;
+            let what = format!("stackbuild case {name}, {copies} cop(ies)");
+            c.check_canaries().context(what.clone())?;
+            let root = c.w.path("target/build/image-root");
+            if out.status.success() {
+                ensure!(root.is_dir(), "{what}: no image root");
+            } else {
+                ensure!(
+                    out.status.code() == Some(1) && !root.exists(),
+                    "{what}: {}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let build = c.w.path("target/build");
+                if build.exists() {
+                    let left: Vec<_> = fs::read_dir(&build)?.collect();
+                    ensure!(left.is_empty(), "{what}: left in target/build: {left:?}");
+                }
+            }
+            eprintln!("{what}: exit {:?}", out.status.code());
+        }
+    }
+    Ok(())
+}
