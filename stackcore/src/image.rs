@@ -444,8 +444,15 @@ impl Image {
     /// layer blob does not match its descriptor's digest or size, that is the cause, and is
     /// reported instead (a damaged blob makes the decompressor or the tar reader fail
     /// first, with a message about the symptom).
+    ///
+    /// Only the layers the message names are checked (layer errors say `layer DIGEST:`):
+    /// a failure of the target (a full disk, a refused hardlink) costs no re-reading.
     pub fn explain(&self, e: Error) -> Error {
+        let text = e.to_string();
         for desc in &self.manifest.layers {
+            if !text.contains(desc.digest.as_str()) {
+                continue;
+            }
             let damaged = self
                 .source
                 .open_blob(desc)
