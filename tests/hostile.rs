@@ -2740,10 +2740,10 @@ fn implicit_directory_through_a_symlink_keeps_its_declared_mode() -> Result<()> 
 
 #[test]
 fn stackbuild_stacks_hostile_images_contained() -> Result<()> {
+    type Build = fn(&Case) -> Vec<Vec<u8>>;
     if !crate::util::have("kiwi-ng") {
         skip!("stackbuild --prepare-only wants kiwi-ng on PATH");
     }
-    type Build = fn(&Case) -> Vec<Vec<u8>>;
     let cases: [(&str, Build); 5] = [
         ("symlink-write", |c| {
             vec![

@@ -312,6 +312,10 @@ pub struct Image {
     pub config: ImageConfig,
     /// How the user named it.
     pub name: String,
+    /// Layer indexes already built, for sources without an index cache on disk (other
+    /// layouts, archives): planning and the in-order writer both need them, and reading a
+    /// layer once for both is enough.
+    indexes: Arc<std::sync::Mutex<HashMap<usize, LayerIndex>>>,
 }
 
 impl Image {
@@ -409,6 +413,7 @@ impl Image {
             manifest,
             config,
             name,
+            indexes: Arc::default(),
         })
     }
 
@@ -425,9 +430,19 @@ impl Image {
     /// The index of layer `i` (cached in our store).
     pub fn layer_index(&self, i: usize) -> Result<LayerIndex> {
         let desc = &self.manifest.layers[i];
-        layer_index(self.source.cache_store(), &desc.digest, || {
-            self.open_layer(i)
-        })
+        let store = self.source.cache_store();
+        if store.is_none()
+            && let Some(index) = self.indexes.lock().ok().and_then(|m| m.get(&i).cloned())
+        {
+            return Ok(index);
+        }
+        let index = layer_index(store, &desc.digest, || self.open_layer(i))?;
+        if store.is_none()
+            && let Ok(mut memo) = self.indexes.lock()
+        {
+            memo.insert(i, index.clone());
+        }
+        Ok(index)
     }
 
     /// The modelled tree of the whole image, as source number `source`.
