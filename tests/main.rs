@@ -6,5 +6,6 @@ mod util;
 mod hostile;
 mod incremental;
 mod kiwimerge;
+mod registry;
 mod stackbuild;
 mod stash;
