@@ -3,6 +3,7 @@
 
 mod util;
 
+mod hostile;
 mod incremental;
 mod kiwimerge;
 mod registry;
