@@ -165,6 +165,26 @@ fn json_of_every_tool_validates_against_its_committed_schema() -> Result<()> {
     assert_valid("unstash", &tar)?;
     assert!(tar["dest"].is_null(), "{tar}");
 
+    fs::create_dir_all(w.path("overlay/etc"))?;
+    fs::write(w.path("overlay/etc/os-release"), "NAME=over\n")?;
+    let merged = json(&run(w.bin("stackmerge").args([
+        "--store",
+        "store",
+        "--into",
+        "merged",
+        "cli-os",
+        "./overlay",
+        "--json",
+        "--quiet",
+    ]))?)?;
+    assert_valid("stackmerge", &merged)?;
+    assert!(
+        merged["conflicts"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["path"] == "etc/os-release")),
+        "{merged}"
+    );
+
     let plan = json(&run(w.bin("stackbuild").args([
         "--store",
         "store",
@@ -257,6 +277,12 @@ fn off_a_terminal_progress_is_plain_lines_and_quiet_is_silent() -> Result<()> {
     )?;
     assert!(unstash.status.success());
     assert_plain("unstash", &unstash.stderr);
+    let merge = output(
+        w.bin("stackmerge")
+            .args(["--store", "store", "--into", "m", "cli-os", "./root"]),
+    )?;
+    assert!(merge.status.success());
+    assert_plain("stackmerge", &merge.stderr);
 
     fs::write(w.path("root/etc/new"), "x")?;
     for (tool, args) in [
@@ -280,6 +306,10 @@ fn off_a_terminal_progress_is_plain_lines_and_quiet_is_silent() -> Result<()> {
                 "--dry-run",
                 "--quiet",
             ],
+        ),
+        (
+            "stackmerge",
+            vec!["--store", "store", "--into", "m2", "cli-os", "./root", "-q"],
         ),
     ] {
         let out = output(w.bin(tool).args(&args))?;

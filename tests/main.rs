@@ -4,9 +4,11 @@
 mod util;
 
 mod cli;
+mod hostile;
 mod incremental;
 mod jsonschema;
 mod kiwimerge;
 mod registry;
 mod stackbuild;
+mod stackmerge;
 mod stash;

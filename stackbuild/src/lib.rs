@@ -18,9 +18,9 @@ use std::time::Instant;
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use stackcore::Error;
-use stackcore::apply::{Plan, Source, write};
+use stackcore::apply::{Source, stack_to_dir};
 use stackcore::cli::{Exit, Log, print_json, print_line, store_path};
-use stackcore::extract::{ExtractOptions, Staging, Target};
+use stackcore::extract::ExtractOptions;
 use stackcore::image::{Image, ImageRef};
 use stackcore::kiwi::{MergeOptions, load_description, merge};
 use stackcore::manifest::{SCHEMA, StackbuildReport, StackedStash, StepReport};
@@ -265,13 +265,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .map(|s| Source::Image(Box::new(s.image.take().expect("opened once"))))
         .collect();
     let task = stackcore::progress::task("stacking", None);
-    let mut plan = Plan::new(&sources)?;
-    let staging = Staging::new(&image_root)?;
-    let mut tree = Target::open(staging.path(), ExtractOptions::default())?;
-    write(&sources, &mut plan, &mut tree).context("stacking the stashes")?;
-    let stats = tree.finish()?;
-    staging.commit()?;
+    let stacked = stack_to_dir(&sources, &image_root, &ExtractOptions::default())
+        .context("stacking the stashes")?;
     drop(task);
+    let stats = &stacked.stats;
     for w in stats.warnings() {
         log.warn(w);
     }
@@ -282,7 +279,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             "{} files, {} bytes, {} conflicts",
             stats.files,
             stats.bytes,
-            plan.conflicts.len()
+            stacked.conflicts.len()
         )),
     });
 

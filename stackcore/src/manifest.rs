@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::apply::UnstashOutcome;
+use crate::apply::{StackOutcome, UnstashOutcome};
 use crate::extract::ExtractStats;
 #[cfg(feature = "registry")]
 use crate::registry::{PullOutcome, PushOutcome};
@@ -381,6 +381,134 @@ pub struct DescriptorReport {
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
+/// `stackmerge --into DIR SOURCE... --json` (and `--report FILE`): which source gave the
+/// final tree what, and every conflict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StackmergeReport {
+    /// The version of this document's shape: 1.
+    #[schemars(extend("const" = 1))]
+    pub schema: u32,
+    /// The target directory.
+    pub into: PathBuf,
+    /// Each source, lowest first.
+    pub sources: Vec<MergedSource>,
+    /// Every conflicting path, in the order the sources met.
+    pub conflicts: Vec<MergeConflict>,
+    /// Totals.
+    pub totals: MergeTotals,
+    /// What was written and what could not be restored.
+    pub stats: WriteStats,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+impl StackmergeReport {
+    /// The report of `o`, which took `seconds`.
+    pub fn new(o: &StackOutcome, seconds: f64) -> Self {
+        StackmergeReport {
+            schema: SCHEMA,
+            into: o.dest.clone(),
+            sources: o
+                .sources
+                .iter()
+                .map(|s| MergedSource {
+                    name: s.name.clone(),
+                    kind: s.kind.to_owned(),
+                    digest: s.digest.clone(),
+                    entries: s.entries,
+                    planned: s.planned,
+                })
+                .collect(),
+            conflicts: o
+                .conflicts
+                .iter()
+                .map(|c| MergeConflict {
+                    path: c.path.clone(),
+                    lower: c.lower.clone(),
+                    upper: c.upper.clone(),
+                    kind: serde_name(&c.kind),
+                    resolution: serde_name(&c.resolution),
+                })
+                .collect(),
+            totals: MergeTotals {
+                sources: o.totals.sources as u64,
+                entries: o.totals.entries,
+                conflicts: o.totals.conflicts,
+                type_: o.totals.type_,
+                content: o.totals.content,
+                metadata: o.totals.metadata,
+                rsync_fails: o.totals.rsync_fails,
+            },
+            stats: WriteStats::from(&o.stats),
+            seconds,
+        }
+    }
+}
+
+/// One source of a stack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MergedSource {
+    /// How it was named on the command line (a ref or a path).
+    pub name: String,
+    /// `image` or `dir`.
+    pub kind: String,
+    /// An image's manifest digest (null for a directory).
+    pub digest: Option<String>,
+    /// Entries of the final tree this source provided.
+    pub entries: u64,
+    /// False when an image could not be planned and was unstashed layer by layer first.
+    pub planned: bool,
+}
+
+/// A path two sources both provide, differently.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MergeConflict {
+    /// The path, relative to the target (`/` for the root).
+    pub path: String,
+    /// The lower source's name.
+    pub lower: String,
+    /// The upper source's name.
+    pub upper: String,
+    /// What differs: `type`, `content` or `metadata`.
+    #[schemars(extend("enum" = ["type", "content", "metadata"]))]
+    pub kind: String,
+    /// What the result holds: `upper`, `lower-content-kept` or `upper-over-non-empty-dir`.
+    #[schemars(extend("enum" = ["upper", "lower-content-kept", "upper-over-non-empty-dir"]))]
+    pub resolution: String,
+}
+
+/// Totals of a stack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MergeTotals {
+    /// Sources stacked.
+    pub sources: u64,
+    /// Entries in the final tree.
+    pub entries: u64,
+    /// Conflicts of every kind.
+    pub conflicts: u64,
+    /// Type conflicts.
+    #[serde(rename = "type")]
+    pub type_: u64,
+    /// Content conflicts.
+    pub content: u64,
+    /// Metadata conflicts.
+    pub metadata: u64,
+    /// Paths where rsync would fail (a non-directory over a non-empty directory).
+    pub rsync_fails: u64,
+}
+
+/// A unit enum's serde name (`type`, `lower-content-kept`...).
+fn serde_name(v: &impl Serialize) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// `stackbuild ... --json`: the steps, times and result files (also printed by `--dry-run`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -446,6 +574,7 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
     vec![
         ("stash", schemars::schema_for!(StashOutput)),
         ("unstash", schemars::schema_for!(UnstashReport)),
+        ("stackmerge", schemars::schema_for!(StackmergeReport)),
         ("stackbuild", schemars::schema_for!(StackbuildReport)),
     ]
 }
