@@ -298,7 +298,7 @@ impl Model {
 
     /// Lays `upper` (another source's complete tree, source number `upper_no`) over this
     /// one the way `rsync -aHAX upper/ this/` does (no `--delete`, no `--inplace`),
-    /// visiting the upper names in rsync's order (see [`rsync_order`]), and returns the
+    /// visiting the upper names in rsync's order (see `rsync_order`), and returns the
     /// conflicts:
     ///
     /// - a directory merges with a directory and takes its metadata (an implicit upper
