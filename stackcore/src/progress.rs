@@ -115,7 +115,6 @@ mod tests {
         // count only what this test's thread reports.
         static C: Count = Count(AtomicU64::new(0), AtomicU64::new(0));
         static ME: OnceLock<std::thread::ThreadId> = OnceLock::new();
-        let mine = || ME.get() == Some(&std::thread::current().id());
         struct Fwd<F: Fn() -> bool + Send + Sync>(F);
         impl<F: Fn() -> bool + Send + Sync> Progress for Fwd<F> {
             fn begin(&self, w: &str, t: Option<u64>) {
@@ -130,6 +129,7 @@ mod tests {
             }
             fn end(&self) {}
         }
+        let mine = || ME.get() == Some(&std::thread::current().id());
         ME.set(std::thread::current().id()).expect("set once");
         assert!(install(Box::new(Fwd(mine))));
         assert!(!install(Box::new(Fwd(mine))), "one sink per process");
