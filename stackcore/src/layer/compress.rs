@@ -68,17 +68,17 @@ impl Compression {
 }
 
 /// Compresses into `W`.
-pub enum Compressor<W: Write> {
+pub enum Compressor<W: Write + Send + 'static> {
     /// Parallel gzip.
     Gzip(ParGzip<W>),
     /// zstd (multi-threaded with at least one worker, so the output does not depend on the
-    /// worker count).
-    Zstd(zstd::stream::write::Encoder<'static, W>),
+    /// worker count), fed from a thread of its own.
+    Zstd(Offload<W>),
     /// Pass-through.
     None(W),
 }
 
-impl<W: Write> std::fmt::Debug for Compressor<W> {
+impl<W: Write + Send + 'static> std::fmt::Debug for Compressor<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Compressor::Gzip(_) => "Compressor::Gzip",
@@ -88,7 +88,7 @@ impl<W: Write> std::fmt::Debug for Compressor<W> {
     }
 }
 
-impl<W: Write> Compressor<W> {
+impl<W: Write + Send + 'static> Compressor<W> {
     /// A compressor using `threads` worker threads (0 = all cores).
     pub fn new(out: W, c: Compression, threads: usize) -> io::Result<Self> {
         let threads = if threads == 0 {
@@ -102,7 +102,7 @@ impl<W: Write> Compressor<W> {
                 let mut e = zstd::stream::write::Encoder::new(out, level)?;
                 e.multithread(threads as u32)?;
                 e.include_checksum(false)?;
-                Compressor::Zstd(e)
+                Compressor::Zstd(Offload::start(e))
             }
             Compression::None => Compressor::None(out),
         })
@@ -118,7 +118,7 @@ impl<W: Write> Compressor<W> {
     }
 }
 
-impl<W: Write> Write for Compressor<W> {
+impl<W: Write + Send + 'static> Write for Compressor<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Compressor::Gzip(g) => g.write(buf),
@@ -131,6 +131,92 @@ impl<W: Write> Write for Compressor<W> {
             Compressor::Gzip(g) => g.flush(),
             Compressor::Zstd(z) => z.flush(),
             Compressor::None(w) => w.flush(),
+        }
+    }
+}
+
+/// zstd's multi-threaded API makes the caller wait while it hands input to its workers; on
+/// its own thread, that wait no longer stalls the caller's reading and hashing of files.
+/// Input goes over in 1 MiB chunks through a channel bounded at four, so memory stays flat.
+pub struct Offload<W: Write + Send + 'static> {
+    tx: Option<SyncSender<Vec<u8>>>,
+    buf: Vec<u8>,
+    handle: Option<JoinHandle<io::Result<W>>>,
+}
+
+impl<W: Write + Send + 'static> Offload<W> {
+    fn start(mut enc: zstd::stream::write::Encoder<'static, W>) -> Self {
+        let (tx, rx) = sync_channel::<Vec<u8>>(4);
+        let handle = std::thread::spawn(move || {
+            for chunk in rx {
+                enc.write_all(&chunk)?;
+            }
+            enc.finish()
+        });
+        Offload {
+            tx: Some(tx),
+            buf: Vec::with_capacity(BLOCK),
+            handle: Some(handle),
+        }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(BLOCK));
+        if self.tx.as_ref().expect("open").send(chunk).is_err() {
+            // The thread stopped: its result says why.
+            return Err(self
+                .join()
+                .err()
+                .unwrap_or_else(|| io::Error::other("zstd thread stopped")));
+        }
+        Ok(())
+    }
+
+    fn join(&mut self) -> io::Result<W> {
+        self.tx = None;
+        let handle = self
+            .handle
+            .take()
+            .ok_or_else(|| io::Error::other("zstd thread already joined"))?;
+        handle
+            .join()
+            .map_err(|_| io::Error::other("zstd thread panicked"))?
+    }
+
+    fn finish(mut self) -> io::Result<W> {
+        if !self.buf.is_empty() {
+            self.send()?;
+        }
+        self.join()
+    }
+}
+
+impl<W: Write + Send + 'static> Write for Offload<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(BLOCK - self.buf.len());
+        self.buf.extend_from_slice(&buf[..n]);
+        if self.buf.len() == BLOCK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<W: Write + Send + 'static> std::fmt::Debug for Offload<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Offload")
+            .field("buffered", &self.buf.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: Write + Send + 'static> Drop for Offload<W> {
+    fn drop(&mut self) {
+        if self.handle.is_some() {
+            let _ = self.join(); // an abandoned stream: the blob writer's drop removes the file
         }
     }
 }
