@@ -247,6 +247,7 @@ pub fn stash(store: &Store, opts: &StashOptions) -> Result<StashOutcome> {
 
     let config_bytes = serde_json::to_vec(&config).expect("config serialises");
     let config_digest = store.write_blob(&config_bytes)?;
+    crate::failpoint::hit("stash-after-config");
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(media::MANIFEST.to_owned()),

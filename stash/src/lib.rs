@@ -13,12 +13,20 @@ use stackcore::layer::Compression;
 use stackcore::oci::Store;
 use stackcore::stash::{StashOptions, stash, valid_name, valid_tag};
 
+mod maint;
+
 const EXAMPLES: &str = "\
 Examples:
   stash --root build/image-root                 # name from image/config.xml, tag latest
   stash --root rootfs --container-name base --tag v1 --json
   stash --list
-  stash --root r --json | unstash - --to copy   # pipes take the ref or the JSON";
+  stash --root r --json | unstash - --to copy   # pipes take the ref or the JSON
+
+Store maintenance (each takes --store and --json):
+  stash --remove base:v1      # untag a stash (its blobs stay until --gc)
+  stash --gc                  # remove unreferenced blobs, stale temp files, stale caches
+  stash --verify              # hash every blob, check every image's references; exit 1
+                              # naming each damaged blob";
 
 /// Keep a root tree as an OCI image: the whole tree the first time, only what changed after.
 #[derive(Debug, Parser)]
@@ -26,7 +34,11 @@ Examples:
 #[command(name = "stash", version, about, after_help = EXAMPLES)]
 pub struct Cli {
     /// The root tree to stash (e.g. a KIWI `build/image-root`).
-    #[arg(long, value_name = "DIR", required_unless_present = "list")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present_any = ["list", "remove", "gc", "verify"]
+    )]
     pub root: Option<PathBuf>,
     /// Stash name; default: the `<image name=...>` of ROOT/image/config.xml.
     #[arg(long, value_name = "NAME")]
@@ -53,6 +65,18 @@ pub struct Cli {
     /// Compare file contents instead of size and mtime to find changes.
     #[arg(long)]
     pub checksum: bool,
+    /// Remove the stash NAME[:TAG] (tag default: latest) from the store; its blobs stay until
+    /// --gc.
+    #[arg(long, value_name = "NAME[:TAG]", conflicts_with_all = ["root", "container_name", "list", "gc", "verify"])]
+    pub remove: Option<String>,
+    /// Remove what no stash references: blobs, temp files of killed runs, stale caches.
+    /// Waits for running stashes to finish.
+    #[arg(long, conflicts_with_all = ["root", "container_name", "list", "verify"])]
+    pub gc: bool,
+    /// Check the store: every blob's digest, every stash's manifest, config and layers
+    /// present with the right sizes. Exits 1 naming each damaged blob. Needs read access only.
+    #[arg(long, conflicts_with_all = ["root", "container_name", "list"])]
+    pub verify: bool,
     /// Print a JSON report on stdout instead of the ref.
     #[arg(long)]
     pub json: bool,
@@ -71,6 +95,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let store_dir = store_path(cli.store.as_deref());
     if cli.list {
         return list(&store_dir, cli.json);
+    }
+    if let Some(r) = &cli.remove {
+        return maint::remove(&store_dir, r, cli.json, log);
+    }
+    if cli.gc {
+        return maint::gc(&store_dir, cli.json, log);
+    }
+    if cli.verify {
+        return maint::verify(&store_dir, cli.json, log);
     }
     let root = cli.root.clone().expect("clap requires --root");
     let meta = std::fs::symlink_metadata(&root)

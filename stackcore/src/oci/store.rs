@@ -10,6 +10,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::de::DeserializeOwned;
@@ -29,7 +30,15 @@ const OWN_DIR: &str = ".stackbuild";
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// A writer's shared hold on the `writers` lock, for as long as any clone of the store
+    /// lives. `stash --gc` takes that lock exclusively, so it never runs while a writer has
+    /// blobs in the store that no manifest references yet (a layer written, its manifest
+    /// not yet tagged): gc would take them for garbage.
+    writer: Option<Arc<Lock>>,
 }
+
+/// The lock every writer holds shared and gc holds exclusively.
+pub const WRITERS_LOCK: &str = "writers";
 
 /// Where the store is when `--store` is not given: `$KIWI_STASH_HOME`, else
 /// `/var/lib/kiwi-stash` for root, else `$XDG_DATA_HOME/kiwi-stash`
@@ -72,7 +81,7 @@ impl Store {
                 parsed.image_layout_version
             )));
         }
-        Ok(Store { root })
+        Ok(Store { root, writer: None })
     }
 
     /// Opens a layout for writing, creating it when `path` is absent or an empty directory.
@@ -108,7 +117,34 @@ impl Store {
                 }
             }
         }
+        let mut store = Store::open(&root)?;
+        fs::create_dir_all(store.tmp_dir()).at(store.tmp_dir())?;
+        store.writer = Some(Arc::new(store.lock_shared(WRITERS_LOCK)?));
+        // What a killed writer left behind; the next writer tidies it up.
+        super::maint::clean_stale_temps(&store)?;
+        Ok(store)
+    }
+
+    /// Opens an existing layout for maintenance (`--remove`, `--gc`): like a writer, it must
+    /// belong to the caller and be writable by nobody else; unlike one, it is never created
+    /// and holds no `writers` lock (gc takes that exclusively itself).
+    pub fn open_for_maintenance(path: &Path) -> Result<Store> {
+        let root = absolute(path)?;
+        let meta = fs::symlink_metadata(&root).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Error::Usage(format!("store {}: does not exist", root.display()))
+            } else {
+                Error::io(&root, e)
+            }
+        })?;
+        if !meta.is_dir() {
+            return Err(Error::Usage(format!(
+                "store {}: exists and is not a directory",
+                root.display()
+            )));
+        }
         let store = Store::open(&root)?;
+        check_writable_by_us_only(&root, &meta)?;
         fs::create_dir_all(store.tmp_dir()).at(store.tmp_dir())?;
         Ok(store)
     }
@@ -232,9 +268,40 @@ impl Store {
     /// Takes the exclusive lock called `name` (`store` for the index, a stash name for that
     /// stash); it is released when the guard drops.
     pub fn lock(&self, name: &str) -> Result<Lock> {
-        let dir = self.root.join(OWN_DIR).join("locks");
-        fs::create_dir_all(&dir).at(&dir)?;
-        let path = dir.join(format!("{name}.lock"));
+        let (file, path) = self.lock_file(name)?;
+        file.lock().at(&path)?;
+        Ok(Lock { _file: file })
+    }
+
+    /// Takes the lock called `name` shared (many holders at once, none exclusive).
+    pub fn lock_shared(&self, name: &str) -> Result<Lock> {
+        let (file, path) = self.lock_file(name)?;
+        file.lock_shared().at(&path)?;
+        Ok(Lock { _file: file })
+    }
+
+    /// Takes the exclusive lock called `name` if nobody holds it; `None` if someone does.
+    pub fn try_lock(&self, name: &str) -> Result<Option<Lock>> {
+        let (file, path) = self.lock_file(name)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Lock { _file: file })),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+        }
+    }
+
+    /// The path of the lock file called `name` (tests wait on it through `/proc/locks`).
+    pub fn lock_path(&self, name: &str) -> PathBuf {
+        self.root
+            .join(OWN_DIR)
+            .join("locks")
+            .join(format!("{name}.lock"))
+    }
+
+    fn lock_file(&self, name: &str) -> Result<(File, PathBuf)> {
+        let path = self.lock_path(name);
+        let dir = path.parent().expect("lock dir");
+        fs::create_dir_all(dir).at(dir)?;
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -242,8 +309,7 @@ impl Store {
             .mode(0o600)
             .open(&path)
             .at(&path)?;
-        file.lock().at(&path)?;
-        Ok(Lock { _file: file })
+        Ok((file, path))
     }
 
     /// Where temp files go (same file system as the blobs, so rename works).
@@ -344,7 +410,9 @@ impl Drop for BlobWriter {
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Creates a new temp file `DIR/PREFIX-PID-N` (`O_EXCL`), mode 0644.
+/// Creates a new temp file `DIR/PREFIX-PID-N` (`O_EXCL`), mode 0644. The pid in the name is
+/// how a later writer or gc tells a killed run's leftovers from a live run's files (see
+/// [`temp_owner`]).
 pub fn temp_file(dir: &Path, prefix: &str) -> Result<(File, PathBuf)> {
     loop {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -360,6 +428,18 @@ pub fn temp_file(dir: &Path, prefix: &str) -> Result<(File, PathBuf)> {
             Err(e) => return Err(Error::io(&path, e)),
         }
     }
+}
+
+/// The pid that made temp file `name` (`PREFIX-PID-N`), if the name has that shape.
+pub fn temp_owner(name: &str) -> Option<i32> {
+    let mut parts = name.rsplitn(3, '-');
+    let n = parts.next()?;
+    let pid = parts.next()?;
+    parts.next()?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok().filter(|p| *p > 0)
 }
 
 /// Writes `bytes` to `path` through a fsynced temp file in `tmp_dir` and a rename.
