@@ -3,6 +3,7 @@
 
 mod util;
 
+mod hardening;
 mod incremental;
 mod kiwimerge;
 mod stackbuild;

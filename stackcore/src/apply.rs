@@ -272,12 +272,22 @@ pub fn unstash_to_dir(
 
 fn write_image(img: Image, target: &mut Target) -> Result<bool> {
     if img.manifest.layers.len() <= 1 {
-        // One layer: applying it in order is already one pass, and needs no index.
+        // One layer: applying it in order is already one pass, and needs no index; its
+        // size is checked first when the index is cached anyway (every layer a stash wrote).
+        if let (Some(store), Some(layer)) = (img.source.cache_store(), img.manifest.layers.first())
+            && let Some(index) =
+                crate::layer::LayerIndex::load_cached(&store.cache_dir(), &layer.digest)
+        {
+            let mut model = Model::new();
+            model.apply_layer(0, 0, &index);
+            crate::space::check_room(target.path(), model.nodes.values().map(|n| &n.entry))?;
+        }
         sequential(&img, target)?;
         return Ok(false);
     }
     let sources = [Source::Image(Box::new(img))];
     let mut plan = Plan::new(&sources)?;
+    crate::space::check_room(target.path(), plan.model.nodes.values().map(|n| &n.entry))?;
     write(&sources, &mut plan, target)
 }
 

@@ -17,6 +17,7 @@
 //! | [`extract`] | writing entries into a directory without ever escaping it |
 //! | [`image`] | image refs; opening images from stores, layouts and archives |
 //! | [`stash`] | stashing a tree: full the first time, the difference after that |
+//! | [`space`] | free-space checks before writing a tree |
 //! | [`description`] | name and author from a root's `image/config.xml` |
 //! | [`timefmt`] | RFC 3339 timestamps |
 //! | [`failpoint`] | named crash points for tests |
@@ -35,6 +36,7 @@ pub mod image;
 pub mod kiwi;
 pub mod layer;
 pub mod oci;
+pub mod space;
 pub mod stash;
 pub mod tar;
 pub mod timefmt;

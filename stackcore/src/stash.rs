@@ -42,10 +42,15 @@ pub const PREPARER: &str = concat!(
     " (kiwi-ng system stash compatible)"
 );
 
-/// The container-name rule of the original plugin.
+/// The longest stash name: a name becomes a file name (its lock), and registries cap a
+/// repository path component well below 255 bytes; 128 matches the tag limit.
+pub const MAX_NAME: usize = 128;
+
+/// The container-name rule of the original plugin, plus a length limit ([`MAX_NAME`]).
 pub fn valid_name(name: &str) -> bool {
     let b = name.as_bytes();
     b.len() >= 2
+        && b.len() <= MAX_NAME
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
         && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')

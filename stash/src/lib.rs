@@ -111,6 +111,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     if !meta.is_dir() {
         return Err(Error::Usage(format!("--root {}: not a directory", root.display())).into());
     }
+    if let Err(e) = std::fs::read_dir(&root) {
+        return Err(Error::Usage(format!(
+            "--root {}: cannot read the directory: {e} (stash runs as any user, but needs to \
+             read the whole tree)",
+            root.display()
+        ))
+        .into());
+    }
     let desc_path = root.join("image/config.xml");
     let facts = match std::fs::read(&desc_path) {
         Ok(xml) => Some(stackcore::description::facts(
@@ -145,7 +153,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         return Err(Error::Usage(format!(
             "name {name:?} (from {whence}) cannot be used as a stash name: it must match \
              ^[0-9a-zA-Z][0-9a-zA-Z-]*[0-9a-zA-Z]$ (letters, digits and dashes, starting and \
-             ending with a letter or digit); give another with --container-name"
+             ending with a letter or digit) and be at most {} bytes long; give another with \
+             --container-name",
+            stackcore::stash::MAX_NAME
         ))
         .into());
     }

@@ -91,30 +91,47 @@ impl Store {
         let root = absolute(path)?;
         match fs::symlink_metadata(&root) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(&root).at(&root)?;
-                fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).at(&root)?;
-                init_layout(&root)?;
+                if let Some(parent) = root.parent() {
+                    fs::create_dir_all(parent).at(parent)?;
+                }
+                match fs::create_dir(&root) {
+                    Ok(()) => {
+                        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).at(&root)?;
+                    }
+                    // Another writer made it first: it is checked like any existing store.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(Error::io(&root, e)),
+                }
             }
             Err(e) => return Err(Error::io(&root, e)),
-            Ok(meta) => {
-                if !meta.is_dir() {
-                    return Err(Error::Usage(format!(
-                        "store {}: exists and is not a directory",
-                        root.display()
-                    )));
-                }
-                check_writable_by_us_only(&root, &meta)?;
-                if !root.join("oci-layout").exists() {
-                    let empty = fs::read_dir(&root).at(&root)?.next().is_none();
-                    if !empty {
-                        return Err(Error::Usage(format!(
-                            "store {}: exists and is not an OCI image layout; refusing to write into it \
-                             (give --store an empty or new directory)",
-                            root.display()
-                        )));
-                    }
-                    init_layout(&root)?;
-                }
+            Ok(_) => {}
+        }
+        let meta = fs::symlink_metadata(&root).at(&root)?;
+        if !meta.is_dir() {
+            return Err(Error::Usage(format!(
+                "store {}: exists and is not a directory",
+                root.display()
+            )));
+        }
+        check_writable_by_us_only(&root, &meta)?;
+        if !root.join("oci-layout").exists() {
+            if !only_an_unfinished_layout(&root)? {
+                return Err(Error::Usage(format!(
+                    "store {}: exists and is not an OCI image layout; refusing to write into it \
+                     (give --store an empty or new directory)",
+                    root.display()
+                )));
+            }
+            // Two writers may find the same new directory: one makes the layout, under the
+            // store lock, and the other finds it made (it must never write a fresh, empty
+            // index.json over the first one's stash).
+            let bare = Store {
+                root: root.clone(),
+                writer: None,
+            };
+            let _lock = bare.lock("store")?;
+            if !root.join("oci-layout").exists() {
+                init_layout(&root)?;
             }
         }
         let mut store = Store::open(&root)?;
@@ -465,11 +482,42 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
+/// The `index.json` of a new layout.
+const EMPTY_INDEX: &[u8] =
+    b"{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.index.v1+json\",\"manifests\":[]}\n";
+
+/// Whether a directory without `oci-layout` is empty, or holds only what a writer makes
+/// before it (our own directory; empty `blobs/sha256`; an empty `index.json`), so making
+/// the layout there loses nothing: a new store, or one whose first writer was killed.
+fn only_an_unfinished_layout(root: &Path) -> Result<bool> {
+    for item in fs::read_dir(root).at(root)? {
+        let item = item.at(root)?;
+        let ok = match item.file_name().to_str() {
+            Some(OWN_DIR) => true,
+            Some("blobs") => {
+                let sha = item.path().join("sha256");
+                fs::read_dir(&sha).map_or_else(
+                    |e| e.kind() == io::ErrorKind::NotFound,
+                    |mut d| d.next().is_none(),
+                ) && fs::read_dir(item.path())
+                    .at(item.path())?
+                    .all(|e| e.is_ok_and(|e| e.file_name() == "sha256"))
+            }
+            Some("index.json") => fs::read(item.path()).is_ok_and(|b| b == EMPTY_INDEX),
+            _ => false,
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 fn init_layout(root: &Path) -> Result<()> {
     let blobs = root.join("blobs/sha256");
     fs::create_dir_all(&blobs).at(&blobs)?;
     let tmp = root.join(OWN_DIR).join("tmp");
-    write_atomic(&root.join("index.json"), b"{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.index.v1+json\",\"manifests\":[]}\n", &tmp)?;
+    write_atomic(&root.join("index.json"), EMPTY_INDEX, &tmp)?;
     // oci-layout last: its presence is what makes the directory a layout.
     write_atomic(
         &root.join("oci-layout"),
