@@ -83,13 +83,13 @@ pub fn gc(store_dir: &Path, json: bool, log: Log) -> anyhow::Result<()> {
             schema: u32,
             store: String,
             #[serde(flatten)]
-            report: &'a maint::GcReport,
+            gc: &'a maint::GcReport,
             bytes_freed: u64,
         }
         print_json(&Report {
             schema: 1,
             store: store.root().display().to_string(),
-            report: &report,
+            gc: &report,
             bytes_freed: report.bytes_freed(),
         })?;
     }
@@ -111,13 +111,13 @@ pub fn verify(store_dir: &Path, json: bool, log: Log) -> anyhow::Result<()> {
             store: String,
             ok: bool,
             #[serde(flatten)]
-            report: &'a maint::VerifyReport,
+            found: &'a maint::VerifyReport,
         }
         print_json(&Report {
             schema: 1,
             store: store.root().display().to_string(),
             ok: report.problems.is_empty(),
-            report: &report,
+            found: &report,
         })?;
     }
     if report.problems.is_empty() {

@@ -352,12 +352,11 @@ fn hash_file(path: &Path, buf: &mut [u8]) -> io::Result<(Digest, u64)> {
 /// Refuses to remove anything when a manifest or image index cannot be read, since what it
 /// references is then unknown: run [`verify`] to see why.
 pub fn gc(store: &Store, waiting: &mut dyn FnMut()) -> Result<GcReport> {
-    let _writers = match store.try_lock(WRITERS_LOCK)? {
-        Some(l) => l,
-        None => {
-            waiting();
-            store.lock(WRITERS_LOCK)?
-        }
+    let _writers = if let Some(l) = store.try_lock(WRITERS_LOCK)? {
+        l
+    } else {
+        waiting();
+        store.lock(WRITERS_LOCK)?
     };
     let _store = store.lock("store")?;
     let reach = reach(store)?;
