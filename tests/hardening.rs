@@ -379,7 +379,7 @@ fn stash_killed_at_every_failpoint_and_at_timed_points_leaves_a_good_store() -> 
 }
 
 #[test]
-fn a_stash_that_runs_out_of_space_leaves_the_store_as_it_was() -> Result<()> {
+fn privileged_a_stash_that_runs_out_of_space_leaves_the_store_as_it_was() -> Result<()> {
     if !is_root() {
         skip!("needs root to mount a tmpfs");
     }

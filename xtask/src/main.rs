@@ -11,6 +11,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod fuzz;
 
 /// Project tasks.
 #[derive(Debug, Parser)]
@@ -32,6 +33,8 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Man pages and shell completions into target/dist/.
     Dist,
+    /// Run the cargo-fuzz targets for a while each (needs nightly and cargo-fuzz).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Task::Demo => demo::run(),
         Task::Bench(args) => bench::run(&args),
         Task::Dist => dist(),
+        Task::Fuzz(args) => fuzz::run(&args),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
