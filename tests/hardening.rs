@@ -730,6 +730,30 @@ fn privileged_a_writer_refuses_a_store_it_does_not_own_or_others_can_write() -> 
         "a refused writer changed the index"
     );
     fs::set_permissions(&store, fs::Permissions::from_mode(0o755))?;
+    // The directories inside count as much as the top one.
+    for (sub, uid, mode) in [
+        ("blobs/sha256", 0, 0o777),
+        ("blobs", 65534, 0o755),
+        (".stackbuild", 0, 0o775),
+    ] {
+        let p = store.join(sub);
+        chown(&p, uid)?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
+        let out = output(
+            w.bin("stash")
+                .args(["--store", "store"])
+                .args(write_cmds[0]),
+        )?;
+        assert_eq!(out.status.code(), Some(1), "{sub}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            err.contains(&p.display().to_string())
+                && (err.contains("owned by uid 65534") || err.contains("writable by group")),
+            "{sub}: {err}"
+        );
+        chown(&p, 0)?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755))?;
+    }
     stash(&w, "store", "root", "theirs", "latest")?;
     Ok(())
 }

@@ -12,7 +12,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let once = xml::serialize(&d.doc);
-    let again = load_description(once.as_bytes(), "fuzz-again", None)
-        .expect("our own output reads back");
-    assert_eq!(once, xml::serialize(&again.doc), "serialise is not a fixed point");
+    let again =
+        load_description(once.as_bytes(), "fuzz-again", None).expect("our own output reads back");
+    assert_eq!(
+        once,
+        xml::serialize(&again.doc),
+        "serialise is not a fixed point"
+    );
 });

@@ -30,7 +30,13 @@ pub struct FuzzArgs {
 fn nightly_cargo() -> Command {
     let mut c = Command::new("cargo");
     c.arg("+nightly").current_dir(root().join("fuzz"));
-    for v in ["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTDOC", "CARGO", "CARGO_TARGET_DIR"] {
+    for v in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTDOC",
+        "CARGO",
+        "CARGO_TARGET_DIR",
+    ] {
         c.env_remove(v);
     }
     c

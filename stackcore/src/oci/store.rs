@@ -527,20 +527,38 @@ fn init_layout(root: &Path) -> Result<()> {
 }
 
 fn check_writable_by_us_only(root: &Path, meta: &fs::Metadata) -> Result<()> {
+    check_owned(root, root, meta)?;
+    // The directories whose entries decide what the store holds: someone who can write
+    // into one of them can swap a blob or the index as surely as through the top.
+    for sub in ["blobs", "blobs/sha256", OWN_DIR] {
+        let path = root.join(sub);
+        match fs::symlink_metadata(&path) {
+            Ok(m) => check_owned(root, &path, &m)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+    }
+    Ok(())
+}
+
+fn check_owned(root: &Path, path: &Path, meta: &fs::Metadata) -> Result<()> {
     let uid = rustix::process::geteuid().as_raw();
+    let what = if path == root {
+        format!("store {}", root.display())
+    } else {
+        format!("store {}: {}", root.display(), path.display())
+    };
     if meta.uid() != uid {
         return Err(Error::Other(format!(
-            "store {}: owned by uid {}, not by you (uid {uid}); refusing to write into a store \
+            "{what}: owned by uid {}, not by you (uid {uid}); refusing to write into a store \
              another user controls",
-            root.display(),
             meta.uid()
         )));
     }
-    if meta.mode() & 0o022 != 0 {
+    if !meta.file_type().is_symlink() && meta.mode() & 0o022 != 0 {
         return Err(Error::Other(format!(
-            "store {}: writable by group or others (mode {:o}); refusing to write, since anyone \
+            "{what}: writable by group or others (mode {:o}); refusing to write, since anyone \
              could swap its blobs (chmod go-w it)",
-            root.display(),
             meta.mode() & 0o7777
         )));
     }
