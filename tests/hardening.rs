@@ -1255,3 +1255,43 @@ fn privileged_unstash_checks_free_space_before_writing() -> Result<()> {
     assert_same(&dump(&w.path("v2"))?, &unstash_dump(&w, "store", "two")?)?;
     Ok(())
 }
+
+#[test]
+fn privileged_stash_refuses_xattrs_no_reader_would_take_back() -> Result<()> {
+    if !is_root() {
+        skip!("needs root to mount a tmpfs (ext4 holds no 64 KiB xattr)");
+    }
+    let w = Workdir::new("bigxattrs")?;
+    fs::create_dir(w.path("root"))?;
+    let mount = Mount::tmpfs(&w.path("root"), "16m")?;
+    fs::write(w.path("root/heavy"), b"x")?;
+    // 20 values of 64 KiB: 1.25 MiB of xattrs on one file, which tmpfs accepts and a PAX
+    // header over 1 MiB would carry (and every reader of ours refuse).
+    for i in 0..20 {
+        rustix::fs::setxattr(
+            w.path("root/heavy"),
+            format!("user.big{i:02}").as_str(),
+            &vec![b'v'; 64 << 10],
+            rustix::fs::XattrFlags::empty(),
+        )?;
+    }
+    let out = output(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "root",
+        "--container-name",
+        "heavy",
+    ]))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    ensure!(
+        err.contains("root/heavy: its metadata (20 xattrs")
+            && err.contains("over the 1048576-byte limit"),
+        "{err}"
+    );
+    ensure!(!listing(&w, "store")?.contains_key("heavy:latest"));
+    ensure!(names(&w.path("store/.stackbuild/tmp"))?.is_empty());
+    drop(mount);
+    Ok(())
+}

@@ -192,6 +192,13 @@ pub fn stash(store: &Store, opts: &StashOptions) -> Result<StashOutcome> {
         return Ok(outcome);
     }
 
+    // Refuse what no reader would take back before writing anything.
+    for e in decision.emit.values() {
+        crate::tar::check_limits(e).map_err(|err| match err {
+            Error::Other(m) => Error::Other(format!("{}/{m}", opts.root.display())),
+            other => other,
+        })?;
+    }
     let mut layer = LayerWriter::new(store, opts.compression, opts.threads)?;
     for (i, w) in walked.iter().enumerate() {
         let Some(entry) = decision.emit.get(&i) else {
