@@ -394,11 +394,11 @@ fn kiwimerge_exit_codes_and_diagnostics() -> Result<()> {
             stdout_lacks: &[],
         },
         Case {
-            name: "image ref",
+            name: "image ref that is not there",
             files: &[],
-            args: &["registry.example.org/stash:1", "base.xml"],
+            args: &["--store", "no-store", "missing-stash:1", "base.xml"],
             code: 2,
-            stderr_has: &["image refs are not supported yet"],
+            stderr_has: &["missing-stash:1"],
             stdout_has: &[],
             stdout_lacks: &[],
         },
@@ -1163,5 +1163,63 @@ fn kiwimerge_stash_exports_vm_overlay() -> Result<()> {
             p.display()
         );
     }
+    Ok(())
+}
+
+/// BASE may be a stash: its `image/config.xml` is read from the image, not unpacked.
+#[test]
+fn base_from_a_stash() -> anyhow::Result<()> {
+    let w = crate::util::Workdir::new("kiwimerge-stash")?;
+    w.tree(
+        "root",
+        "d etc 755 0:0\nf etc/big 644 0:0 @3000000\nd image 755 0:0\n",
+    )?;
+    std::fs::copy(
+        crate::util::fixture("kiwimerge/examples/01-container-stash-to-vm/base.xml"),
+        w.path("root/image/config.xml"),
+    )?;
+    crate::util::run(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "root",
+        "--container-name",
+        "with-desc",
+    ]))?;
+    let from_image = crate::util::run(
+        w.bin("kiwimerge").args([
+            "--store",
+            "store",
+            "with-desc",
+            &crate::util::fixture("kiwimerge/examples/01-container-stash-to-vm/overlay.xml")
+                .display()
+                .to_string(),
+        ]),
+    )?;
+    let expected = std::fs::read_to_string(crate::util::fixture(
+        "kiwimerge/examples/01-container-stash-to-vm/expected.xml",
+    ))?;
+    assert_eq!(
+        from_image, expected,
+        "the stash's description merged like the file itself"
+    );
+    // A stash without a description is unusable input: exit 2.
+    w.tree("bare", "d etc 755 0:0\n")?;
+    crate::util::run(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "bare",
+        "--container-name",
+        "no-desc",
+    ]))?;
+    let out = crate::util::output(w.bin("kiwimerge").args([
+        "--store",
+        "store",
+        "no-desc",
+        "root/image/config.xml",
+    ]))?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no image/config.xml"));
     Ok(())
 }

@@ -6,5 +6,6 @@ mod util;
 mod hardening;
 mod incremental;
 mod kiwimerge;
+mod registry;
 mod stackbuild;
 mod stash;

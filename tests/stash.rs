@@ -63,7 +63,7 @@ t lib/fifo 1100000000.1
 /// with an empty value (which a PAX reader following POSIX strictly would take for "unset":
 /// ours keeps it, umoci and GNU tar drop it, so only the round trip through our own tools
 /// adds it).
-fn extras(root: &std::path::Path) -> Result<()> {
+pub fn extras(root: &std::path::Path) -> Result<()> {
     let long_dir = root.join("x".repeat(120));
     fs::create_dir(&long_dir)?;
     fs::write(long_dir.join("y".repeat(250)), b"long name")?;

@@ -32,7 +32,8 @@ Examples:
   stackbuild --stash base --description vm/ --target-dir out --profile bios
   stackbuild --stash base --stash app --merge --target-dir out   # merge their descriptions
   stackbuild --stash base --target-dir out --dry-run             # the plan, nothing written
-  stackbuild --stash base --target-dir out -- --signing-key k    # more kiwi-ng arguments";
+  stackbuild --stash base --target-dir out -- --signing-key k    # more kiwi-ng arguments
+  stackbuild --stash base --from-registry registry.example.org/os --target-dir out";
 
 /// Stack stashes into a root tree and build an OS image from it with kiwi-ng: the
 /// `kiwi-ng system stackbuild` command line, without podman.
@@ -57,9 +58,18 @@ pub struct Cli {
     /// The store.
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
-    /// Pull each stash as URI/NAME from this registry first (HOST[:PORT]/NAMESPACE).
+    /// Pull each stash as URI/NAME from this registry first (`HOST[:PORT]/NAMESPACE`, or with
+    /// `docker://`), and build from exactly what was pulled, by digest.
     #[arg(long, value_name = "URI")]
     pub from_registry: Option<String>,
+    /// Verify registry TLS certificates against the system's CA roots; false speaks plain
+    /// HTTP, for a registry on a private network.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub tls_verify: bool,
+    /// The image to pull from an image index (default: linux on this machine's architecture).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", requires = "from_registry")]
+    pub platform: Option<stackcore::registry::PlatformSpec>,
     /// The image type to build (kiwi-ng --type).
     #[arg(long = "type", value_name = "T")]
     pub image_type: Option<String>,
@@ -121,6 +131,24 @@ struct Summary {
     seconds: f64,
 }
 
+/// Pulls `URI/NAME` into the store and opens what was pulled.
+fn pull_stash(
+    uri: &str,
+    name: &str,
+    store: &Path,
+    opts: &stackcore::registry::RegistryOptions,
+) -> anyhow::Result<Image> {
+    let r = stackcore::registry::RegistryRef::under(uri, name)?;
+    let s = stackcore::oci::Store::open_for_write(store)
+        .with_context(|| format!("opening store {} to pull into", store.display()))?;
+    let pulled = stackcore::registry::pull_ref(&s, &r, opts)?;
+    Ok(Image::from_descriptor(
+        stackcore::image::BlobSource::Layout(s),
+        pulled.descriptor,
+        pulled.ref_name,
+    )?)
+}
+
 /// Runs `stackbuild`.
 #[allow(clippy::needless_pass_by_value)] // the signature `run_main` calls
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -144,19 +172,25 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     {
         return Err(Error::Usage(format!("--description {}: not a directory", d.display())).into());
     }
-    if cli.from_registry.is_some() {
-        return Err(
-            Error::Usage("--from-registry: registry pulls are not built in yet".into()).into(),
-        );
-    }
+    let registry = stackcore::registry::RegistryOptions {
+        tls_verify: cli.tls_verify,
+        platform: cli.platform.clone(),
+        log: Some(log),
+    };
     let mut steps = Vec::new();
 
     // 1. Resolve every stash before anything is written.
     let t = Instant::now();
     let mut stashes = Vec::new();
     for name in &cli.stashes {
-        let r = ImageRef::parse(name)?;
-        let img = Image::open(&r, &store).with_context(|| format!("stash {name}"))?;
+        // From a registry: exactly what was pulled, by digest, never a local image of the
+        // same name.
+        let img = if let Some(uri) = &cli.from_registry {
+            pull_stash(uri, name, &store, &registry)?
+        } else {
+            let r = ImageRef::parse(name)?;
+            Image::open(&r, &store).with_context(|| format!("stash {name}"))?
+        };
         stashes.push(StashInfo {
             name: name.clone(),
             reference: format!(

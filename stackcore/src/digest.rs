@@ -103,6 +103,13 @@ impl<W: Write> HashWriter<W> {
             self.len,
         )
     }
+    /// The digest and byte count of what has passed so far.
+    pub fn peek(&self) -> (Digest, u64) {
+        (
+            Digest::from_hash(self.hash.clone().finalize().into()),
+            self.len,
+        )
+    }
     /// The inner writer.
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.inner

@@ -18,6 +18,16 @@ pub enum Error {
     /// Input that cannot be used as given (bad flags, bad names, not a description): exit 2.
     #[error("{0}")]
     Usage(String),
+    /// A registry refused or failed a request: `REF: what went wrong`.
+    #[error("{reference}: {message}")]
+    Registry {
+        /// The `docker://` ref the operation was on.
+        reference: String,
+        /// The HTTP status, when the registry answered (401 for bad credentials).
+        status: Option<u16>,
+        /// What went wrong, for people.
+        message: String,
+    },
     /// Any other failure, with a message saying what and where.
     #[error("{0}")]
     Other(String),

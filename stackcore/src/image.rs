@@ -304,7 +304,9 @@ pub struct Image {
 }
 
 impl Image {
-    /// Opens `r`; `store` is the default store for `NAME[:TAG]` refs.
+    /// Opens `r`; `store` is the default store for `NAME[:TAG]` refs. A `docker://` ref is
+    /// pulled into `store` first, over TLS and for this machine's platform; for other
+    /// registry options use [`crate::registry::open_image`].
     pub fn open(r: &ImageRef, store: &Path) -> Result<Image> {
         match r {
             ImageRef::Stash { name, tag } => {
@@ -337,9 +339,9 @@ impl Image {
                 let desc = pick(&index, name.as_deref(), &r.to_string())?;
                 Image::from_descriptor(src, desc, r.to_string())
             }
-            ImageRef::Registry(_) => Err(Error::Usage(format!(
-                "{r}: registry refs are read by pulling them into the store first (not supported yet)"
-            ))),
+            ImageRef::Registry(_) => {
+                crate::registry::open_image(r, store, &crate::registry::RegistryOptions::default())
+            }
         }
     }
 
@@ -395,7 +397,7 @@ impl Image {
     }
 
     /// Opens layer `i` as a verified tar stream.
-    pub fn open_layer(&self, i: usize) -> Result<LayerStream<Box<dyn Read + Send>>> {
+    pub fn open_layer(&self, i: usize) -> Result<LayerStream> {
         let desc = &self.manifest.layers[i];
         open_layer(
             self.source.open_blob(desc)?,

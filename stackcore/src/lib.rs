@@ -16,6 +16,7 @@
 //! | [`oci`] | OCI JSON types and the image-layout store |
 //! | [`extract`] | writing entries into a directory without ever escaping it |
 //! | [`image`] | image refs; opening images from stores, layouts and archives |
+//! | [`registry`] | `docker://` refs; pulling and pushing over the OCI distribution API (feature `registry`) |
 //! | [`stash`] | stashing a tree: full the first time, the difference after that |
 //! | [`space`] | free-space checks before writing a tree |
 //! | [`description`] | name and author from a root's `image/config.xml` |
@@ -36,6 +37,7 @@ pub mod image;
 pub mod kiwi;
 pub mod layer;
 pub mod oci;
+pub mod registry;
 pub mod space;
 pub mod stash;
 pub mod tar;

@@ -11,6 +11,7 @@ use stackcore::cli::{Log, print_json, print_line, store_path};
 use stackcore::image::{Archive, BlobSource, Image};
 use stackcore::layer::Compression;
 use stackcore::oci::Store;
+use stackcore::registry::{PushOutcome, RegistryOptions, RegistryRef, push};
 use stackcore::stash::{StashOptions, stash, valid_name, valid_tag};
 
 mod maint;
@@ -21,6 +22,8 @@ Examples:
   stash --root rootfs --container-name base --tag v1 --json
   stash --list
   stash --root r --json | unstash - --to copy   # pipes take the ref or the JSON
+  stash --root r --container-name base --push docker://registry.example.org/os/base:v1
+  stash --container-name base --tag v1 --push docker://127.0.0.1:5000/os/base:v1 --tls-verify=false
 
 Store maintenance (each takes --store and --json):
   stash --remove base:v1      # untag a stash (its blobs stay until --gc)
@@ -37,7 +40,7 @@ pub struct Cli {
     #[arg(
         long,
         value_name = "DIR",
-        required_unless_present_any = ["list", "remove", "gc", "verify"]
+        required_unless_present_any = ["list", "push", "remove", "gc", "verify"]
     )]
     pub root: Option<PathBuf>,
     /// Stash name; default: the `<image name=...>` of ROOT/image/config.xml.
@@ -65,17 +68,26 @@ pub struct Cli {
     /// Compare file contents instead of size and mtime to find changes.
     #[arg(long)]
     pub checksum: bool,
+    /// Push the stash to a registry: `docker://HOST[:PORT]/REPO[:TAG]`. With --root, the stash
+    /// just made; without, the existing stash --container-name NAME --tag TAG.
+    #[arg(long, value_name = "DEST", conflicts_with = "list")]
+    pub push: Option<String>,
+    /// Verify registry TLS certificates against the system's CA roots; false speaks plain
+    /// HTTP, for a registry on a private network.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub tls_verify: bool,
     /// Remove the stash NAME[:TAG] (tag default: latest) from the store; its blobs stay until
     /// --gc.
-    #[arg(long, value_name = "NAME[:TAG]", conflicts_with_all = ["root", "container_name", "list", "gc", "verify"])]
+    #[arg(long, value_name = "NAME[:TAG]", conflicts_with_all = ["root", "container_name", "list", "gc", "verify", "push"])]
     pub remove: Option<String>,
     /// Remove what no stash references: blobs, temp files of killed runs, stale caches.
     /// Waits for running stashes to finish.
-    #[arg(long, conflicts_with_all = ["root", "container_name", "list", "verify"])]
+    #[arg(long, conflicts_with_all = ["root", "container_name", "list", "verify", "push"])]
     pub gc: bool,
     /// Check the store: every blob's digest, every stash's manifest, config and layers
     /// present with the right sizes. Exits 1 naming each damaged blob. Needs read access only.
-    #[arg(long, conflicts_with_all = ["root", "container_name", "list"])]
+    #[arg(long, conflicts_with_all = ["root", "container_name", "list", "push"])]
     pub verify: bool,
     /// Print a JSON report on stdout instead of the ref.
     #[arg(long)]
@@ -105,7 +117,28 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.verify {
         return maint::verify(&store_dir, cli.json, log);
     }
-    let root = cli.root.clone().expect("clap requires --root");
+    let push_to = cli
+        .push
+        .as_deref()
+        .map(|d| {
+            if d.starts_with("docker://") {
+                RegistryRef::parse(d)
+            } else {
+                Err(Error::Usage(format!(
+                    "--push {d:?}: expected docker://HOST[:PORT]/REPO[:TAG]"
+                )))
+            }
+        })
+        .transpose()?;
+    let registry = RegistryOptions {
+        tls_verify: cli.tls_verify,
+        platform: None,
+        log: Some(log),
+    };
+    let Some(root) = cli.root.clone() else {
+        let dest = push_to.expect("clap requires --root unless --push or --list");
+        return push_existing(&cli, &store_dir, &dest, &registry);
+    };
     let meta = std::fs::symlink_metadata(&root)
         .map_err(|e| Error::Usage(format!("--root {}: {e}", root.display())))?;
     if !meta.is_dir() {
@@ -211,21 +244,110 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             outcome.mount_points
         ));
     }
+    let pushed = match &push_to {
+        Some(dest) => {
+            let desc = store
+                .resolve(&format!("{name}:{}", cli.tag))?
+                .with_context(|| format!("{name}:{} vanished from the store", cli.tag))?;
+            let t = Instant::now();
+            let p = push(&store, &desc, dest, &registry)
+                .with_context(|| format!("pushing stash {name}:{}", cli.tag))?;
+            Some((p, t.elapsed().as_secs_f64()))
+        }
+        None => None,
+    };
     if cli.json {
         #[derive(serde::Serialize)]
         struct Report<'a> {
             schema: u32,
             #[serde(flatten)]
             outcome: &'a stackcore::stash::StashOutcome,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pushed: Option<Pushed<'a>>,
             seconds: f64,
         }
         print_json(&Report {
             schema: 1,
             outcome: &outcome,
+            pushed: pushed.as_ref().map(|(p, t)| Pushed::new(p, *t)),
             seconds: secs,
         })
     } else {
         print_line(&outcome.reference)
+    }
+}
+
+/// The `"pushed"` object of the JSON report.
+#[derive(serde::Serialize)]
+struct Pushed<'a> {
+    #[serde(rename = "ref")]
+    reference: &'a str,
+    digest: &'a str,
+    blobs_uploaded: usize,
+    blobs_skipped: usize,
+    blobs_mounted: usize,
+    bytes_uploaded: u64,
+    seconds: f64,
+}
+
+impl<'a> Pushed<'a> {
+    fn new(p: &'a PushOutcome, seconds: f64) -> Self {
+        Pushed {
+            reference: &p.reference,
+            digest: p.digest.as_str(),
+            blobs_uploaded: p.blobs_uploaded,
+            blobs_skipped: p.blobs_skipped,
+            blobs_mounted: p.blobs_mounted,
+            bytes_uploaded: p.bytes_uploaded,
+            seconds,
+        }
+    }
+}
+
+/// `stash --container-name NAME [--tag T] --push DEST`: publishes an existing stash. Prints
+/// the pushed ref (or, with --json, the stash's ref and the push report).
+fn push_existing(
+    cli: &Cli,
+    store_dir: &std::path::Path,
+    dest: &RegistryRef,
+    registry: &RegistryOptions,
+) -> anyhow::Result<()> {
+    let name = cli.container_name.as_deref().ok_or_else(|| {
+        Error::Usage("--push without --root pushes an existing stash: name it with --container-name NAME [--tag TAG]".into())
+    })?;
+    let full = format!("{name}:{}", cli.tag);
+    let store =
+        Store::open(store_dir).with_context(|| format!("opening store {}", store_dir.display()))?;
+    let desc = store.resolve(&full)?.ok_or_else(|| {
+        Error::Other(format!(
+            "no stash {full} in {} (stash --list shows what is there)",
+            store.root().display()
+        ))
+    })?;
+    let start = Instant::now();
+    let pushed =
+        push(&store, &desc, dest, registry).with_context(|| format!("pushing stash {full}"))?;
+    if cli.json {
+        #[derive(serde::Serialize)]
+        struct Report<'a> {
+            schema: u32,
+            #[serde(rename = "ref")]
+            reference: String,
+            name: &'a str,
+            tag: &'a str,
+            manifest: &'a str,
+            pushed: Pushed<'a>,
+        }
+        print_json(&Report {
+            schema: 1,
+            reference: format!("oci:{}:{full}", store.root().display()),
+            name,
+            tag: &cli.tag,
+            manifest: desc.digest.as_str(),
+            pushed: Pushed::new(&pushed, start.elapsed().as_secs_f64()),
+        })
+    } else {
+        print_line(&pushed.reference)
     }
 }
 

@@ -9,7 +9,9 @@ use stackcore::Error;
 use stackcore::apply::{unstash_to_dir, unstash_to_tar};
 use stackcore::cli::{Log, print_json, ref_arg, store_path};
 use stackcore::extract::ExtractOptions;
-use stackcore::image::{Image, ImageRef};
+use stackcore::image::{BlobSource, Image, ImageRef};
+use stackcore::oci::Store;
+use stackcore::registry::{PlatformSpec, PullOutcome, RegistryOptions, RegistryRef, pull_ref};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -17,15 +19,18 @@ Examples:
   unstash oci:/var/lib/kiwi-stash:myimage:v1 --to root
   unstash oci-archive:/var/tmp/kiwi-stash/old/old.tar --to root
   unstash myimage --output - | tar -tvf -        # the merged tree as one tar
-  stash --root r --json | unstash - --to copy";
+  stash --root r --json | unstash - --to copy
+  unstash docker://registry.example.org/os/base:v1 --to root   # pulled into the store first
+  unstash docker://127.0.0.1:5000/ns/x --tls-verify=false --to root";
 
 /// Write an image's merged root tree (every layer applied, whiteouts honoured) to a
 /// directory or a tar stream; nothing is ever written outside the target.
 #[derive(Debug, Parser)]
 #[command(name = "unstash", version, about, after_help = EXAMPLES)]
 pub struct Cli {
-    /// The image: `NAME[:TAG]`, `oci:DIR[:NAME[:TAG]]`, `oci-archive:FILE[:NAME[:TAG]]`, or `-` to
-    /// read a ref (or another tool's --json) from stdin.
+    /// The image: `NAME[:TAG]`, `oci:DIR[:NAME[:TAG]]`, `oci-archive:FILE[:NAME[:TAG]]`,
+    /// `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]` (pulled into the store first, kept as
+    /// `HOST/REPO:TAG`), or `-` to read a ref (or another tool's --json) from stdin.
     #[arg(value_name = "REF")]
     pub image: String,
     /// Write the tree here (must not exist, or be empty); it appears only when complete.
@@ -39,9 +44,17 @@ pub struct Cli {
     /// Write the merged tree as one uncompressed tar to FILE, or - for stdout.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// The store for NAME[:TAG] refs.
+    /// The store for `NAME[:TAG]` refs, and where `docker://` refs are pulled to.
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
+    /// Verify registry TLS certificates against the system's CA roots; false speaks plain
+    /// HTTP, for a registry on a private network.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub tls_verify: bool,
+    /// The image to pull from an image index (default: linux on this machine's architecture).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<PlatformSpec>,
     /// Do not restore xattrs whose names match GLOB (`*` wildcard); repeatable.
     #[arg(long, value_name = "GLOB")]
     pub xattrs_exclude: Vec<String>,
@@ -63,7 +76,30 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let text = ref_arg(&cli.image)?;
     let r = ImageRef::parse(&text)?;
     let store = store_path(cli.store.as_deref());
-    let img = Image::open(&r, &store).with_context(|| format!("opening {r}"))?;
+    let registry = RegistryOptions {
+        tls_verify: cli.tls_verify,
+        platform: cli.platform.clone(),
+        log: Some(log),
+    };
+    let (img, pulled) = match &r {
+        // The registry's errors name the ref already; no context line repeating it.
+        ImageRef::Registry(text) => {
+            let rr = RegistryRef::parse(text)?;
+            let s = Store::open_for_write(&store)
+                .with_context(|| format!("opening store {} to pull into", store.display()))?;
+            let pulled = pull_ref(&s, &rr, &registry)?;
+            let img = Image::from_descriptor(
+                BlobSource::Layout(s),
+                pulled.descriptor.clone(),
+                pulled.ref_name.clone(),
+            )?;
+            (img, Some(pulled))
+        }
+        _ => (
+            Image::open(&r, &store).with_context(|| format!("opening {r}"))?,
+            None,
+        ),
+    };
     let digest = img.digest().clone();
     let layers = img.manifest.layers.len();
     let opts = ExtractOptions {
@@ -128,6 +164,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             layers: usize,
             #[serde(flatten)]
             outcome: &'a stackcore::apply::UnstashOutcome,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pulled: Option<&'a PullOutcome>,
             seconds: f64,
         }
         print_json(&Report {
@@ -136,6 +174,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             digest: digest.to_string(),
             layers,
             outcome: &outcome,
+            pulled: pulled.as_ref(),
             seconds: secs,
         })?;
     }

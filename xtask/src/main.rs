@@ -11,6 +11,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod e2e;
 mod fuzz;
 
 /// Project tasks.
@@ -33,6 +34,8 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Man pages and shell completions into target/dist/.
     Dist,
+    /// The flagship end to end: registry container -> VM disk -> boot to a shell (as root).
+    E2e(e2e::E2eArgs),
     /// Run the cargo-fuzz targets for a while each (needs nightly and cargo-fuzz).
     Fuzz(fuzz::FuzzArgs),
 }
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Task::Demo => demo::run(),
         Task::Bench(args) => bench::run(&args),
         Task::Dist => dist(),
+        Task::E2e(args) => e2e::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
     };
     match res {

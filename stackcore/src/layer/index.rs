@@ -82,7 +82,7 @@ pub struct LayerIndex {
 
 impl LayerIndex {
     /// Reads a whole layer stream (verifying it) into an index.
-    pub fn read<R: Read>(mut layer: super::read::LayerStream<R>) -> Result<LayerIndex> {
+    pub fn read(mut layer: super::read::LayerStream) -> Result<LayerIndex> {
         let digest = layer.digest.clone();
         let err = |e: io::Error| super::read::layer_error(&digest, &e);
         let mut changes = Vec::new();
@@ -173,10 +173,10 @@ struct Cached {
 
 /// Reads the index of an image's layer from the store's cache, or from the layer itself
 /// (then caches it). `open` opens the verified layer stream.
-pub fn layer_index<R: Read>(
+pub fn layer_index(
     store: Option<&crate::oci::Store>,
     digest: &Digest,
-    open: impl FnOnce() -> Result<super::read::LayerStream<R>>,
+    open: impl FnOnce() -> Result<super::read::LayerStream>,
 ) -> Result<LayerIndex> {
     if let Some(store) = store
         && let Some(index) = LayerIndex::load_cached(&store.cache_dir(), digest)

@@ -1,6 +1,7 @@
 //! Opening a layer blob as a verified, decompressed tar stream.
 
 use std::io::{self, BufRead, BufReader, Read};
+use std::sync::mpsc::{Receiver, sync_channel};
 
 use flate2::bufread::MultiGzDecoder;
 
@@ -70,17 +71,18 @@ impl<R: BufRead> Read for Decoder<R> {
     }
 }
 
-/// A layer's tar stream: the blob's digest and size and the tar's `diff_id` are checked by the
-/// time [`LayerStream::finish`] returns.
-pub type LayerTar<R> = TarReader<VerifyReader<Decoder<BufReader<VerifyReader<R>>>>>;
-
 /// Opens a layer: `blob` is the raw (verified) blob reader, `diff_id` the expected digest of
 /// the uncompressed tar (from the image config).
-pub fn open_layer<R: Read>(
+///
+/// Decompression runs on its own thread, ahead of the reader, so that unstash decompresses
+/// on one core while it writes files on the other. That thread also does the final checks
+/// (the `diff_id` at the end of the tar stream, the blob's digest and size at the end of the
+/// blob): the reader sees the end of the stream only once they passed.
+pub fn open_layer<R: Read + Send + 'static>(
     blob: VerifyReader<R>,
     desc: &Descriptor,
     diff_id: Option<&Digest>,
-) -> Result<LayerStream<R>> {
+) -> Result<LayerStream> {
     let decoder = Decoder::new(BufReader::with_capacity(256 << 10, blob), &desc.media_type)?;
     let what = format!("layer {} (uncompressed, diff_id)", desc.digest);
     let check = match diff_id {
@@ -88,34 +90,119 @@ pub fn open_layer<R: Read>(
         None => VerifyReader::unchecked(decoder, what),
     };
     Ok(LayerStream {
-        tar: TarReader::new(check),
+        tar: TarReader::new(Prefetch::start(check)),
         digest: desc.digest.clone(),
     })
 }
 
 /// A layer being read.
 #[derive(Debug)]
-pub struct LayerStream<R: Read> {
+pub struct LayerStream {
     /// The tar reader.
-    pub tar: LayerTar<R>,
+    pub tar: TarReader<Prefetch>,
     /// The blob's digest (for messages).
     pub digest: Digest,
 }
 
-impl<R: Read> LayerStream<R> {
+impl LayerStream {
     /// Reads to the end and checks every digest; call after the last header.
     pub fn finish(self) -> Result<()> {
         let digest = self.digest;
-        let wrap = |e: io::Error| Error::Other(format!("layer {digest}: {e}"));
-        let mut check = self.tar.into_inner();
-        // The tar reader read to the end of the uncompressed stream, where the diff_id check
-        // fires; one more read returns that verdict again.
+        let mut rest = self.tar.into_inner();
         let mut b = [0u8; 1];
-        if check.read(&mut b).map_err(wrap)? != 0 {
-            return Err(wrap(io::Error::other("data after the end of the tar")));
+        // The tar reader stopped at its end marker and read the zero padding after it; what
+        // is left is the end of the stream, where the checks report.
+        if rest.read(&mut b).map_err(|e| layer_error(&digest, &e))? != 0 {
+            return Err(layer_error(
+                &digest,
+                &io::Error::other("data after the end of the tar"),
+            ));
         }
-        let blob = check.into_inner().into_inner().into_inner();
-        blob.finish().map_err(wrap)
+        Ok(())
+    }
+}
+
+/// Bytes decompressed per chunk handed from the decompressing thread to the reader.
+const CHUNK: usize = 1 << 20;
+/// Chunks in flight: bounds memory at a few MiB whatever the layer's size.
+const AHEAD: usize = 4;
+
+/// A reader fed by a thread that reads (and checks) the layer ahead of it.
+#[derive(Debug)]
+pub struct Prefetch {
+    rx: Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl Prefetch {
+    fn start<R: Read + Send + 'static>(
+        mut check: VerifyReader<Decoder<BufReader<VerifyReader<R>>>>,
+    ) -> Prefetch {
+        let (tx, rx) = sync_channel(AHEAD);
+        std::thread::spawn(move || {
+            let res = (|| -> io::Result<()> {
+                loop {
+                    let mut buf = vec![0u8; CHUNK];
+                    let mut n = 0;
+                    while n < CHUNK {
+                        match check.read(&mut buf[n..]) {
+                            Ok(0) => break,
+                            Ok(k) => n += k,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                    buf.truncate(n);
+                    if tx.send(Ok(buf)).is_err() {
+                        return Ok(()); // the reader went away: nothing left to check for
+                    }
+                }
+                // The uncompressed stream ended (its diff_id checked); drain and check the blob.
+                check.into_inner().into_inner().into_inner().finish()
+            })();
+            // An empty chunk means: the end, everything checked.
+            let _ = tx.send(res.map(|()| Vec::new())); // the reader may be gone; nothing to tell
+        });
+        Prefetch {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+            done: false,
+        }
+    }
+}
+
+impl Read for Prefetch {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(chunk)) if chunk.is_empty() => {
+                    self.done = true;
+                    return Ok(0);
+                }
+                Ok(Ok(chunk)) => {
+                    self.cur = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                Err(_) => return Err(io::Error::other("the layer reading thread stopped")),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 

@@ -404,6 +404,24 @@ impl BlobWriter {
         crate::failpoint::hit("blob-after-rename");
         Ok((digest, size))
     }
+
+    /// Like [`commit`](BlobWriter::commit), but only when the content has digest `want` and
+    /// `want_size` bytes; otherwise the temp file is dropped and nothing enters the store.
+    pub fn commit_verified(self, want: &Digest, want_size: u64) -> Result<()> {
+        let out = self.out.as_ref().expect("not committed twice");
+        let (digest, size) = out.peek();
+        if size != want_size {
+            return Err(Error::Other(format!(
+                "blob {want}: expected {want_size} bytes, got {size}"
+            )));
+        }
+        if &digest != want {
+            return Err(Error::Other(format!(
+                "blob {want}: content has digest {digest}: damaged or tampered with in transit"
+            )));
+        }
+        self.commit().map(|_| ())
+    }
 }
 
 impl Write for BlobWriter {

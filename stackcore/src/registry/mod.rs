@@ -1,0 +1,105 @@
+//! Registries: pulling images into the store and pushing stashes, over the OCI distribution
+//! API (v1.1), natively.
+//!
+//! | module | what it owns |
+//! |---|---|
+//! | [`reference`](mod@reference) | `docker://HOST[:PORT]/REPO[:TAG\|@DIGEST]` |
+//! | [`platform`] | `--platform os/arch[/variant]`, picking from an image index |
+//! | `auth` | auth files and `WWW-Authenticate` challenges (feature `registry`) |
+//! | `client` | the HTTP client: auth, retries, registry error messages (feature `registry`) |
+//! | `pull`, `push` | moving images (feature `registry`) |
+//!
+//! Ref parsing and platform picking are always built, so tools can validate arguments; the
+//! HTTP client (ureq, rustls) is behind the `registry` feature. Without it, opening a
+//! `docker://` ref is a clear error.
+//!
+//! A pull goes into the store first: every blob is verified against its digest and size while
+//! it streams into the store (never held in memory), blobs the store has are not fetched, and
+//! the image is kept under `HOST[:PORT]/REPO:TAG`, then used by digest. A push sends each blob
+//! the registry lacks (HEAD first; a cross-repository mount when the blob came from another
+//! repository of the same registry), then the manifest, byte for byte as stored, so the
+//! registry's digest is ours.
+
+use std::path::Path;
+
+use crate::Result;
+use crate::cli::Log;
+use crate::image::{Image, ImageRef};
+
+pub mod platform;
+pub mod reference;
+
+#[cfg(feature = "registry")]
+pub mod auth;
+#[cfg(feature = "registry")]
+mod client;
+#[cfg(feature = "registry")]
+mod origins;
+#[cfg(feature = "registry")]
+mod pull;
+#[cfg(feature = "registry")]
+mod push;
+
+pub use platform::PlatformSpec;
+#[cfg(feature = "registry")]
+pub use pull::{PullOutcome, pull, pull_ref};
+#[cfg(feature = "registry")]
+pub use push::{PushOutcome, push};
+pub use reference::RegistryRef;
+
+/// How to reach a registry.
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    /// Verify TLS against the system's CA roots (`true`), or speak plain HTTP
+    /// (`--tls-verify=false`, for a registry on a private network).
+    pub tls_verify: bool,
+    /// Which image of an image index to pull; default: linux on this machine's architecture.
+    pub platform: Option<PlatformSpec>,
+    /// Where progress lines go; `None` is silent.
+    pub log: Option<Log>,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            tls_verify: true,
+            platform: None,
+            log: None,
+        }
+    }
+}
+
+impl RegistryOptions {
+    #[cfg_attr(not(feature = "registry"), allow(dead_code))]
+    pub(crate) fn step(&self, msg: impl std::fmt::Display) {
+        if let Some(log) = &self.log {
+            log.step(msg);
+        }
+    }
+}
+
+/// Opens any image ref; a `docker://` ref is first pulled into the store at `store` (created
+/// if need be, so it must be writable), then opened from there by digest.
+pub fn open_image(r: &ImageRef, store: &Path, opts: &RegistryOptions) -> Result<Image> {
+    let ImageRef::Registry(reference) = r else {
+        return Image::open(r, store);
+    };
+    let parsed = RegistryRef::parse(reference)?;
+    open_registry(&parsed, store, opts)
+}
+
+#[cfg(feature = "registry")]
+fn open_registry(r: &RegistryRef, store: &Path, opts: &RegistryOptions) -> Result<Image> {
+    use crate::image::BlobSource;
+    use crate::oci::Store;
+    let s = Store::open_for_write(store)?;
+    let pulled = pull_ref(&s, r, opts)?;
+    Image::from_descriptor(BlobSource::Layout(s), pulled.descriptor, pulled.ref_name)
+}
+
+#[cfg(not(feature = "registry"))]
+fn open_registry(r: &RegistryRef, _store: &Path, _opts: &RegistryOptions) -> Result<Image> {
+    Err(crate::Error::Usage(format!(
+        "{r}: this build has no registry support (stackcore feature \"registry\")"
+    )))
+}
