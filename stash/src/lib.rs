@@ -77,7 +77,7 @@ pub struct Cli {
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
           num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub tls_verify: bool,
-    /// Remove the stash NAME[:TAG] (tag default: latest) from the store; its blobs stay until
+    /// Remove the stash `NAME[:TAG]` (tag default: latest) from the store; its blobs stay until
     /// --gc.
     #[arg(long, value_name = "NAME[:TAG]", conflicts_with_all = ["root", "container_name", "list", "gc", "verify", "push"])]
     pub remove: Option<String>,
