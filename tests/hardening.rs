@@ -1316,3 +1316,34 @@ fn privileged_stash_refuses_xattrs_no_reader_would_take_back() -> Result<()> {
     drop(mount);
     Ok(())
 }
+
+#[test]
+fn gc_killed_midway_leaves_a_good_store_and_finishes_next_time() -> Result<()> {
+    let w = Workdir::new("gckill")?;
+    w.tree("a", "d etc 755 0:0\nf etc/a 644 0:0 a\\n\n")?;
+    w.tree("b", "d etc 755 0:0\nf etc/b 644 0:0 b\\n\n")?;
+    stash(&w, "store", "a", "aa", "latest")?;
+    stash(&w, "store", "b", "bb", "latest")?;
+    run(w
+        .bin("stash")
+        .args(["--store", "store", "--remove", "aa", "--quiet"]))?;
+    // Abort right after the first unreferenced blob is gone.
+    let out = output(
+        w.bin("stash")
+            .args(["--store", "store", "--gc"])
+            .env("STACKBUILD_FAILPOINT", "gc-after-blob"),
+    )?;
+    ensure!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("failpoint"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    verify_ok(&w, "store")?;
+    assert_same(&dump(&w.path("b"))?, &unstash_dump(&w, "store", "bb")?)?;
+    let gc = json(&run(w
+        .bin("stash")
+        .args(["--store", "store", "--gc", "--json", "--quiet"]))?)?;
+    ensure!(gc["blobs_removed"] == 2 && gc["blobs_kept"] == 3, "{gc}");
+    verify_ok(&w, "store")?;
+    Ok(())
+}
