@@ -8,4 +8,5 @@ mod incremental;
 mod kiwimerge;
 mod registry;
 mod stackbuild;
+mod stackmerge;
 mod stash;

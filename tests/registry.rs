@@ -16,10 +16,10 @@ use crate::skip;
 use crate::stash::{RICH, extras};
 use crate::util::{Workdir, assert_same, dump, have, is_root, json, output, run};
 
-const REGISTRY: &str = "docker-registry";
+pub(crate) const REGISTRY: &str = "docker-registry";
 
 /// A running registry; killed (by its PID) and reaped on drop, whatever the test did.
-struct Registry {
+pub(crate) struct Registry {
     child: Child,
     port: u16,
     log: PathBuf,
@@ -27,7 +27,7 @@ struct Registry {
 
 impl Registry {
     /// Starts a registry storing under `w/NAME-data`, with no auth.
-    fn start(w: &Workdir, name: &str) -> Result<Registry> {
+    pub(crate) fn start(w: &Workdir, name: &str) -> Result<Registry> {
         Registry::start_with(w, name, "")
     }
 
@@ -96,7 +96,7 @@ impl Registry {
         format!("127.0.0.1:{}", self.port)
     }
 
-    fn url(&self, repo_tag: &str) -> String {
+    pub(crate) fn url(&self, repo_tag: &str) -> String {
         format!("docker://{}/{repo_tag}", self.host())
     }
 }

@@ -19,9 +19,9 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use serde::Serialize;
 use stackcore::Error;
-use stackcore::apply::{Plan, Source, write};
+use stackcore::apply::{Source, stack_to_dir};
 use stackcore::cli::{Exit, Log, print_json, print_line, store_path};
-use stackcore::extract::{ExtractOptions, Staging, Target};
+use stackcore::extract::ExtractOptions;
 use stackcore::image::{Image, ImageRef};
 use stackcore::kiwi::{MergeOptions, load_description, merge};
 
@@ -286,12 +286,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .iter_mut()
         .map(|s| Source::Image(Box::new(s.image.take().expect("opened once"))))
         .collect();
-    let mut plan = Plan::new(&sources)?;
-    let staging = Staging::new(&image_root)?;
-    let mut tree = Target::open(staging.path(), ExtractOptions::default())?;
-    write(&sources, &mut plan, &mut tree).context("stacking the stashes")?;
-    let stats = tree.finish()?;
-    staging.commit()?;
+    let stacked = stack_to_dir(&sources, &image_root, &ExtractOptions::default())
+        .context("stacking the stashes")?;
+    let stats = &stacked.stats;
     for w in stats.warnings() {
         log.warn(w);
     }
@@ -302,7 +299,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             "{} files, {} bytes, {} conflicts",
             stats.files,
             stats.bytes,
-            plan.conflicts.len()
+            stacked.conflicts.len()
         )),
     });
 

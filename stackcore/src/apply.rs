@@ -1,23 +1,26 @@
 //! Writing images and directories into a target: one image (`unstash`) or a stack of
 //! sources (`stackmerge`).
 //!
-//! With a plan (the overlay [`Model`] computed from layer indexes), each winning entry is
-//! written once: entries a later layer replaces or deletes are skipped, layers with nothing
-//! left to give are not even read, and directories are made at the end with their final
-//! metadata. Where the model cannot predict the result (see [`Model::complex`]), or for an
-//! image of one layer, the layers are applied in order instead, whiteouts and all.
+//! With a plan (the overlay [`Model`] computed from layer indexes and directory walks),
+//! each final inode is written once, at its first final name, and its other names are
+//! linked to it: entries a later layer or source replaces or deletes are skipped, layers
+//! with nothing left to give are not even read, and directories are made at the end with
+//! their final metadata. Where the model cannot predict an image (see [`Model::complex`]),
+//! or for an image of one layer, that image's layers are applied in order instead,
+//! whiteouts and all (for a stack: into a scratch directory that then serves as a
+//! directory source).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::entry::{Entry, Kind, parent};
-use crate::extract::Target;
+use crate::extract::{ExtractOptions, ExtractStats, Staging, Target};
 use crate::image::Image;
 use crate::layer::index::{Change, classify};
-use crate::layer::model::{Conflict, Model};
+use crate::layer::model::{Conflict, ConflictKind, Model, Origin, Resolution};
 use crate::tree::{WalkOptions, walk};
 use crate::{Error, Result};
 
@@ -32,18 +35,32 @@ pub enum Source {
         path: PathBuf,
         /// Its entries with their paths on disk, in walk order.
         entries: Vec<(Entry, PathBuf)>,
+        /// Directories to treat as undeclared (an image's implicit parents, when the image
+        /// was unstashed into a scratch directory first).
+        implicit: HashSet<Vec<u8>>,
     },
 }
 
 impl Source {
-    /// Walks a directory source.
+    /// Walks a directory source. Nothing below it is followed, but the directory itself may be
+    /// a symlink to one, as `rsync SRC/` follows it.
     pub fn dir(path: PathBuf) -> Result<Source> {
         let mut entries = Vec::new();
-        walk(&path, &WalkOptions::default(), &mut |w| {
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
+        let root = if meta.file_type().is_symlink() {
+            std::fs::canonicalize(&path).map_err(|e| Error::io(&path, e))?
+        } else {
+            path.clone()
+        };
+        walk(&root, &WalkOptions::default(), &mut |w| {
             entries.push((w.entry, w.source));
             Ok(())
         })?;
-        Ok(Source::Dir { path, entries })
+        Ok(Source::Dir {
+            path,
+            entries,
+            implicit: HashSet::new(),
+        })
     }
 
     /// How to name it in messages and reports.
@@ -54,13 +71,23 @@ impl Source {
         }
     }
 
-    fn model(&self, s: u32) -> Result<Model> {
+    /// The modelled tree of this source alone, as source number `s`.
+    pub fn model(&self, s: u32) -> Result<Model> {
         match self {
             Source::Image(img) => img.model(s),
-            Source::Dir { entries, .. } => {
+            Source::Dir {
+                entries, implicit, ..
+            } => {
                 let mut m = Model::new();
                 for (i, (e, _)) in entries.iter().enumerate() {
                     m.put(e.clone(), None, (s, 0, i as u32));
+                }
+                for p in implicit {
+                    if let Some(n) = m.nodes.get_mut(p)
+                        && n.entry.kind == Kind::Dir
+                    {
+                        n.implicit = true;
+                    }
                 }
                 Ok(m)
             }
@@ -81,19 +108,23 @@ impl Plan {
     /// Models `sources` laid over each other in order (`rsync -aHAX` semantics between
     /// sources, overlay semantics between the layers of one image).
     pub fn new(sources: &[Source]) -> Result<Plan> {
-        let mut model: Option<Model> = None;
+        let models = sources
+            .iter()
+            .enumerate()
+            .map(|(s, src)| src.model(s as u32))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Plan::from_models(models))
+    }
+
+    /// Lays the sources' models over each other, lowest first.
+    pub fn from_models(models: Vec<Model>) -> Plan {
+        let mut models = models.into_iter();
+        let mut model = models.next().unwrap_or_else(Model::new_root);
         let mut conflicts = Vec::new();
-        for (s, src) in sources.iter().enumerate() {
-            let m = src.model(s as u32)?;
-            match &mut model {
-                None => model = Some(m),
-                Some(lower) => conflicts.extend(lower.overlay(m, |n| n.origin.0, s as u32)),
-            }
+        for (s, m) in models.enumerate() {
+            conflicts.extend(model.overlay(m, s as u32 + 1));
         }
-        let Some(model) = model else {
-            return Err(Error::Usage("nothing to stack: no sources".into()));
-        };
-        Ok(Plan { model, conflicts })
+        Plan { model, conflicts }
     }
 
     /// How many final entries each source provided.
@@ -108,23 +139,57 @@ impl Plan {
     }
 }
 
-/// Writes `sources` into `target` as `plan` says. Returns whether the plan was followed
-/// (`false`: the layers were applied in order because the plan could not predict them).
-pub fn write(sources: &[Source], plan: &mut Plan, target: &mut Target) -> Result<bool> {
-    let transient = plan.model.transient();
-    if plan.model.complex {
-        if let [Source::Image(img)] = sources {
-            sequential(img, target)?;
-            return Ok(false);
+/// The final inodes by data origin: the entry to write (the first final name, with the
+/// final metadata) and the other names to link to it.
+fn final_inodes(model: &Model) -> HashMap<Origin, (&Entry, Vec<&[u8]>)> {
+    let mut inodes: HashMap<Origin, (&Entry, Vec<&[u8]>)> = HashMap::new();
+    for (p, n) in &model.nodes {
+        if n.entry.kind == Kind::Dir {
+            continue;
         }
+        inodes
+            .entry(n.data_origin)
+            .and_modify(|(_, others)| others.push(p))
+            .or_insert((&n.entry, Vec::new()));
+    }
+    inodes
+}
+
+fn put_inode(
+    target: &mut Target,
+    (entry, others): &(&Entry, Vec<&[u8]>),
+    data: &mut dyn Read,
+) -> Result<()> {
+    target.put(entry, data)?;
+    for name in others {
+        let mut link = Entry::new(name.to_vec(), Kind::Hardlink);
+        link.link.clone_from(&entry.path);
+        target.put(&link, &mut io::empty())?;
+    }
+    Ok(())
+}
+
+fn open_nofollow(path: &Path) -> Result<File> {
+    File::options()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(|err| Error::io(path, err))
+}
+
+/// Writes `sources` into `target` as `model` (their plan) says: each final inode once, in
+/// the order the sources and layers hold them, then the directories. The model must not be
+/// `complex`.
+pub fn write(sources: &[&Source], model: &Model, target: &mut Target) -> Result<()> {
+    if model.complex {
         return Err(Error::Other(
-            "a source writes through a symlink or links across replaced paths; stackmerge cannot \
-             plan that: unstash that image first and stack the directory"
+            "a source writes through a symlink or links to nothing; it must be applied in \
+             order, not planned"
                 .into(),
         ));
     }
-    let wanted = plan.model.wanted();
-    let layers: HashSet<(u32, u32)> = wanted.iter().map(|o| (o.0, o.1)).collect();
+    let inodes = final_inodes(model);
+    let layers: HashSet<(u32, u32)> = inodes.keys().map(|o| (o.0, o.1)).collect();
     for (s, src) in sources.iter().enumerate() {
         let s = s as u32;
         match src {
@@ -145,9 +210,9 @@ pub fn write(sources: &[Source], plan: &mut Plan, target: &mut Target) -> Result
                             .map_err(|e| crate::layer::read::layer_error(&digest, &e))?;
                         if let Change::Put(e, _) = change
                             && e.kind != Kind::Dir
-                            && wanted.contains(&(s, l, i))
+                            && let Some(inode) = inodes.get(&(s, l, i))
                         {
-                            target.put(&e, &mut stream.tar.data())?;
+                            put_inode(target, inode, &mut stream.tar.data())?;
                         }
                         i += 1;
                     }
@@ -156,34 +221,24 @@ pub fn write(sources: &[Source], plan: &mut Plan, target: &mut Target) -> Result
             }
             Source::Dir { entries, .. } => {
                 for (i, (e, path)) in entries.iter().enumerate() {
-                    if e.kind == Kind::Dir || !wanted.contains(&(s, 0, i as u32)) {
+                    let Some(inode) = inodes.get(&(s, 0, i as u32)) else {
                         continue;
-                    }
+                    };
                     if e.kind == Kind::File {
-                        let mut f = File::options()
-                            .read(true)
-                            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                            .open(path)
-                            .map_err(|err| Error::io(path, err))?;
-                        target.put(e, &mut f)?;
-                    } else {
-                        target.put(e, &mut io::empty())?;
+                        put_inode(target, inode, &mut open_nofollow(path)?)?;
+                    } else if e.kind != Kind::Dir {
+                        put_inode(target, inode, &mut io::empty())?;
                     }
                 }
             }
         }
     }
-    for (_, path) in &transient {
-        if !plan.model.nodes.contains_key(path) {
-            target.remove(path)?;
-        }
-    }
-    for node in plan.model.nodes.values() {
+    for node in model.nodes.values() {
         if node.entry.kind == Kind::Dir {
             target.ensure_dir(&node.entry, node.implicit)?;
         }
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Applies an image's layers in order, as a plain extractor would: whiteouts hide what the
@@ -285,10 +340,18 @@ fn write_image(img: Image, target: &mut Target) -> Result<bool> {
         sequential(&img, target)?;
         return Ok(false);
     }
+    let model = img.model(0)?;
     let sources = [Source::Image(Box::new(img))];
-    let mut plan = Plan::new(&sources)?;
-    crate::space::check_room(target.path(), plan.model.nodes.values().map(|n| &n.entry))?;
-    write(&sources, &mut plan, target)
+    crate::space::check_room(target.path(), model.nodes.values().map(|n| &n.entry))?;
+    if model.complex {
+        if let [Source::Image(img)] = &sources {
+            sequential(img, target)?;
+        }
+        return Ok(false);
+    }
+    let [source] = &sources;
+    write(&[source], &model, target)?;
+    Ok(true)
 }
 
 /// Writes `img`'s merged tree as one uncompressed tar to `out`, by way of a staging
@@ -307,11 +370,7 @@ pub fn unstash_to_tar(
     let mut tar = crate::tar::Builder::new(out);
     walk(staging.path(), &WalkOptions::default(), &mut |w| {
         if w.entry.kind == Kind::File {
-            let mut f = File::options()
-                .read(true)
-                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                .open(&w.source)
-                .map_err(|err| Error::io(&w.source, err))?;
+            let mut f = open_nofollow(&w.source)?;
             tar.put(&w.entry, Some(&mut f))?;
         } else {
             tar.put(&w.entry, None)?;
@@ -327,4 +386,210 @@ pub fn unstash_to_tar(
         planned,
         stats,
     })
+}
+
+/// One source in a stack's report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SourceReport {
+    /// How the user named it (a ref or a path).
+    pub name: String,
+    /// `image` or `dir`.
+    pub kind: &'static str,
+    /// The manifest digest of an image.
+    pub digest: Option<String>,
+    /// Entries of the final tree this source provided (undeclared parents not counted).
+    pub entries: u64,
+    /// False when the image could not be planned and was unstashed, layer after layer, into
+    /// a scratch directory first.
+    pub planned: bool,
+}
+
+/// One conflict in a stack's report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConflictReport {
+    /// The path, relative to the target (`/` for the root).
+    pub path: String,
+    /// The lower source's name.
+    pub lower: String,
+    /// The upper source's name.
+    pub upper: String,
+    /// What differs.
+    pub kind: ConflictKind,
+    /// What the result holds.
+    pub resolution: Resolution,
+}
+
+/// Totals of a stack's report.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StackTotals {
+    /// Sources stacked.
+    pub sources: usize,
+    /// Entries in the final tree.
+    pub entries: u64,
+    /// Conflicts of every kind.
+    pub conflicts: u64,
+    /// Type conflicts.
+    #[serde(rename = "type")]
+    pub type_: u64,
+    /// Content conflicts.
+    pub content: u64,
+    /// Metadata conflicts.
+    pub metadata: u64,
+    /// Paths where the result differs from what a sequence of `rsync -aHAX` gives, because
+    /// rsync fails there (a non-directory over a non-empty directory).
+    pub rsync_fails: u64,
+}
+
+/// What a stack did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StackOutcome {
+    /// The target.
+    #[serde(rename = "into")]
+    pub dest: PathBuf,
+    /// Each source, lowest first.
+    pub sources: Vec<SourceReport>,
+    /// Every conflicting path, in the order the sources met.
+    pub conflicts: Vec<ConflictReport>,
+    /// Totals.
+    pub totals: StackTotals,
+    /// What was written and what could not be restored.
+    pub stats: ExtractStats,
+}
+
+fn show_path(p: &[u8]) -> String {
+    if p.is_empty() {
+        "/".into()
+    } else {
+        String::from_utf8_lossy(p).into_owned()
+    }
+}
+
+/// Lays `sources` over each other, lowest first, into `dest` (absent or empty), as a
+/// sequence of `rsync -aHAX SRC/ DEST/` would, with the upper source winning where rsync
+/// would fail; each final inode is written once. The tree is built in a staging directory
+/// beside `dest` and renamed into place when complete.
+///
+/// An image the model cannot plan (a layer writes through a symlink, a hardlink points at
+/// nothing) is unstashed layer after layer into a scratch directory beside `dest` first,
+/// and stacked from there.
+pub fn stack_to_dir(
+    sources: &[Source],
+    dest: &Path,
+    opts: &ExtractOptions,
+) -> Result<StackOutcome> {
+    let staging = Staging::new(dest)?;
+    let dest_name = dest
+        .file_name()
+        .map_or_else(|| "target".into(), |n| n.to_string_lossy().into_owned());
+    let mut reports = Vec::with_capacity(sources.len());
+    let mut models = Vec::with_capacity(sources.len());
+    // What each source is written from: itself, or the scratch directory it was unstashed to.
+    let mut fallbacks: Vec<Option<Source>> = Vec::with_capacity(sources.len());
+    let mut scratch = Vec::new();
+    let mut skipped = ExtractStats::default();
+    for (s, src) in sources.iter().enumerate() {
+        let s = s as u32;
+        let mut model = src.model(s)?;
+        let mut fallback = None;
+        let mut report = SourceReport {
+            name: src.name(),
+            kind: "dir",
+            digest: None,
+            entries: 0,
+            planned: true,
+        };
+        if let Source::Image(img) = src {
+            report.kind = "image";
+            report.digest = Some(img.digest().to_string());
+            if model.complex {
+                let nominal = dest.with_file_name(format!(".{dest_name}.stackmerge-source-{s}"));
+                let dir = Staging::new(&nominal)?;
+                let mut t = Target::open(dir.path(), opts.clone())?;
+                sequential(img, &mut t)
+                    .map_err(|e| Error::Other(format!("{}: {e}", report.name)))?;
+                add_skipped(&mut skipped, &t.finish()?);
+                let implicit = model
+                    .nodes
+                    .iter()
+                    .filter(|(_, n)| n.implicit)
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                let mut walked = Source::dir(dir.path().to_path_buf())?;
+                if let Source::Dir { implicit: i, .. } = &mut walked {
+                    *i = implicit;
+                }
+                model = walked.model(s)?;
+                fallback = Some(walked);
+                scratch.push(dir);
+                report.planned = false;
+            }
+        }
+        models.push(model);
+        reports.push(report);
+        fallbacks.push(fallback);
+    }
+    let plan = Plan::from_models(models);
+    let used: Vec<&Source> = sources
+        .iter()
+        .zip(&fallbacks)
+        .map(|(src, f)| f.as_ref().unwrap_or(src))
+        .collect();
+    let mut target = Target::open(staging.path(), opts.clone())?;
+    write(&used, &plan.model, &mut target)?;
+    let mut stats = target.finish()?;
+    add_skipped(&mut stats, &skipped);
+    let dest = staging.commit()?;
+    drop(fallbacks);
+    drop(scratch);
+
+    for (r, n) in reports.iter_mut().zip(plan.provided(sources.len())) {
+        r.entries = n;
+    }
+    let mut totals = StackTotals {
+        sources: sources.len(),
+        entries: plan.model.nodes.values().filter(|n| !n.implicit).count() as u64,
+        ..StackTotals::default()
+    };
+    let name = |s: u32| {
+        reports
+            .get(s as usize)
+            .map_or_else(String::new, |r| r.name.clone())
+    };
+    let conflicts = plan
+        .conflicts
+        .iter()
+        .map(|c| {
+            totals.conflicts += 1;
+            match c.kind {
+                ConflictKind::Type => totals.type_ += 1,
+                ConflictKind::Content => totals.content += 1,
+                ConflictKind::Metadata => totals.metadata += 1,
+            }
+            if c.resolution == Resolution::UpperOverNonEmptyDir {
+                totals.rsync_fails += 1;
+            }
+            ConflictReport {
+                path: show_path(&c.path),
+                lower: name(c.lower),
+                upper: name(c.upper),
+                kind: c.kind,
+                resolution: c.resolution,
+            }
+        })
+        .collect();
+    Ok(StackOutcome {
+        dest,
+        sources: reports,
+        conflicts,
+        totals,
+        stats,
+    })
+}
+
+/// Adds what a scratch unstash could not restore to the run's counts (it is said once).
+fn add_skipped(to: &mut ExtractStats, from: &ExtractStats) {
+    to.owner_skipped += from.owner_skipped;
+    to.devices_skipped += from.devices_skipped;
+    to.xattrs_skipped += from.xattrs_skipped;
+    to.setid_masked += from.setid_masked;
 }

@@ -138,6 +138,30 @@ pub fn run() -> Result<()> {
         hostname.trim()
     );
 
+    eprintln!("\n# 7. stackmerge: the two stashes stacked, base lowest, with a conflict report");
+    let stacked = work.join("stacked");
+    tool(
+        bin("stackmerge")
+            .arg("--store")
+            .arg(&store)
+            .arg("--into")
+            .arg(&stacked)
+            .args(["demo-base", "demo-extra:v1", "--json"]),
+    )?;
+    let motd = fs::read_to_string(stacked.join("etc/motd"))?;
+    let hostname = fs::read_to_string(stacked.join("etc/hostname"))?;
+    if motd != "extra says hi\n"
+        || hostname != "demo-2\n"
+        || !stacked.join("opt/extra/tool").exists()
+    {
+        bail!("the stacked tree is not base with extra on top");
+    }
+    eprintln!(
+        "stacked tree in {}: etc/motd = {} (from the upper stash)",
+        stacked.display(),
+        motd.trim()
+    );
+
     eprintln!("\n# done: store {}", store.display());
     Ok(())
 }

@@ -28,8 +28,11 @@ pub struct E2eArgs {
     #[arg(long, value_name = "DIR")]
     pub boot_only: Option<PathBuf>,
     /// Only the plain scenario (skip the --merge one).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "merge_only")]
     pub no_merge: bool,
+    /// Only the --merge scenario.
+    #[arg(long)]
+    pub merge_only: bool,
     /// Build the images but do not boot them.
     #[arg(long)]
     pub no_boot: bool,
@@ -224,24 +227,48 @@ pub fn run(args: &E2eArgs) -> Result<()> {
     let vm = work.join("vm");
     render_vm(&vm)?;
     let target = work.join("vm-build");
+    if !args.merge_only {
+        plain(args, &mut t, &store, &registry, &vm, &target, &work)?;
+    }
+    if !args.no_merge {
+        merge(args, &mut t, &minbase, &registry, &vm, &work)?;
+    }
+    eprintln!("\ne2e: step times");
+    for (name, secs) in &t.0 {
+        eprintln!("  {secs:>7.1}s  {name}");
+    }
+    eprintln!("e2e: passed; serial logs in {}", work.display());
+    Ok(())
+}
+
+/// The container from the registry, with the VM description on top.
+fn plain(
+    args: &E2eArgs,
+    t: &mut Timer,
+    store: &Path,
+    registry: &str,
+    vm: &Path,
+    target: &Path,
+    work: &Path,
+) -> Result<()> {
     let report = t.time(
         "stackbuild --from-registry --description vm --profile bios",
         || {
             run_limited(
                 Command::new(bin("stackbuild"))
                     .arg("--store")
-                    .arg(&store)
+                    .arg(store)
                     .args([
                         "--stash",
                         "debian-min",
                         "--from-registry",
-                        &registry,
+                        registry,
                         "--tls-verify=false",
                         "--description",
                     ])
-                    .arg(&vm)
+                    .arg(vm)
                     .arg("--target-dir")
-                    .arg(&target)
+                    .arg(target)
                     .args(["--profile", "bios", "--json"]),
                 Duration::from_mins(40),
                 "stackbuild (VM)",
@@ -251,16 +278,28 @@ pub fn run(args: &E2eArgs) -> Result<()> {
     print_stackbuild_steps(&report);
     if !args.no_boot {
         t.time("boot to a root shell and power off", || {
-            boot(&target, &work.join("serial-vm.log"))
+            boot(target, &work.join("serial-vm.log"))
         })?;
     }
+    Ok(())
+}
 
-    if !args.no_merge {
+/// A stash with a description of its own; --merge overlays the VM description on it.
+fn merge(
+    args: &E2eArgs,
+    t: &mut Timer,
+    minbase: &Path,
+    registry: &str,
+    vm: &Path,
+    work: &Path,
+) -> Result<()> {
+    let store = work.join("store");
+    {
         // A Debian root that carries its own description (type tbz): --merge overlays the VM
         // description on it, so the result keeps the stash's settings and gains the VM type.
         let with_desc = work.join("debian-with-description");
         run_limited(
-            Command::new("cp").arg("-a").arg(&minbase).arg(&with_desc),
+            Command::new("cp").arg("-a").arg(minbase).arg(&with_desc),
             Duration::from_mins(5),
             "cp -a",
         )?;
@@ -295,11 +334,11 @@ pub fn run(args: &E2eArgs) -> Result<()> {
                             "--stash",
                             "debian-min-described",
                             "--from-registry",
-                            &registry,
+                            registry,
                             "--tls-verify=false",
                         ])
                         .args(["--merge", "--description"])
-                        .arg(&vm)
+                        .arg(vm)
                         .arg("--target-dir")
                         .arg(&target_m)
                         .args(["--profile", "bios", "--type", "oem", "--json"]),
@@ -327,11 +366,6 @@ pub fn run(args: &E2eArgs) -> Result<()> {
         }
     }
 
-    eprintln!("\ne2e: step times");
-    for (name, secs) in &t.0 {
-        eprintln!("  {secs:>7.1}s  {name}");
-    }
-    eprintln!("e2e: passed; serial logs in {}", work.display());
     Ok(())
 }
 
