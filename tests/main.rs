@@ -4,6 +4,7 @@
 mod util;
 
 mod hardening;
+mod hostile;
 mod incremental;
 mod kiwimerge;
 mod registry;

@@ -16,7 +16,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::entry::{Entry, Kind, parent};
+use crate::entry::{Entry, Kind};
 use crate::extract::{ExtractOptions, ExtractStats, Staging, Target};
 use crate::image::Image;
 use crate::layer::index::{Change, classify};
@@ -241,14 +241,26 @@ pub fn write(sources: &[&Source], model: &Model, target: &mut Target) -> Result<
     Ok(())
 }
 
-/// Applies an image's layers in order, as a plain extractor would: whiteouts hide what the
-/// layers below put there, never what this layer put.
+/// Applies an image's layers in order, as a plain extractor would, with overlay semantics:
+/// a layer's whiteouts and opaque markers hide what the layers below left there and never
+/// what the layer itself puts, so they are applied first, wherever they sit in its tar
+/// (from the layer's index, as the planner does). Applied where they appear, one could act
+/// on the layer's own entries, even through a symlink the same layer just made.
 pub fn sequential(img: &Image, target: &mut Target) -> Result<()> {
     for l in 0..img.manifest.layers.len() {
+        if l > 0 {
+            // Nothing lies below the first layer: its markers have nothing to hide.
+            for change in img.layer_index(l)?.changes {
+                match change {
+                    Change::Opaque(dir) => target.prune(&dir, &HashSet::new())?,
+                    Change::Whiteout(p) => target.remove(&p)?,
+                    Change::Put(..) => {}
+                }
+            }
+        }
         let mut stream = img.open_layer(l)?;
         let digest = stream.digest.clone();
         let err = |e: io::Error| crate::layer::read::layer_error(&digest, &e);
-        let mut current: HashSet<Vec<u8>> = HashSet::new();
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         while let Some(h) = stream.tar.next_header().map_err(err)? {
             let change = classify(h.entry).map_err(err)?;
@@ -266,29 +278,8 @@ pub fn sequential(img: &Image, target: &mut Target) -> Result<()> {
                     ),
                 )));
             }
-            match change {
-                Change::Opaque(dir) => target.prune(&dir, &current)?,
-                Change::Whiteout(p) => {
-                    if current.contains(&p) {
-                        continue; // this layer's own entry: a whiteout only hides lower layers
-                    }
-                    if current.iter().any(|c| crate::entry::is_below(c, &p)) {
-                        target.prune(&p, &current)?;
-                    } else {
-                        target.remove(&p)?;
-                    }
-                }
-                Change::Put(e, _) => {
-                    target.put(&e, &mut stream.tar.data())?;
-                    let mut p = e.path.clone();
-                    loop {
-                        let fresh = current.insert(p.clone());
-                        if p.is_empty() || !fresh {
-                            break;
-                        }
-                        p = parent(&p).to_vec();
-                    }
-                }
+            if let Change::Put(e, _) = change {
+                target.put(&e, &mut stream.tar.data())?;
             }
         }
         stream.finish()?;
@@ -326,10 +317,18 @@ pub fn unstash_to_dir(
 }
 
 fn write_image(img: Image, target: &mut Target) -> Result<bool> {
-    if img.manifest.layers.len() <= 1 {
-        // One layer: applying it in order is already one pass, and needs no index; its
-        // size is checked first when the index is cached anyway (every layer a stash wrote).
-        if let (Some(store), Some(layer)) = (img.source.cache_store(), img.manifest.layers.first())
+    let explain = img.clone();
+    write_layers(img, target).map_err(|e| explain.explain(e))
+}
+
+fn write_layers(img: Image, target: &mut Target) -> Result<bool> {
+    // STACKBUILD_UNPLANNED: apply the layers in order even where a plan is possible, so
+    // tests can check the planner against the plain extractor it must agree with.
+    if img.manifest.layers.len() <= 1 || std::env::var_os("STACKBUILD_UNPLANNED").is_some() {
+        // One layer: applying it in order is already one pass, and needs no index.
+        // Its size is checked first when its index is cached anyway (every layer a stash
+        // wrote).
+        if let (Some(store), [layer]) = (img.source.cache_store(), img.manifest.layers.as_slice())
             && let Some(index) =
                 crate::layer::LayerIndex::load_cached(&store.cache_dir(), &layer.digest)
         {

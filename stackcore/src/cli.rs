@@ -35,7 +35,7 @@ pub fn report(e: &anyhow::Error) -> u8 {
         {
             return 0;
         }
-        if let Some(Error::Io { source, .. }) = cause.downcast_ref::<Error>()
+        if let Some(Error::Io { cause: source, .. }) = cause.downcast_ref::<Error>()
             && source.kind() == io::ErrorKind::BrokenPipe
         {
             return 0;

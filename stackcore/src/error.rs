@@ -6,14 +6,14 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An I/O error on a named path.
-    #[error("{}: {source}", .path.display())]
+    /// An I/O error on a named path. The cause is part of the message and deliberately not
+    /// a `source`: `error: {e:#}` would print it twice otherwise.
+    #[error("{}: {cause}", .path.display())]
     Io {
         /// The path the operation was on.
         path: PathBuf,
         /// The cause.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Input that cannot be used as given (bad flags, bad names, not a description): exit 2.
     #[error("{0}")]
@@ -38,7 +38,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 }

@@ -358,10 +358,14 @@ impl Target {
             cur = rustix::fs::openat(
                 &cur,
                 name,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             )
             .map_err(|e| errno_at(&prefix, e))?;
+            // mkdirat's mode went through the umask: 0755 exactly, as the planner gives the
+            // parents it makes (an entry for this directory, if one comes, sets its own).
+            rustix::fs::fchmod(&cur, Mode::from_raw_mode(0o755))
+                .map_err(|e| errno_at(&prefix, e))?;
         }
         Ok(cur)
     }
@@ -558,11 +562,16 @@ impl Target {
     }
 
     /// Removes everything below `dir` except the paths in `keep` (and their ancestors'
-    /// other kept children): an opaque marker applied after some of its layer's entries.
+    /// other kept children): an opaque marker (with `keep` empty when it is applied before
+    /// its layer's entries, as `apply::sequential` does).
     pub fn prune(&mut self, dir: &[u8], keep: &HashSet<Vec<u8>>) -> Result<()> {
-        let fd = match self.open_in_root(dir, OFlags::RDONLY | OFlags::DIRECTORY) {
+        // Like `remove`, never through a symlink in the last component: a link has no
+        // children to hide, and emptying the directory it points to is not what the
+        // marker says (nor what the planner models).
+        let fd = match self.open_in_root(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW)
+        {
             Ok(fd) => fd,
-            Err(Errno::NOENT | Errno::NOTDIR) => return Ok(()),
+            Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => return Ok(()),
             Err(e) => return Err(errno_at(dir, e)),
         };
         let mut names = Vec::new();
@@ -599,7 +608,15 @@ impl Target {
 
     /// Applies the recorded directory metadata, deepest first, and returns the statistics.
     pub fn finish(mut self) -> Result<ExtractStats> {
-        let dirs = std::mem::take(&mut self.dir_meta);
+        let mut dirs = std::mem::take(&mut self.dir_meta);
+        // A root no entry declared is a directory we had to make: 0755, as for parents,
+        // rather than the staging directory's private 0700 (which only a one-layer image,
+        // written without a plan, would otherwise keep).
+        dirs.entry(Vec::new()).or_insert_with(|| {
+            let mut root = Entry::new(Vec::new(), Kind::Dir);
+            root.mode = 0o755;
+            (root, true)
+        });
         for (path, (e, implicit)) in dirs.iter().rev() {
             // A path that is no longer a directory here (a later symlink swapped in) is left
             // alone: O_NOFOLLOW refuses it.

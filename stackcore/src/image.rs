@@ -151,8 +151,12 @@ pub fn is_path_arg(s: &str) -> bool {
 /// Where blobs come from.
 #[derive(Debug, Clone)]
 pub enum BlobSource {
-    /// An OCI layout directory (our store or another).
+    /// Our store: its layer-index cache is read and written.
     Layout(Store),
+    /// Another OCI layout (`oci:DIR` naming a directory that is not the store). Read only:
+    /// whoever made it could have forged its cache directory or aimed it elsewhere with a
+    /// symlink, so layer indexes are neither read from nor written into it.
+    Foreign(Store),
     /// An OCI archive, read in place.
     Archive(Arc<Archive>),
 }
@@ -161,7 +165,7 @@ impl BlobSource {
     /// Opens a blob; the reader fails at its end unless digest and size match.
     pub fn open_blob(&self, desc: &Descriptor) -> Result<VerifyReader<Box<dyn Read + Send>>> {
         match self {
-            BlobSource::Layout(store) => {
+            BlobSource::Layout(store) | BlobSource::Foreign(store) => {
                 let r = store.open_blob(desc)?.into_inner();
                 Ok(VerifyReader::new(
                     Box::new(r),
@@ -181,7 +185,7 @@ impl BlobSource {
     /// The layout's `index.json`.
     pub fn index(&self) -> Result<Index> {
         match self {
-            BlobSource::Layout(s) => s.read_index(),
+            BlobSource::Layout(s) | BlobSource::Foreign(s) => s.read_index(),
             BlobSource::Archive(a) => a.index(),
         }
     }
@@ -190,7 +194,7 @@ impl BlobSource {
     pub fn cache_store(&self) -> Option<&Store> {
         match self {
             BlobSource::Layout(s) => Some(s),
-            BlobSource::Archive(_) => None,
+            BlobSource::Foreign(_) | BlobSource::Archive(_) => None,
         }
     }
 }
@@ -222,7 +226,14 @@ impl Archive {
             if h.entry.kind == crate::entry::Kind::File {
                 let name = normalize_path(&h.entry.path).map_err(bad)?;
                 let pos = tar_pos(&mut tar);
-                files.insert(name, (pos, h.data_size));
+                // Two members of one name: tools disagree on which one counts (the first,
+                // the last), so the archive could be two different images.
+                if files.insert(name.clone(), (pos, h.data_size)).is_some() {
+                    return Err(bad(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("two members named {}", String::from_utf8_lossy(&name)),
+                    )));
+                }
             }
         }
         Ok(Archive {
@@ -301,6 +312,10 @@ pub struct Image {
     pub config: ImageConfig,
     /// How the user named it.
     pub name: String,
+    /// Layer indexes already built, for sources without an index cache on disk (other
+    /// layouts, archives): planning and the in-order writer both need them, and reading a
+    /// layer once for both is enough.
+    indexes: Arc<std::sync::Mutex<HashMap<usize, LayerIndex>>>,
 }
 
 impl Image {
@@ -330,7 +345,12 @@ impl Image {
                 let s = Store::open(dir)?;
                 let index = s.read_index()?;
                 let desc = pick(&index, name.as_deref(), &r.to_string())?;
-                Image::from_descriptor(BlobSource::Layout(s), desc, r.to_string())
+                let src = if same_dir(s.root(), store) {
+                    BlobSource::Layout(s) // `oci:STORE:NAME:TAG`, as stash prints it
+                } else {
+                    BlobSource::Foreign(s)
+                };
+                Image::from_descriptor(src, desc, r.to_string())
             }
             ImageRef::Archive { file, name } => {
                 let a = Arc::new(Archive::open(file)?);
@@ -351,6 +371,7 @@ impl Image {
         if desc.media_type == media::INDEX || desc.media_type == media::DOCKER_LIST {
             let index: Index = source.read_json(&desc)?;
             check_media_type(index.media_type.as_deref(), &desc)?;
+            check_unambiguous(&index.extra, &["config", "layers"], &desc)?;
             desc = pick_platform(&index, &name)?;
         }
         if desc.media_type != media::MANIFEST && desc.media_type != media::DOCKER_MANIFEST {
@@ -361,6 +382,7 @@ impl Image {
         }
         let manifest: Manifest = source.read_json(&desc)?;
         check_media_type(manifest.media_type.as_deref(), &desc)?;
+        check_unambiguous(&manifest.extra, &["manifests"], &desc)?;
         if manifest.schema_version != 2 {
             return Err(Error::Other(format!(
                 "{name}: manifest schema version {} not supported",
@@ -393,6 +415,7 @@ impl Image {
             manifest,
             config,
             name,
+            indexes: Arc::default(),
         })
     }
 
@@ -409,9 +432,19 @@ impl Image {
     /// The index of layer `i` (cached in our store).
     pub fn layer_index(&self, i: usize) -> Result<LayerIndex> {
         let desc = &self.manifest.layers[i];
-        layer_index(self.source.cache_store(), &desc.digest, || {
-            self.open_layer(i)
-        })
+        let store = self.source.cache_store();
+        if store.is_none()
+            && let Some(index) = self.indexes.lock().ok().and_then(|m| m.get(&i).cloned())
+        {
+            return Ok(index);
+        }
+        let index = layer_index(store, &desc.digest, || self.open_layer(i))?;
+        if store.is_none()
+            && let Ok(mut memo) = self.indexes.lock()
+        {
+            memo.insert(i, index.clone());
+        }
+        Ok(index)
     }
 
     /// The modelled tree of the whole image, as source number `source`.
@@ -422,6 +455,30 @@ impl Image {
             m.apply_layer(source, i as u32, &index);
         }
         Ok(m)
+    }
+
+    /// The clearest account of `e`, an error met while reading this image's layers: when a
+    /// layer blob does not match its descriptor's digest or size, that is the cause, and is
+    /// reported instead (a damaged blob makes the decompressor or the tar reader fail
+    /// first, with a message about the symptom).
+    ///
+    /// Only the layers the message names are checked (layer errors say `layer DIGEST:`):
+    /// a failure of the target (a full disk, a refused hardlink) costs no re-reading.
+    pub fn explain(&self, e: Error) -> Error {
+        let text = e.to_string();
+        for desc in &self.manifest.layers {
+            if !text.contains(desc.digest.as_str()) {
+                continue;
+            }
+            let damaged = self
+                .source
+                .open_blob(desc)
+                .and_then(|blob| blob.finish().map_err(Error::from));
+            if let Err(damaged) = damaged {
+                return damaged; // names the blob and what is wrong with it
+            }
+        }
+        e
     }
 
     /// The sum of the layers' compressed sizes.
@@ -437,6 +494,15 @@ impl Image {
     }
 }
 
+/// Whether two paths name the same directory.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 fn check_media_type(doc: Option<&str>, desc: &Descriptor) -> Result<()> {
     match doc {
         Some(m) if m != desc.media_type => Err(Error::Other(format!(
@@ -444,6 +510,22 @@ fn check_media_type(doc: Option<&str>, desc: &Descriptor) -> Result<()> {
             desc.digest, desc.media_type
         ))),
         _ => Ok(()),
+    }
+}
+
+/// CVE-2021-41190: a document that carries the other kind's fields could be read as a
+/// manifest by one tool and as an index by another, so it is refused (image-spec 1.0.2).
+fn check_unambiguous(
+    extra: &std::collections::BTreeMap<String, serde_json::Value>,
+    foreign: &[&str],
+    desc: &Descriptor,
+) -> Result<()> {
+    match foreign.iter().find(|f| extra.contains_key(**f)) {
+        Some(f) => Err(Error::Other(format!(
+            "blob {}: a {} with a {f:?} field is ambiguous (CVE-2021-41190)",
+            desc.digest, desc.media_type
+        ))),
+        None => Ok(()),
     }
 }
 

@@ -40,6 +40,18 @@ pub fn classify(mut e: Entry) -> io::Result<Change> {
     let show = || String::from_utf8_lossy(&raw).into_owned();
     let bad = |msg: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {msg}", show()));
     let name = e.name().to_vec();
+    // Files named `.wh.*` cannot exist in an image (layer.md): the prefix is a marker, valid
+    // only as the last component of a regular file. Anywhere else it would be written out
+    // as content and read back by other tools as a whiteout.
+    if parent(&e.path)
+        .split(|&b| b == b'/')
+        .any(|c| c.starts_with(WHITEOUT_PREFIX))
+        || (e.kind != Kind::File && name.starts_with(WHITEOUT_PREFIX))
+    {
+        return Err(bad(
+            "names starting with .wh. are reserved for whiteouts (only an empty regular file may have one)",
+        ));
+    }
     if e.kind == Kind::File && name.starts_with(WHITEOUT_PREFIX) {
         let dir = parent(&e.path).to_vec();
         if name == OPAQUE {
@@ -193,5 +205,85 @@ pub fn layer_index(
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
         Error::Other(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, kind: Kind, link: &str) -> Entry {
+        Entry {
+            link: link.as_bytes().to_vec(),
+            ..Entry::new(path.as_bytes().to_vec(), kind)
+        }
+    }
+
+    /// What `classify` makes of a raw name: `put PATH`, `wh PATH`, `opq PATH`, or `err`.
+    fn outcome(path: &str, kind: Kind, link: &str) -> String {
+        match classify(entry(path, kind, link)) {
+            Ok(Change::Put(e, _)) => format!("put {}", String::from_utf8_lossy(&e.path)),
+            Ok(Change::Whiteout(p)) => format!("wh {}", String::from_utf8_lossy(&p)),
+            Ok(Change::Opaque(p)) => format!("opq {}", String::from_utf8_lossy(&p)),
+            Err(_) => "err".into(),
+        }
+    }
+
+    #[test]
+    fn classify_table() {
+        use Kind::{Dir, File, Hardlink, Symlink};
+        for (path, kind, link, want) in [
+            ("etc/passwd", File, "", "put etc/passwd"),
+            ("/../file", File, "", "put file"),
+            ("../../etc/", Dir, "", "put etc"),
+            ("./", Dir, "", "put "),
+            ("/", Dir, "", "put "),
+            // The root itself as anything but a directory (CVE-2021-29136).
+            ("", File, "", "err"),
+            ("..", Symlink, "/", "err"),
+            ("/.", Symlink, "/", "err"),
+            ("a/..", Symlink, "/", "err"),
+            // Whiteouts.
+            (".wh.etc", File, "", "wh etc"),
+            ("etc/.wh.passwd", File, "", "wh etc/passwd"),
+            ("dne/../.wh.etc", File, "", "wh etc"),
+            ("/../.wh.x", File, "", "wh x"),
+            ("etc/.wh..wh..opq", File, "", "opq etc"),
+            (".wh..wh..opq", File, "", "opq "),
+            (".wh.", File, "", "err"),
+            (".wh..", File, "", "err"),
+            (".wh...", File, "", "err"),
+            ("etc/.wh..", File, "", "err"),
+            ("etc/.wh...", File, "", "err"),
+            (".wh..wh.plnk", File, "", "err"),
+            // `.wh.` names that are not whiteouts (layer.md: cannot exist in an image).
+            (".wh.etc", Dir, "", "err"),
+            (".wh.etc/somefile", File, "", "err"),
+            (".wh.x", Symlink, "/", "err"),
+            (".wh.x", Hardlink, "f", "err"),
+            ("a/.wh.b/.wh.c", File, "", "err"),
+            ("a.wh.b", File, "", "put a.wh.b"),
+            // Links.
+            ("s", Symlink, "", "err"),
+            ("s", Symlink, "../../x", "put s"),
+            ("h", Hardlink, "/..", "err"),
+            ("h", Hardlink, "./h", "err"),
+            ("h", Hardlink, "../../etc/passwd", "put h"),
+        ] {
+            assert_eq!(
+                outcome(path, kind, link),
+                want,
+                "{path:?} {kind:?} -> {link:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hardlink_targets_are_normalised() {
+        let Ok(Change::Put(e, _)) = classify(entry("h", Kind::Hardlink, "/../../etc/passwd"))
+        else {
+            panic!("not a put");
+        };
+        assert_eq!(e.link, b"etc/passwd");
     }
 }

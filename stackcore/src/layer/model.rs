@@ -189,10 +189,12 @@ impl Model {
             return;
         }
         if let Some(blocker) = self.ancestor_not_dir(path) {
+            // A hardlink may name a symlink (its node keeps only the kind `Hardlink`):
+            // an extractor follows it as well.
             if self
                 .nodes
                 .get(&blocker)
-                .is_some_and(|n| n.entry.kind == Kind::Symlink)
+                .is_some_and(|n| matches!(n.entry.kind, Kind::Symlink | Kind::Hardlink))
             {
                 self.complex = true;
             }
@@ -730,6 +732,37 @@ mod tests {
             "x was up to date: its lower data stays"
         );
         assert!(conflicts.is_empty(), "{conflicts:?}");
+    }
+
+    #[test]
+    fn whited_out_link_source_still_carries_the_surviving_name() {
+        // The root (and implicit parents) share origin (0, 0, 0) with the first entry.
+        let mut m = Model::new();
+        m.apply_layer(
+            0,
+            0,
+            &LayerIndex {
+                changes: vec![file("a")],
+            },
+        );
+        m.apply_layer(
+            0,
+            1,
+            &LayerIndex {
+                changes: vec![link("b", "a")],
+            },
+        );
+        m.apply_layer(
+            0,
+            2,
+            &LayerIndex {
+                changes: vec![Change::Whiteout(b"a".to_vec())],
+            },
+        );
+        // The root shares origin (0, 0, 0) with the first entry: the whiteout must still
+        // remove `a`, and `b` keeps a's data.
+        assert!(!m.nodes.contains_key(b"a".as_slice()));
+        assert_eq!(m.nodes[b"b".as_slice()].data_origin, (0, 0, 0));
     }
 
     #[test]

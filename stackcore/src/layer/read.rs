@@ -63,9 +63,12 @@ impl<R: BufRead> Decoder<R> {
 
 impl<R: BufRead> Read for Decoder<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // Name the format: "incomplete deflate stream" alone does not say which layer
+        // property is broken.
+        let named = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
         match self {
-            Decoder::Gzip(d) => d.read(buf),
-            Decoder::Zstd(d) => d.read(buf),
+            Decoder::Gzip(d) => d.read(buf).map_err(|e| named("gzip", e)),
+            Decoder::Zstd(d) => d.read(buf).map_err(|e| named("zstd", e)),
             Decoder::Plain(r) => r.read(buf),
         }
     }
@@ -84,7 +87,7 @@ pub fn open_layer<R: Read + Send + 'static>(
     diff_id: Option<&Digest>,
 ) -> Result<LayerStream> {
     let decoder = Decoder::new(BufReader::with_capacity(256 << 10, blob), &desc.media_type)?;
-    let what = format!("layer {} (uncompressed, diff_id)", desc.digest);
+    let what = "uncompressed tar (diff_id)";
     let check = match diff_id {
         Some(d) => VerifyReader::new(decoder, d.clone(), None, what),
         None => VerifyReader::unchecked(decoder, what),

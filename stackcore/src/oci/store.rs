@@ -62,7 +62,7 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         let root = absolute(path)?;
         let layout = root.join("oci-layout");
-        let text = fs::read(&layout).map_err(|e| {
+        let text = read_small(&layout).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
                 Error::Other(format!(
                     "{}: not an OCI image layout (no oci-layout file)",
@@ -184,7 +184,7 @@ impl Store {
     /// Opens a blob; the reader fails at its end unless digest and size match `desc`.
     pub fn open_blob(&self, desc: &Descriptor) -> Result<VerifyReader<File>> {
         let path = self.blob_path(&desc.digest);
-        let file = File::open(&path).map_err(|e| {
+        let file = open_regular(&path).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
                 Error::Other(format!(
                     "blob {} missing from {}",
@@ -229,7 +229,7 @@ impl Store {
     /// Reads `index.json`.
     pub fn read_index(&self) -> Result<Index> {
         let path = self.root.join("index.json");
-        let bytes = fs::read(&path).at(&path)?;
+        let bytes = read_small(&path).at(&path)?;
         serde_json::from_slice(&bytes)
             .map_err(|e| Error::Other(format!("{}: bad JSON: {e}", path.display())))
     }
@@ -338,6 +338,39 @@ impl Store {
     pub fn cache_dir(&self) -> PathBuf {
         self.root.join(OWN_DIR).join("cache")
     }
+}
+
+/// Opens `path` for reading if it is a regular file. In a layout someone else made, a
+/// FIFO would block the open or the read forever and a device (`/dev/zero` behind a
+/// symlink) would never end; `O_NONBLOCK` keeps the open itself from waiting.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
+/// Reads a small layout file (`oci-layout`, `index.json`): a regular file of at most
+/// [`MAX_JSON_BLOB`] bytes.
+fn read_small(path: &Path) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    open_regular(path)?
+        .take(MAX_JSON_BLOB + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_JSON_BLOB {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {MAX_JSON_BLOB} bytes"),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Parses a verified JSON blob; refuses oversized ones.

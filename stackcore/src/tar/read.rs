@@ -24,6 +24,9 @@ pub struct TarReader<R> {
     done: bool,
 }
 
+/// The largest size a ustar header holds in octal (11 digits).
+const USTAR_SIZE_MAX: u64 = 0o777_7777_7777;
+
 fn bad(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
@@ -176,8 +179,12 @@ impl<R: Read> TarReader<R> {
                     let link = pax_link
                         .or(gnu_link)
                         .unwrap_or_else(|| field_bytes(&block[157..257]).to_vec());
+                    // A writer puts the size in PAX and 0 in the header only when it does
+                    // not fit the 11 octal digits (Go's archive/tar). A smaller PAX size over
+                    // a 0 is a parser differential: a reader that ignores PAX would take
+                    // this entry's data for the next headers (CVE-2025-62518).
                     let data_size = match pax_size {
-                        Some(p) if size != 0 && p != size => {
+                        Some(p) if p != size && (size != 0 || p <= USTAR_SIZE_MAX) => {
                             return Err(bad(format!(
                                 "tar: {}: PAX size {p} disagrees with header size {size}",
                                 String::from_utf8_lossy(&path)
@@ -225,17 +232,42 @@ impl<R: Read> TarReader<R> {
                         Some(g) => g,
                         None => num(&block[116..124], "gid")?,
                     };
+                    // Owners are 32-bit, and (uid_t)-1 tells chown "leave it": a larger
+                    // number would silently become another owner (2^32 is root).
+                    let id = |v: u64, what: &str| {
+                        if v >= u64::from(u32::MAX) {
+                            return Err(bad(format!(
+                                "tar: {}: {what} {v} is out of range",
+                                String::from_utf8_lossy(&path)
+                            )));
+                        }
+                        Ok(v)
+                    };
+                    let (uid, gid) = (id(uid, "uid")?, id(gid, "gid")?);
                     let mtime = match pax_mtime {
                         Some(t) => t,
                         None => Mtime {
-                            sec: num(&block[136..148], "mtime")? as i64,
+                            sec: i64::try_from(num(&block[136..148], "mtime")?).map_err(|_| {
+                                bad(format!(
+                                    "tar: {}: mtime out of range",
+                                    String::from_utf8_lossy(&path)
+                                ))
+                            })?,
                             nsec: 0,
                         },
                     };
+                    let dev = |f: &[u8], what: &str| {
+                        u32::try_from(num(f, what)?).map_err(|_| {
+                            bad(format!(
+                                "tar: {}: {what} out of range",
+                                String::from_utf8_lossy(&path)
+                            ))
+                        })
+                    };
                     let (dev_major, dev_minor) = if matches!(kind, Kind::Char | Kind::Block) {
                         (
-                            num(&block[329..337], "devmajor")? as u32,
-                            num(&block[337..345], "devminor")? as u32,
+                            dev(&block[329..337], "devmajor")?,
+                            dev(&block[337..345], "devminor")?,
                         )
                     } else {
                         (0, 0)
@@ -635,6 +667,26 @@ mod tests {
         pax.extend_from_slice(&[b'a'; 512]);
         pax.extend_from_slice(&END_OF_ARCHIVE);
         assert!(TarReader::new(&pax[..]).next_header().is_err());
+
+        // Header size 0 with a PAX size that would have fitted the header.
+        let mut zero = Vec::new();
+        let body = b"13 size=1024\n";
+        let mut h = [0u8; 512];
+        h[..1].copy_from_slice(b"p");
+        h[156] = b'x';
+        h[124..136].copy_from_slice(format!("{:011o}\0", body.len()).as_bytes());
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[148..156].fill(b' ');
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        zero.extend_from_slice(&h);
+        zero.extend_from_slice(body);
+        zero.resize(1024, 0);
+        write_header(&mut zero, &Entry::new(b"f".to_vec(), Kind::File));
+        zero.extend_from_slice(&[0u8; 1024]);
+        zero.extend_from_slice(&END_OF_ARCHIVE);
+        let err = TarReader::new(&zero[..]).next_header().unwrap_err();
+        assert!(err.to_string().contains("PAX size 1024"), "{err}");
 
         let mut garbage = buf.clone();
         garbage.extend_from_slice(&[b'a'; 512]);
