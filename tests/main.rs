@@ -3,6 +3,7 @@
 
 mod util;
 
+mod hardening;
 mod hostile;
 mod incremental;
 mod kiwimerge;

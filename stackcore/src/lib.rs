@@ -18,6 +18,7 @@
 //! | [`image`] | image refs; opening images from stores, layouts and archives |
 //! | [`registry`] | `docker://` refs; pulling and pushing over the OCI distribution API (feature `registry`) |
 //! | [`stash`] | stashing a tree: full the first time, the difference after that |
+//! | [`space`] | free-space checks before writing a tree |
 //! | [`description`] | name and author from a root's `image/config.xml` |
 //! | [`timefmt`] | RFC 3339 timestamps |
 //! | [`failpoint`] | named crash points for tests |
@@ -37,6 +38,7 @@ pub mod kiwi;
 pub mod layer;
 pub mod oci;
 pub mod registry;
+pub mod space;
 pub mod stash;
 pub mod tar;
 pub mod timefmt;

@@ -12,6 +12,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 mod bench;
 mod demo;
 mod e2e;
+mod fuzz;
 
 /// Project tasks.
 #[derive(Debug, Parser)]
@@ -35,6 +36,8 @@ enum Task {
     Dist,
     /// The flagship end to end: registry container -> VM disk -> boot to a shell (as root).
     E2e(e2e::E2eArgs),
+    /// Run the cargo-fuzz targets for a while each (needs nightly and cargo-fuzz).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Task::Bench(args) => bench::run(&args),
         Task::Dist => dist(),
         Task::E2e(args) => e2e::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
