@@ -154,6 +154,14 @@ fn json_of_every_tool_validates_against_its_committed_schema() -> Result<()> {
         .args(["--store", "store", "--list", "--json"]))?)?;
     assert_valid("stash", &list)?;
     assert_eq!(list["stashes"][0]["name"], "cli-os", "{list}");
+    // Store maintenance: each of its documents too.
+    for args in [vec!["--verify", "--json"], vec!["--gc", "--json"]] {
+        let doc = json(&run(w
+            .bin("stash")
+            .args(["--store", "store", "-q"])
+            .args(&args))?)?;
+        assert_valid("stash", &doc)?;
+    }
 
     let unstashed = json(&run(w.bin("unstash").args([
         "cli-os", "--store", "store", "--to", "out", "--json", "--quiet",
@@ -209,6 +217,20 @@ fn json_of_every_tool_validates_against_its_committed_schema() -> Result<()> {
     ]))?)?;
     // --prepare-only exits 0 only where kiwi-ng is installed; the JSON is printed either way.
     assert_valid("stackbuild", &prepared)?;
+
+    run(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "root",
+        "--container-name",
+        "gone",
+        "-q",
+    ]))?;
+    let removed = json(&run(w
+        .bin("stash")
+        .args(["--store", "store", "--remove", "gone", "--json", "-q"]))?)?;
+    assert_valid("stash", &removed)?;
 
     // The schema is strict: a field it does not know fails, so drift cannot hide.
     let mut extra = first.clone();

@@ -4,6 +4,7 @@
 mod util;
 
 mod cli;
+mod hardening;
 mod hostile;
 mod incremental;
 mod jsonschema;

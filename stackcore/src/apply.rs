@@ -326,11 +326,22 @@ fn write_layers(img: Image, target: &mut Target) -> Result<bool> {
     // tests can check the planner against the plain extractor it must agree with.
     if img.manifest.layers.len() <= 1 || std::env::var_os("STACKBUILD_UNPLANNED").is_some() {
         // One layer: applying it in order is already one pass, and needs no index.
+        // Its size is checked first when its index is cached anyway (every layer a stash
+        // wrote).
+        if let (Some(store), [layer]) = (img.source.cache_store(), img.manifest.layers.as_slice())
+            && let Some(index) =
+                crate::layer::LayerIndex::load_cached(&store.cache_dir(), &layer.digest)
+        {
+            let mut model = Model::new();
+            model.apply_layer(0, 0, &index);
+            crate::space::check_room(target.path(), model.nodes.values().map(|n| &n.entry))?;
+        }
         sequential(&img, target)?;
         return Ok(false);
     }
     let model = img.model(0)?;
     let sources = [Source::Image(Box::new(img))];
+    crate::space::check_room(target.path(), model.nodes.values().map(|n| &n.entry))?;
     if model.complex {
         if let [Source::Image(img)] = &sources {
             tracing::debug!(image = %img.name, "the plan cannot predict this image: its layers in order");

@@ -22,7 +22,8 @@ pub fn facts(xml: &[u8], origin: &str) -> Result<DescriptionFacts> {
     let mut facts = DescriptionFacts::default();
     let mut path: Vec<Vec<u8>> = Vec::new();
     let bad = |e: &dyn std::fmt::Display| {
-        Error::Other(format!("{origin}: not a readable KIWI description: {e}"))
+        // Unusable input (exit 2), like any other description we cannot read.
+        Error::Usage(format!("{origin}: not a readable KIWI description: {e}"))
     };
     loop {
         match reader.read_event_into(&mut buf).map_err(|e| bad(&e))? {

@@ -20,6 +20,7 @@
 //! | [`progress`] | progress of long work, reported to the sink a binary installs |
 //! | [`registry`] | `docker://` refs; pulling and pushing over the OCI distribution API (feature `registry`) |
 //! | [`stash`] | stashing a tree: full the first time, the difference after that |
+//! | [`space`] | free-space checks before writing a tree |
 //! | [`description`] | name and author from a root's `image/config.xml` |
 //! | [`timefmt`] | RFC 3339 timestamps |
 //! | [`failpoint`] | named crash points for tests |
@@ -41,6 +42,7 @@ pub mod manifest;
 pub mod oci;
 pub mod progress;
 pub mod registry;
+pub mod space;
 pub mod stash;
 pub mod tar;
 pub mod timefmt;

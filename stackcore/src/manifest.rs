@@ -210,6 +210,81 @@ pub struct StashRow {
     pub created: Option<String>,
 }
 
+/// `stash --remove NAME[:TAG] --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StashRemoveReport {
+    /// The version of this document's shape: 1.
+    #[schemars(extend("const" = 1))]
+    pub schema: u32,
+    /// The store.
+    pub store: String,
+    /// The `NAME:TAG` removed.
+    pub removed: String,
+    /// The manifest it pointed at (its blobs stay until `--gc`).
+    pub manifest: String,
+}
+
+/// `stash --gc --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StashGcReport {
+    /// The version of this document's shape: 1.
+    #[schemars(extend("const" = 1))]
+    pub schema: u32,
+    /// The store.
+    pub store: String,
+    /// Blobs kept (referenced).
+    pub blobs_kept: u64,
+    /// Unreferenced blobs removed.
+    pub blobs_removed: u64,
+    /// Their bytes.
+    pub blob_bytes: u64,
+    /// Temp files of runs no longer alive, removed.
+    pub temp_removed: u64,
+    /// Their bytes.
+    pub temp_bytes: u64,
+    /// Stale cached layer indexes removed.
+    pub caches_removed: u64,
+    /// Their bytes.
+    pub cache_bytes: u64,
+    /// All bytes freed.
+    pub bytes_freed: u64,
+}
+
+/// `stash --verify --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StashVerifyReport {
+    /// The version of this document's shape: 1.
+    #[schemars(extend("const" = 1))]
+    pub schema: u32,
+    /// The store.
+    pub store: String,
+    /// Whether nothing is wrong.
+    pub ok: bool,
+    /// Blob files hashed.
+    pub blobs: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Manifests checked.
+    pub manifests: u64,
+    /// Everything wrong, one entry per damaged or missing blob.
+    pub problems: Vec<StoreProblem>,
+}
+
+/// One thing wrong with a store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoreProblem {
+    /// The blob (`sha256:...`), or the file, that is wrong.
+    pub blob: String,
+    /// What is wrong with it.
+    pub problem: String,
+    /// The tags whose images need it.
+    pub refs: Vec<String>,
+}
+
 /// Every document `stash --json` prints: which one depends on the flags.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
@@ -221,6 +296,12 @@ pub enum StashOutput {
     Push(StashPushReport),
     /// `stash --list --json`.
     List(StashList),
+    /// `stash --remove NAME[:TAG] --json`.
+    Remove(StashRemoveReport),
+    /// `stash --gc --json`.
+    Gc(StashGcReport),
+    /// `stash --verify --json`.
+    Verify(StashVerifyReport),
 }
 
 /// `unstash REF --to DIR --json` (or `--output FILE --json`).

@@ -42,10 +42,15 @@ pub const PREPARER: &str = concat!(
     " (kiwi-ng system stash compatible)"
 );
 
-/// The container-name rule of the original plugin.
+/// The longest stash name: a name becomes a file name (its lock), and registries cap a
+/// repository path component well below 255 bytes; 128 matches the tag limit.
+pub const MAX_NAME: usize = 128;
+
+/// The container-name rule of the original plugin, plus a length limit ([`MAX_NAME`]).
 pub fn valid_name(name: &str) -> bool {
     let b = name.as_bytes();
     b.len() >= 2
+        && b.len() <= MAX_NAME
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
         && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
@@ -188,6 +193,13 @@ pub fn stash(store: &Store, opts: &StashOptions) -> Result<StashOutcome> {
         return Ok(outcome);
     }
 
+    // Refuse what no reader would take back before writing anything.
+    for e in decision.emit.values() {
+        crate::tar::check_limits(e).map_err(|err| match err {
+            Error::Other(m) => Error::Other(format!("{}/{m}", opts.root.display())),
+            other => other,
+        })?;
+    }
     let total: u64 = decision
         .emit
         .values()
@@ -270,6 +282,7 @@ pub fn stash(store: &Store, opts: &StashOptions) -> Result<StashOutcome> {
 
     let config_bytes = serde_json::to_vec(&config).expect("config serialises");
     let config_digest = store.write_blob(&config_bytes)?;
+    crate::failpoint::hit("stash-after-config");
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(media::MANIFEST.to_owned()),

@@ -65,6 +65,7 @@ pub fn walk(
         return Err(Error::Usage(format!("{}: not a directory", root.display())));
     }
     let mut w = Walker {
+        root,
         opts,
         root_dev: meta.dev(),
         links: std::collections::HashMap::new(),
@@ -77,6 +78,7 @@ pub fn walk(
 }
 
 struct Walker<'a> {
+    root: &'a Path,
     opts: &'a WalkOptions,
     root_dev: u64,
     links: std::collections::HashMap<(u64, u64), Vec<u8>>,
@@ -98,6 +100,23 @@ impl Walker<'_> {
         names.sort_unstable();
         for name in names {
             let source = dir.join(OsStr::from_bytes(&name));
+            let path = join(rel, &name);
+            // The kernel cannot name it (lstat would fail with ENAMETOOLONG), and no tar
+            // reader, ours included, accepts a longer path: say so plainly.
+            // (+1: a directory's tar name ends in '/'.)
+            if source.as_os_str().len() >= crate::tar::limits::PATH
+                || path.len() + 1 > crate::tar::limits::PATH
+            {
+                return Err(Error::Other(format!(
+                    "{}/{}...: a path of {} bytes ({} from /) exceeds the {}-byte limit \
+                     (PATH_MAX) of the kernel and of tar readers; it cannot be stashed",
+                    self.root.display(),
+                    String::from_utf8_lossy(&path[..path.len().min(60)]),
+                    path.len(),
+                    source.as_os_str().len(),
+                    crate::tar::limits::PATH
+                )));
+            }
             let meta = match fs::symlink_metadata(&source) {
                 Ok(m) => m,
                 // Vanished between readdir and lstat (a live tree): nothing to stash.
@@ -108,7 +127,6 @@ impl Walker<'_> {
                 self.stats.sockets += 1;
                 continue;
             }
-            let path = join(rel, &name);
             let walked = self.entry(&source, path.clone(), &meta)?;
             let descend = walked.entry.kind == Kind::Dir
                 && !(rel.is_empty() && self.opts.skip_contents.contains(&name))

@@ -17,6 +17,8 @@ use stackcore::oci::Store;
 use stackcore::registry::{RegistryOptions, RegistryRef, push};
 use stackcore::stash::{StashOptions, stash, valid_name, valid_tag};
 
+mod maint;
+
 const EXAMPLES: &str = "\
 Examples:
   stash --root build/image-root                 # name from image/config.xml, tag latest
@@ -24,7 +26,13 @@ Examples:
   stash --list
   stash --root r --json | unstash - --to copy   # pipes take the ref or the JSON
   stash --root r --container-name base --push docker://registry.example.org/os/base:v1
-  stash --container-name base --tag v1 --push docker://127.0.0.1:5000/os/base:v1 --tls-verify=false";
+  stash --container-name base --tag v1 --push docker://127.0.0.1:5000/os/base:v1 --tls-verify=false
+
+Store maintenance (each takes --store and --json):
+  stash --remove base:v1      # untag a stash (its blobs stay until --gc)
+  stash --gc                  # remove unreferenced blobs, stale temp files, stale caches
+  stash --verify              # hash every blob, check every image's references; exit 1
+                              # naming each damaged blob";
 
 /// Keep a root tree as an OCI image: the whole tree the first time, only what changed after.
 #[derive(Debug, Parser)]
@@ -32,7 +40,11 @@ Examples:
 #[command(name = "stash", version, about, after_help = EXAMPLES)]
 pub struct Cli {
     /// The root tree to stash (e.g. a KIWI `build/image-root`).
-    #[arg(long, value_name = "DIR", required_unless_present_any = ["list", "push"])]
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present_any = ["list", "push", "remove", "gc", "verify"]
+    )]
     pub root: Option<PathBuf>,
     /// Stash name; default: the `<image name=...>` of ROOT/image/config.xml.
     #[arg(long, value_name = "NAME")]
@@ -68,6 +80,18 @@ pub struct Cli {
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
           num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub tls_verify: bool,
+    /// Remove the stash `NAME[:TAG]` (tag default: latest) from the store; its blobs stay until
+    /// --gc.
+    #[arg(long, value_name = "NAME[:TAG]", conflicts_with_all = ["root", "container_name", "list", "gc", "verify", "push"])]
+    pub remove: Option<String>,
+    /// Remove what no stash references: blobs, temp files of killed runs, stale caches.
+    /// Waits for running stashes to finish.
+    #[arg(long, conflicts_with_all = ["root", "container_name", "list", "verify", "push"])]
+    pub gc: bool,
+    /// Check the store: every blob's digest, every stash's manifest, config and layers
+    /// present with the right sizes. Exits 1 naming each damaged blob. Needs read access only.
+    #[arg(long, conflicts_with_all = ["root", "container_name", "list", "push"])]
+    pub verify: bool,
     /// Print a JSON report on stdout instead of the ref.
     #[arg(long)]
     pub json: bool,
@@ -90,6 +114,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let store_dir = store_path(cli.store.as_deref());
     if cli.list {
         return list(&store_dir, cli.json);
+    }
+    if let Some(r) = &cli.remove {
+        return maint::remove(&store_dir, r, cli.json, log);
+    }
+    if cli.gc {
+        return maint::gc(&store_dir, cli.json, log);
+    }
+    if cli.verify {
+        return maint::verify(&store_dir, cli.json, log);
     }
     let push_to = cli
         .push
@@ -117,6 +150,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .map_err(|e| Error::Usage(format!("--root {}: {e}", root.display())))?;
     if !meta.is_dir() {
         return Err(Error::Usage(format!("--root {}: not a directory", root.display())).into());
+    }
+    if let Err(e) = std::fs::read_dir(&root) {
+        return Err(Error::Usage(format!(
+            "--root {}: cannot read the directory: {e} (stash runs as any user, but needs to \
+             read the whole tree)",
+            root.display()
+        ))
+        .into());
     }
     let desc_path = root.join("image/config.xml");
     let facts = match std::fs::read(&desc_path) {
@@ -152,7 +193,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         return Err(Error::Usage(format!(
             "name {name:?} (from {whence}) cannot be used as a stash name: it must match \
              ^[0-9a-zA-Z][0-9a-zA-Z-]*[0-9a-zA-Z]$ (letters, digits and dashes, starting and \
-             ending with a letter or digit); give another with --container-name"
+             ending with a letter or digit) and be at most {} bytes long; give another with \
+             --container-name",
+            stackcore::stash::MAX_NAME
         ))
         .into());
     }

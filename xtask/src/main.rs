@@ -13,6 +13,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 mod bench;
 mod demo;
 mod e2e;
+mod fuzz;
 
 /// Project tasks.
 #[derive(Debug, Parser)]
@@ -42,6 +43,8 @@ enum Task {
     },
     /// The flagship end to end: registry container -> VM disk -> boot to a shell (as root).
     E2e(e2e::E2eArgs),
+    /// Run the cargo-fuzz targets for a while each (needs nightly and cargo-fuzz).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Task::Dist => dist(),
         Task::Schema { check } => schema(check),
         Task::E2e(args) => e2e::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -195,6 +195,41 @@ pub struct Document {
     pub root: Element,
 }
 
+/// Refuses characters XML 1.0 does not allow at all (C0 controls other than tab, newline
+/// and carriage return; U+FFFE, U+FFFF), whether written or made by a character reference:
+/// what the serialiser would write back could not be read again.
+fn check_chars(s: &str, origin: &str, what: &str) -> Result<()> {
+    match s.char_indices().find(|&(_, c)| {
+        (c < ' ' && !matches!(c, '\t' | '\n' | '\r')) || matches!(c, '\u{FFFE}' | '\u{FFFF}')
+    }) {
+        Some((i, c)) => Err(input_err(
+            origin,
+            format!(
+                "{what}: character U+{:04X} at byte {i} is not allowed in XML",
+                u32::from(c)
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a name that is not an XML `Name` (a letter, `_` or `:` first, then also digits,
+/// `-` and `.`; any non-ASCII character counts as a letter). quick-xml passes on quotes or
+/// `=` in an attribute name, which the serialiser would write back as broken markup.
+fn check_name(name: &str, origin: &str, what: &str) -> Result<()> {
+    let start = |c: char| c.is_ascii_alphabetic() || c == '_' || c == ':' || !c.is_ascii();
+    let rest = |c: char| start(c) || c.is_ascii_digit() || c == '-' || c == '.';
+    let mut chars = name.chars();
+    if chars.next().is_some_and(start) && chars.all(rest) {
+        Ok(())
+    } else {
+        Err(input_err(
+            origin,
+            format!("{what} {name:?} is not a valid XML name"),
+        ))
+    }
+}
+
 fn input_err(origin: &str, msg: impl std::fmt::Display) -> Error {
     Error::Usage(format!("{origin}: {msg}"))
 }
@@ -215,6 +250,7 @@ pub fn parse(bytes: &[u8], origin: &str) -> Result<Document> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let text = std::str::from_utf8(bytes)
         .map_err(|e| input_err(origin, format!("not UTF-8 ({e}); only UTF-8 is accepted")))?;
+    check_chars(text, origin, "the input")?;
     let mut reader = NsReader::from_str(text);
     reader.config_mut().trim_text(false);
     reader.config_mut().check_end_names = true;
@@ -232,6 +268,12 @@ pub fn parse(bytes: &[u8], origin: &str) -> Result<Document> {
             .map_err(|e| input_err(origin, format!("XML error at byte {pos}: {e}")))?;
         match ev {
             Event::Decl(d) => {
+                if pos != 0 {
+                    return Err(input_err(
+                        origin,
+                        "an XML declaration is only allowed at the very start",
+                    ));
+                }
                 if let Some(enc) = d.encoding() {
                     let enc = enc.map_err(|e| input_err(origin, e))?;
                     if !enc.eq_ignore_ascii_case(b"utf-8") && !enc.eq_ignore_ascii_case(b"utf8") {
@@ -265,16 +307,19 @@ pub fn parse(bytes: &[u8], origin: &str) -> Result<Document> {
                 flush_text(&mut stack, &mut pending_text);
                 let name = String::from_utf8(s.name().as_ref().to_vec())
                     .map_err(|e| input_err(origin, e))?;
+                check_name(&name, origin, "element")?;
                 let ns = resolve_ns(&ns_res, origin, &name)?;
                 let mut attrs = Vec::new();
                 for a in s.attributes() {
                     let a = a.map_err(|e| input_err(origin, format!("in <{name}>: {e}")))?;
                     let qname = String::from_utf8(a.key.as_ref().to_vec())
                         .map_err(|e| input_err(origin, e))?;
+                    check_name(&qname, origin, &format!("attribute of <{name}>"))?;
                     let value = a
                         .unescape_value()
                         .map_err(|e| input_err(origin, format!("in <{name} {qname}>: {e}")))?
                         .into_owned();
+                    check_chars(&value, origin, &format!("<{name} {qname}>"))?;
                     let attr_ns = if qname == "xmlns" || qname.starts_with("xmlns:") {
                         None
                     } else {
@@ -312,6 +357,7 @@ pub fn parse(bytes: &[u8], origin: &str) -> Result<Document> {
                 let s = t
                     .unescape()
                     .map_err(|e| input_err(origin, format!("text: {e}")))?;
+                check_chars(&s, origin, "text")?;
                 if stack.is_empty() {
                     if !s.trim().is_empty() {
                         return Err(input_err(origin, "text outside the root element"));
@@ -342,6 +388,14 @@ pub fn parse(bytes: &[u8], origin: &str) -> Result<Document> {
                 let s = std::str::from_utf8(&p)
                     .map_err(|e| input_err(origin, e))?
                     .to_owned();
+                let target = s.split([' ', '\t', '\r', '\n']).next().unwrap_or_default();
+                check_name(target, origin, "processing instruction target")?;
+                if target.eq_ignore_ascii_case("xml") {
+                    return Err(input_err(
+                        origin,
+                        "an XML declaration is only allowed at the very start",
+                    ));
+                }
                 if stack.is_empty() && root.is_none() {
                     prolog.push(Node::Pi(s));
                 } else if !stack.is_empty() {
@@ -559,6 +613,13 @@ mod tests {
                 "<!DOCTYPE image [<!ENTITY a \"b\">]><image>&a;</image>",
                 "DOCTYPE",
             ),
+            ("<image a'b'=\"1\"/>", "not a valid XML name"),
+            (
+                "<?xml version=\"1.0\"?><?xml version=\"1.0\"?><image/>",
+                "only allowed at the very start",
+            ),
+            ("<image name=\"a&#1;b\"/>", "U+0001"),
+            ("<image>\u{0}</image>", "U+0000"),
             ("<image>&lol;</image>", "text"),
             ("<image a=\"&lol;\"/>", "<image a>"),
             ("<image><a>x<b/></a></image>", "mixed content"),

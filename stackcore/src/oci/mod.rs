@@ -1,5 +1,6 @@
 //! OCI image layouts: the JSON types and the store.
 
+pub mod maint;
 pub mod store;
 pub mod types;
 

@@ -10,6 +10,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::de::DeserializeOwned;
@@ -29,7 +30,15 @@ const OWN_DIR: &str = ".stackbuild";
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// A writer's shared hold on the `writers` lock, for as long as any clone of the store
+    /// lives. `stash --gc` takes that lock exclusively, so it never runs while a writer has
+    /// blobs in the store that no manifest references yet (a layer written, its manifest
+    /// not yet tagged): gc would take them for garbage.
+    writer: Option<Arc<Lock>>,
 }
+
+/// The lock every writer holds shared and gc holds exclusively.
+pub const WRITERS_LOCK: &str = "writers";
 
 /// Where the store is when `--store` is not given: `$KIWI_STASH_HOME`, else
 /// `/var/lib/kiwi-stash` for root, else `$XDG_DATA_HOME/kiwi-stash`
@@ -72,7 +81,7 @@ impl Store {
                 parsed.image_layout_version
             )));
         }
-        Ok(Store { root })
+        Ok(Store { root, writer: None })
     }
 
     /// Opens a layout for writing, creating it when `path` is absent or an empty directory.
@@ -82,33 +91,77 @@ impl Store {
         let root = absolute(path)?;
         match fs::symlink_metadata(&root) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(&root).at(&root)?;
-                fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).at(&root)?;
-                init_layout(&root)?;
+                if let Some(parent) = root.parent() {
+                    fs::create_dir_all(parent).at(parent)?;
+                }
+                match fs::create_dir(&root) {
+                    Ok(()) => {
+                        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).at(&root)?;
+                    }
+                    // Another writer made it first: it is checked like any existing store.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(Error::io(&root, e)),
+                }
             }
             Err(e) => return Err(Error::io(&root, e)),
-            Ok(meta) => {
-                if !meta.is_dir() {
-                    return Err(Error::Usage(format!(
-                        "store {}: exists and is not a directory",
-                        root.display()
-                    )));
-                }
-                check_writable_by_us_only(&root, &meta)?;
-                if !root.join("oci-layout").exists() {
-                    let empty = fs::read_dir(&root).at(&root)?.next().is_none();
-                    if !empty {
-                        return Err(Error::Usage(format!(
-                            "store {}: exists and is not an OCI image layout; refusing to write into it \
-                             (give --store an empty or new directory)",
-                            root.display()
-                        )));
-                    }
-                    init_layout(&root)?;
-                }
+            Ok(_) => {}
+        }
+        let meta = fs::symlink_metadata(&root).at(&root)?;
+        if !meta.is_dir() {
+            return Err(Error::Usage(format!(
+                "store {}: exists and is not a directory",
+                root.display()
+            )));
+        }
+        check_writable_by_us_only(&root, &meta)?;
+        if !root.join("oci-layout").exists() {
+            if !only_an_unfinished_layout(&root)? {
+                return Err(Error::Usage(format!(
+                    "store {}: exists and is not an OCI image layout; refusing to write into it \
+                     (give --store an empty or new directory)",
+                    root.display()
+                )));
+            }
+            // Two writers may find the same new directory: one makes the layout, under the
+            // store lock, and the other finds it made (it must never write a fresh, empty
+            // index.json over the first one's stash).
+            let bare = Store {
+                root: root.clone(),
+                writer: None,
+            };
+            let _lock = bare.lock("store")?;
+            if !root.join("oci-layout").exists() {
+                init_layout(&root)?;
             }
         }
+        let mut store = Store::open(&root)?;
+        fs::create_dir_all(store.tmp_dir()).at(store.tmp_dir())?;
+        store.writer = Some(Arc::new(store.lock_shared(WRITERS_LOCK)?));
+        // What a killed writer left behind; the next writer tidies it up.
+        super::maint::clean_stale_temps(&store)?;
+        Ok(store)
+    }
+
+    /// Opens an existing layout for maintenance (`--remove`, `--gc`): like a writer, it must
+    /// belong to the caller and be writable by nobody else; unlike one, it is never created
+    /// and holds no `writers` lock (gc takes that exclusively itself).
+    pub fn open_for_maintenance(path: &Path) -> Result<Store> {
+        let root = absolute(path)?;
+        let meta = fs::symlink_metadata(&root).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Error::Usage(format!("store {}: does not exist", root.display()))
+            } else {
+                Error::io(&root, e)
+            }
+        })?;
+        if !meta.is_dir() {
+            return Err(Error::Usage(format!(
+                "store {}: exists and is not a directory",
+                root.display()
+            )));
+        }
         let store = Store::open(&root)?;
+        check_writable_by_us_only(&root, &meta)?;
         fs::create_dir_all(store.tmp_dir()).at(store.tmp_dir())?;
         Ok(store)
     }
@@ -232,9 +285,40 @@ impl Store {
     /// Takes the exclusive lock called `name` (`store` for the index, a stash name for that
     /// stash); it is released when the guard drops.
     pub fn lock(&self, name: &str) -> Result<Lock> {
-        let dir = self.root.join(OWN_DIR).join("locks");
-        fs::create_dir_all(&dir).at(&dir)?;
-        let path = dir.join(format!("{name}.lock"));
+        let (file, path) = self.lock_file(name)?;
+        file.lock().at(&path)?;
+        Ok(Lock { _file: file })
+    }
+
+    /// Takes the lock called `name` shared (many holders at once, none exclusive).
+    pub fn lock_shared(&self, name: &str) -> Result<Lock> {
+        let (file, path) = self.lock_file(name)?;
+        file.lock_shared().at(&path)?;
+        Ok(Lock { _file: file })
+    }
+
+    /// Takes the exclusive lock called `name` if nobody holds it; `None` if someone does.
+    pub fn try_lock(&self, name: &str) -> Result<Option<Lock>> {
+        let (file, path) = self.lock_file(name)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Lock { _file: file })),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+        }
+    }
+
+    /// The path of the lock file called `name` (tests wait on it through `/proc/locks`).
+    pub fn lock_path(&self, name: &str) -> PathBuf {
+        self.root
+            .join(OWN_DIR)
+            .join("locks")
+            .join(format!("{name}.lock"))
+    }
+
+    fn lock_file(&self, name: &str) -> Result<(File, PathBuf)> {
+        let path = self.lock_path(name);
+        let dir = path.parent().expect("lock dir");
+        fs::create_dir_all(dir).at(dir)?;
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -242,8 +326,7 @@ impl Store {
             .mode(0o600)
             .open(&path)
             .at(&path)?;
-        file.lock().at(&path)?;
-        Ok(Lock { _file: file })
+        Ok((file, path))
     }
 
     /// Where temp files go (same file system as the blobs, so rename works).
@@ -395,7 +478,9 @@ impl Drop for BlobWriter {
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Creates a new temp file `DIR/PREFIX-PID-N` (`O_EXCL`), mode 0644.
+/// Creates a new temp file `DIR/PREFIX-PID-N` (`O_EXCL`), mode 0644. The pid in the name is
+/// how a later writer or gc tells a killed run's leftovers from a live run's files (see
+/// [`temp_owner`]).
 pub fn temp_file(dir: &Path, prefix: &str) -> Result<(File, PathBuf)> {
     loop {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -411,6 +496,18 @@ pub fn temp_file(dir: &Path, prefix: &str) -> Result<(File, PathBuf)> {
             Err(e) => return Err(Error::io(&path, e)),
         }
     }
+}
+
+/// The pid that made temp file `name` (`PREFIX-PID-N`), if the name has that shape.
+pub fn temp_owner(name: &str) -> Option<i32> {
+    let mut parts = name.rsplitn(3, '-');
+    let n = parts.next()?;
+    let pid = parts.next()?;
+    parts.next()?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok().filter(|p| *p > 0)
 }
 
 /// Writes `bytes` to `path` through a fsynced temp file in `tmp_dir` and a rename.
@@ -436,11 +533,42 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
+/// The `index.json` of a new layout.
+const EMPTY_INDEX: &[u8] =
+    b"{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.index.v1+json\",\"manifests\":[]}\n";
+
+/// Whether a directory without `oci-layout` is empty, or holds only what a writer makes
+/// before it (our own directory; empty `blobs/sha256`; an empty `index.json`), so making
+/// the layout there loses nothing: a new store, or one whose first writer was killed.
+fn only_an_unfinished_layout(root: &Path) -> Result<bool> {
+    for item in fs::read_dir(root).at(root)? {
+        let item = item.at(root)?;
+        let ok = match item.file_name().to_str() {
+            Some(OWN_DIR) => true,
+            Some("blobs") => {
+                let sha = item.path().join("sha256");
+                fs::read_dir(&sha).map_or_else(
+                    |e| e.kind() == io::ErrorKind::NotFound,
+                    |mut d| d.next().is_none(),
+                ) && fs::read_dir(item.path())
+                    .at(item.path())?
+                    .all(|e| e.is_ok_and(|e| e.file_name() == "sha256"))
+            }
+            Some("index.json") => fs::read(item.path()).is_ok_and(|b| b == EMPTY_INDEX),
+            _ => false,
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 fn init_layout(root: &Path) -> Result<()> {
     let blobs = root.join("blobs/sha256");
     fs::create_dir_all(&blobs).at(&blobs)?;
     let tmp = root.join(OWN_DIR).join("tmp");
-    write_atomic(&root.join("index.json"), b"{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.index.v1+json\",\"manifests\":[]}\n", &tmp)?;
+    write_atomic(&root.join("index.json"), EMPTY_INDEX, &tmp)?;
     // oci-layout last: its presence is what makes the directory a layout.
     write_atomic(
         &root.join("oci-layout"),
@@ -450,20 +578,38 @@ fn init_layout(root: &Path) -> Result<()> {
 }
 
 fn check_writable_by_us_only(root: &Path, meta: &fs::Metadata) -> Result<()> {
+    check_owned(root, root, meta)?;
+    // The directories whose entries decide what the store holds: someone who can write
+    // into one of them can swap a blob or the index as surely as through the top.
+    for sub in ["blobs", "blobs/sha256", OWN_DIR] {
+        let path = root.join(sub);
+        match fs::symlink_metadata(&path) {
+            Ok(m) => check_owned(root, &path, &m)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+    }
+    Ok(())
+}
+
+fn check_owned(root: &Path, path: &Path, meta: &fs::Metadata) -> Result<()> {
     let uid = rustix::process::geteuid().as_raw();
+    let what = if path == root {
+        format!("store {}", root.display())
+    } else {
+        format!("store {}: {}", root.display(), path.display())
+    };
     if meta.uid() != uid {
         return Err(Error::Other(format!(
-            "store {}: owned by uid {}, not by you (uid {uid}); refusing to write into a store \
+            "{what}: owned by uid {}, not by you (uid {uid}); refusing to write into a store \
              another user controls",
-            root.display(),
             meta.uid()
         )));
     }
-    if meta.mode() & 0o022 != 0 {
+    if !meta.file_type().is_symlink() && meta.mode() & 0o022 != 0 {
         return Err(Error::Other(format!(
-            "store {}: writable by group or others (mode {:o}); refusing to write, since anyone \
+            "{what}: writable by group or others (mode {:o}); refusing to write, since anyone \
              could swap its blobs (chmod go-w it)",
-            root.display(),
             meta.mode() & 0o7777
         )));
     }

@@ -9,7 +9,7 @@ mod read;
 mod write;
 
 pub use read::{Header, TarReader, normalize_path};
-pub use write::{Builder, END_OF_ARCHIVE, padding, write_header};
+pub use write::{Builder, END_OF_ARCHIVE, check_limits, padding, write_header};
 
 /// Limits on what a header may carry; beyond them the input is refused with a clear error.
 pub mod limits {

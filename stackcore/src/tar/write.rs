@@ -163,10 +163,7 @@ pub fn write_header(out: &mut Vec<u8>, e: &Entry) {
     }
 
     if !pax.is_empty() {
-        let mut body = Vec::new();
-        for (k, v) in &pax {
-            pax_record(&mut body, k, v);
-        }
+        let body = pax_body(&pax);
         let mut h = ustar(
             b"PaxHeader",
             0o644,
@@ -218,6 +215,52 @@ pub fn write_header(out: &mut Vec<u8>, e: &Entry) {
     );
     checksum(&mut h);
     out.extend_from_slice(&h);
+}
+
+fn pax_body(pax: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (k, v) in pax {
+        pax_record(&mut body, k, v);
+    }
+    body
+}
+
+/// Checks that the headers of `e` stay within the limits every reader of ours enforces
+/// ([`super::limits`]), so that nothing is stashed that could not be unstashed: the
+/// path (with a directory's `/`), the link target, and the PAX extended header, which
+/// carries the xattrs (a tmpfs holds more than 1 MiB of them on one file).
+pub fn check_limits(e: &Entry) -> Result<()> {
+    use super::limits;
+    let show = || String::from_utf8_lossy(&e.path).into_owned();
+    let name_len = e.path.len().max(1) + usize::from(e.kind == Kind::Dir);
+    if name_len > limits::PATH || e.link.len() > limits::PATH {
+        return Err(Error::Other(format!(
+            "{}: a path of {} bytes exceeds the {}-byte limit of tar readers",
+            show(),
+            name_len.max(e.link.len()),
+            limits::PATH
+        )));
+    }
+    let mut header = Vec::new();
+    write_header(&mut header, e);
+    if header.len() > 512 && header[156] == b'x' {
+        // The PAX header's own size field, as a reader sees it.
+        let field = &header[124..135];
+        let pax = field.iter().fold(0u64, |acc, &d| {
+            acc * 8 + u64::from(d.wrapping_sub(b'0') & 7)
+        });
+        if pax > limits::PAX_HEADER {
+            let xattrs: usize = e.xattrs.iter().map(|(k, v)| k.len() + v.len()).sum();
+            return Err(Error::Other(format!(
+                "{}: its metadata ({} xattrs, {xattrs} bytes) needs a PAX header of {pax} bytes, \
+                 over the {}-byte limit of tar readers; it cannot be stashed",
+                show(),
+                e.xattrs.len(),
+                limits::PAX_HEADER
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// One PAX record: `"LEN KEY=VALUE\n"`, where LEN counts the whole record including itself.
@@ -297,5 +340,28 @@ mod tests {
             let len: usize = text.split(' ').next().unwrap().parse().unwrap();
             assert_eq!(len, out.len(), "{text}");
         }
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn check_limits_matches_what_readers_refuse() {
+        let mut e = Entry::new(b"f".to_vec(), Kind::File);
+        assert!(check_limits(&e).is_ok());
+        // 16 xattrs of 64 KiB: 1 MiB of values alone, over the limit with their records.
+        e.xattrs = (0..16)
+            .map(|i| (format!("user.x{i:02}").into_bytes(), vec![b'v'; 64 << 10]))
+            .collect();
+        let err = check_limits(&e).unwrap_err().to_string();
+        assert!(err.contains("over the 1048576-byte limit"), "{err}");
+        e.xattrs.truncate(15);
+        assert!(check_limits(&e).is_ok());
+        let mut deep = Entry::new(vec![b'a'; 4096], Kind::Dir);
+        assert!(check_limits(&deep).is_err(), "4096 bytes and a '/'");
+        deep.kind = Kind::File;
+        assert!(check_limits(&deep).is_ok());
     }
 }
