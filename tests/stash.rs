@@ -556,3 +556,32 @@ fn default_store_comes_from_kiwi_stash_home() -> Result<()> {
     assert!(w.path("back/etc").is_dir());
     Ok(())
 }
+
+#[test]
+fn a_whiteout_name_in_the_tree_is_refused() -> Result<()> {
+    let w = Workdir::new("whname")?;
+    w.tree("root", "d etc 755 0:0\nf etc/.wh.passwd 644 0:0 x\n")?;
+    let out = output(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "root",
+        "--container-name",
+        "wh",
+    ]))?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(".wh.passwd") && err.contains("cannot be stashed"),
+        "{err}"
+    );
+    let listing = run(w
+        .bin("stash")
+        .args(["--list", "--store", "store", "--json"]))?;
+    assert_eq!(
+        json(&listing)?["stashes"].as_array().map(Vec::len),
+        Some(0),
+        "nothing was tagged"
+    );
+    Ok(())
+}

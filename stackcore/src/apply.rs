@@ -261,23 +261,10 @@ pub fn sequential(img: &Image, target: &mut Target) -> Result<()> {
         let mut stream = img.open_layer(l)?;
         let digest = stream.digest.clone();
         let err = |e: io::Error| crate::layer::read::layer_error(&digest, &e);
-        let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        let mut seen = crate::layer::index::DuplicateCheck::default();
         while let Some(h) = stream.tar.next_header().map_err(err)? {
             let change = classify(h.entry).map_err(err)?;
-            let key = match &change {
-                Change::Put(e, _) => e.path.clone(),
-                Change::Whiteout(p) => [b"\0wh/".as_slice(), p].concat(),
-                Change::Opaque(p) => [b"\0opq/".as_slice(), p].concat(),
-            };
-            if !seen.insert(key) {
-                return Err(err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "duplicate path in one layer: {}",
-                        String::from_utf8_lossy(crate::layer::index::change_path(&change))
-                    ),
-                )));
-            }
+            seen.check(&change).map_err(err)?;
             if let Change::Put(e, _) = change {
                 target.put(&e, &mut stream.tar.data())?;
             }

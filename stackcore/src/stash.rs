@@ -160,6 +160,14 @@ pub fn stash(store: &Store, opts: &StashOptions) -> Result<StashOutcome> {
     let walk_opts = WalkOptions::stash();
     let mut walked: Vec<Walked> = Vec::new();
     let stats = walk(&opts.root, &walk_opts, &mut |w| {
+        // In a layer, `.wh.NAME` means "delete NAME": a file so named cannot be stored as
+        // itself, and every reader would take it for a whiteout. Refuse before writing.
+        if w.entry.name().starts_with(crate::tar::WHITEOUT_PREFIX) {
+            return Err(Error::Other(format!(
+                "{}: names starting with .wh. cannot be stashed: in an OCI layer they mean \"delete\"",
+                w.source.display()
+            )));
+        }
         walked.push(w);
         Ok(())
     })?;

@@ -98,24 +98,11 @@ impl LayerIndex {
         let digest = layer.digest.clone();
         let err = |e: io::Error| super::read::layer_error(&digest, &e);
         let mut changes = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = DuplicateCheck::default();
         let mut buf = vec![0u8; 256 << 10];
         while let Some(h) = layer.tar.next_header().map_err(err)? {
             let mut change = classify(h.entry).map_err(err)?;
-            let key = match &change {
-                Change::Put(e, _) => e.path.clone(),
-                Change::Whiteout(p) => [b"\0wh/".as_slice(), p].concat(),
-                Change::Opaque(p) => [b"\0opq/".as_slice(), p].concat(),
-            };
-            if !seen.insert(key) {
-                return Err(err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "duplicate path in one layer: {}",
-                        String::from_utf8_lossy(change_path(&change))
-                    ),
-                )));
-            }
+            seen.check(&change).map_err(err)?;
             if let Change::Put(e, digest) = &mut change
                 && e.kind == Kind::File
             {
@@ -165,6 +152,32 @@ impl LayerIndex {
         if fs::create_dir_all(&dir).is_ok() {
             let _ = crate::oci::store::write_atomic(&dir.join(digest.hex()), &bytes, tmp_dir);
         }
+    }
+}
+
+/// Refuses a second change of the same path in one layer (image-spec layer.md: a layer MUST
+/// NOT contain duplicate paths); whiteouts and opaque markers count apart from entries.
+#[derive(Debug, Default)]
+pub struct DuplicateCheck(std::collections::HashSet<Vec<u8>>);
+
+impl DuplicateCheck {
+    /// Records `change`, failing if its path was seen before in this layer.
+    pub fn check(&mut self, change: &Change) -> io::Result<()> {
+        let key = match change {
+            Change::Put(e, _) => e.path.clone(),
+            Change::Whiteout(p) => [b"\0wh/".as_slice(), p].concat(),
+            Change::Opaque(p) => [b"\0opq/".as_slice(), p].concat(),
+        };
+        if self.0.insert(key) {
+            return Ok(());
+        }
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "duplicate path in one layer: {}",
+                String::from_utf8_lossy(change_path(change))
+            ),
+        ))
     }
 }
 
