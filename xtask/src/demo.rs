@@ -162,6 +162,64 @@ pub fn run() -> Result<()> {
         motd.trim()
     );
 
+    eprintln!(
+        "\n# 8. kiwimerge: the base stash's description (read from the image) with a small overlay"
+    );
+    let overlay = work.join("overlay.xml");
+    fs::write(
+        &overlay,
+        "<image name=\"demo-merged\">\n  <preferences>\n    <version>2.0.0</version>\n    \
+         <timezone>UTC</timezone>\n  </preferences>\n  <packages type=\"image\">\n    \
+         <package name=\"vim\"/>\n  </packages>\n</image>\n",
+    )?;
+    let merged = tool(
+        bin("kiwimerge")
+            .arg("--store")
+            .arg(&store)
+            .arg("demo-base")
+            .arg(&overlay),
+    )?;
+    if !merged.contains("demo-merged") || !merged.contains("<version>2.0.0</version>") {
+        bail!("kiwimerge did not overlay the description");
+    }
+
+    eprintln!("\n# 9. stackbuild: the plan, then the stacked root prepared for kiwi-ng");
+    let target = work.join("build");
+    tool(
+        bin("stackbuild")
+            .arg("--store")
+            .arg(&store)
+            .args([
+                "--stash",
+                "demo-base",
+                "--stash",
+                "demo-extra:v1",
+                "--merge",
+                "--dry-run",
+                "--target-dir",
+            ])
+            .arg(&target),
+    )?;
+    tool(
+        bin("stackbuild")
+            .arg("--store")
+            .arg(&store)
+            .args([
+                "--stash",
+                "demo-base",
+                "--stash",
+                "demo-extra:v1",
+                "--merge",
+                "--prepare-only",
+                "--target-dir",
+            ])
+            .arg(&target),
+    )?;
+    eprintln!(
+        "root prepared in {} (run the command above to build the image with kiwi-ng)",
+        target.join("build/image-root").display()
+    );
+
     eprintln!("\n# done: store {}", store.display());
     Ok(())
 }
