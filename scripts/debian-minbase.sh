@@ -17,16 +17,7 @@ if [[ -f "$root.complete" ]]; then
     echo "$root"
     exit 0
 fi
-mirror=""
-for f in /etc/apt/sources.list.d/*.sources; do
-    [[ -f $f ]] || continue
-    mirror=$(awk '/^URIs:/ { print $2; exit }' "$f")
-    [[ -n $mirror ]] && break
-done
-if [[ -z $mirror && -f /etc/apt/sources.list ]]; then
-    mirror=$(awk '$1 == "deb" { print $2; exit }' /etc/apt/sources.list)
-fi
-[[ -n $mirror ]] || { echo "debian-minbase: no Debian mirror in the apt configuration" >&2; exit 1; }
+mirror=$("$(dirname "$0")/debian-mirror.sh")
 tmp="$cache/.debian-12-minbase.tmp.$$"
 rm -rf "$tmp"
 trap 'rm -rf "$tmp"' EXIT

@@ -460,26 +460,13 @@ pub fn debian_minbase() -> Result<PathBuf> {
     Ok(PathBuf::from(out.trim()))
 }
 
-/// The Debian mirror this machine's apt uses (deb822 `URIs:`, else `sources.list`).
+/// The Debian mirror this machine's apt uses (`scripts/debian-mirror.sh`).
 pub fn debian_mirror() -> Result<String> {
-    for entry in fs::read_dir("/etc/apt/sources.list.d")? {
-        let p = entry?.path();
-        if p.extension().is_some_and(|e| e == "sources") {
-            for line in fs::read_to_string(&p)?.lines() {
-                if let Some(uri) = line.strip_prefix("URIs:") {
-                    return Ok(uri.split_whitespace().next().unwrap_or_default().to_owned());
-                }
-            }
-        }
-    }
-    let list = fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
-    list.lines()
-        .find_map(|l| {
-            l.strip_prefix("deb ")
-                .and_then(|r| r.split_whitespace().find(|w| w.contains("://")))
-        })
-        .map(str::to_owned)
-        .context("no Debian mirror in the apt configuration")
+    Ok(run(&mut Command::new(
+        workspace().join("scripts/debian-mirror.sh"),
+    ))?
+    .trim()
+    .to_owned())
 }
 
 /// Copies a tree with `cp -a` (every attribute kept).

@@ -129,26 +129,14 @@ fn start_registry(dir: &Path) -> Result<(Guard, u16)> {
     }
 }
 
-/// The Debian mirror of this machine's apt configuration.
+/// The Debian mirror of this machine's apt configuration (`scripts/debian-mirror.sh`).
 fn debian_mirror() -> Result<String> {
-    for entry in std::fs::read_dir("/etc/apt/sources.list.d")? {
-        let p = entry?.path();
-        if p.extension().is_some_and(|e| e == "sources") {
-            for line in std::fs::read_to_string(&p)?.lines() {
-                if let Some(uri) = line.strip_prefix("URIs:") {
-                    return Ok(uri.split_whitespace().next().unwrap_or_default().to_owned());
-                }
-            }
-        }
-    }
-    let list = std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
-    list.lines()
-        .find_map(|l| {
-            l.strip_prefix("deb ")
-                .and_then(|r| r.split_whitespace().find(|w| w.contains("://")))
-        })
-        .map(str::to_owned)
-        .context("no Debian mirror in the apt configuration")
+    let out = run_limited(
+        &mut Command::new(root().join("scripts/debian-mirror.sh")),
+        Duration::from_secs(10),
+        "debian-mirror.sh",
+    )?;
+    Ok(out.trim().to_owned())
 }
 
 /// Copies the VM description with the mirror filled in.
