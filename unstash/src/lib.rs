@@ -12,7 +12,7 @@ use stackcore::extract::ExtractOptions;
 use stackcore::image::{BlobSource, Image, ImageRef};
 use stackcore::manifest::{PullReport, UnstashReport};
 use stackcore::oci::Store;
-use stackcore::registry::{PlatformSpec, RegistryOptions, RegistryRef, pull_ref};
+use stackcore::registry::{RegistryRef, pull_ref};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -48,14 +48,8 @@ pub struct Cli {
     /// The store for `NAME[:TAG]` refs, and where `docker://` refs are pulled to.
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
-    /// Verify registry TLS certificates against the system's CA roots; false speaks plain
-    /// HTTP, for a registry on a private network.
-    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
-          num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    pub tls_verify: bool,
-    /// The image to pull from an image index (default: linux on this machine's architecture).
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
-    pub platform: Option<PlatformSpec>,
+    #[command(flatten)]
+    pub registry: stackcore::registry::RegistryArgs,
     /// Do not restore xattrs whose names match GLOB (`*` wildcard); repeatable.
     #[arg(long, value_name = "GLOB")]
     pub xattrs_exclude: Vec<String>,
@@ -81,11 +75,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let text = ref_arg(&cli.image)?;
     let r = ImageRef::parse(&text)?;
     let store = store_path(cli.store.as_deref());
-    let registry = RegistryOptions {
-        tls_verify: cli.tls_verify,
-        platform: cli.platform.clone(),
-        log: Some(log),
-    };
+    let registry = cli.registry.options(Some(log));
     let (img, pulled) = match &r {
         // The registry's errors name the ref already; no context line repeating it.
         ImageRef::Registry(text) => {

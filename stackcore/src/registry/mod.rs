@@ -47,6 +47,31 @@ pub use pull::{PullOutcome, pull, pull_ref};
 pub use push::{PushOutcome, push};
 pub use reference::RegistryRef;
 
+/// The registry flags of every tool that reads refs (`unstash`, `stackmerge`,
+/// `stackbuild`): flatten it into a clap `Cli` with `#[command(flatten)]`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RegistryArgs {
+    /// Verify registry TLS certificates against the system's CA roots; false speaks plain
+    /// HTTP, for a registry on a private network.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub tls_verify: bool,
+    /// The image to pull from an image index (default: linux on this machine's architecture).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<PlatformSpec>,
+}
+
+impl RegistryArgs {
+    /// The options these flags ask for, with progress lines going to `log`.
+    pub fn options(&self, log: Option<Log>) -> RegistryOptions {
+        RegistryOptions {
+            tls_verify: self.tls_verify,
+            platform: self.platform.clone(),
+            log,
+        }
+    }
+}
+
 /// How to reach a registry.
 #[derive(Debug, Clone)]
 pub struct RegistryOptions {
