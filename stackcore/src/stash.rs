@@ -152,24 +152,31 @@ pub fn stash(store: &Store, opts: &StashOptions) -> Result<StashOutcome> {
         )?),
         None => None,
     };
-    let model = match &previous {
-        Some(img) => img.model(0)?,
-        None => Model::default(),
-    };
-
     let walk_opts = WalkOptions::stash();
     let mut walked: Vec<Walked> = Vec::new();
-    let stats = walk(&opts.root, &walk_opts, &mut |w| {
-        // In a layer, `.wh.NAME` means "delete NAME": a file so named cannot be stored as
-        // itself, and every reader would take it for a whiteout. Refuse before writing.
-        if w.entry.name().starts_with(crate::tar::WHITEOUT_PREFIX) {
-            return Err(Error::Other(format!(
-                "{}: names starting with .wh. cannot be stashed: in an OCI layer they mean \"delete\"",
-                w.source.display()
-            )));
-        }
-        walked.push(w);
-        Ok(())
+    // The previous image's model (read from the cached layer indexes) and the walk of the
+    // tree need nothing from each other: on a re-stash with no change they are most of the
+    // time, so they run side by side.
+    let (model, stats) = std::thread::scope(|s| {
+        let model = s.spawn(|| match &previous {
+            Some(img) => img.model(0),
+            None => Ok(Model::default()),
+        });
+        let stats = walk(&opts.root, &walk_opts, &mut |w| {
+            // In a layer, `.wh.NAME` means "delete NAME": a file so named cannot be stored
+            // as itself, and every reader would take it for a whiteout. Refuse before
+            // writing.
+            if w.entry.name().starts_with(crate::tar::WHITEOUT_PREFIX) {
+                return Err(Error::Other(format!(
+                    "{}: names starting with .wh. cannot be stashed: in an OCI layer they mean \"delete\"",
+                    w.source.display()
+                )));
+            }
+            walked.push(w);
+            Ok(())
+        });
+        let model = model.join().expect("the model thread does not panic");
+        Ok::<_, Error>((model?, stats?))
     })?;
 
     let decision = decide(&walked, &model, &walk_opts, opts.checksum)?;

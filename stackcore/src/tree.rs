@@ -5,14 +5,16 @@
 //! gives the same sequence. Symlinks are never followed. The walk stays on the root's file
 //! system: a mount point below the root is kept as an empty directory (rsync `-x`).
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use crate::entry::{Entry, Kind, Mtime, join};
-use crate::error::IoContext;
 use crate::{Error, Result};
 
 /// What to walk and what to leave out.
@@ -55,153 +57,364 @@ pub struct WalkStats {
 }
 
 /// Walks `root`, calling `visit` for each entry, the root itself first (path `""`).
+///
+/// Directories are listed (names read and sorted, then every entry's `lstat`, symlink
+/// target and extended attributes) by a few worker threads, the most recently found
+/// directory first, so the one the walk needs next is usually ready; `visit` runs on the
+/// calling thread in the order above, whatever the workers' timing. Hardlink groups follow
+/// that order too: the first name met is the one the others point to.
 pub fn walk(
     root: &Path,
     opts: &WalkOptions,
     visit: &mut dyn FnMut(Walked) -> Result<()>,
 ) -> Result<WalkStats> {
-    let meta = fs::symlink_metadata(root).at(root)?;
-    if !meta.is_dir() {
+    let st = rustix::fs::lstat(root).map_err(|e| Error::io(root, e.into()))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
         return Err(Error::Usage(format!("{}: not a directory", root.display())));
     }
-    let mut w = Walker {
+    let ctx = Context {
         root,
         opts,
-        root_dev: meta.dev(),
-        links: std::collections::HashMap::new(),
-        stats: WalkStats::default(),
+        root_dev: st.st_dev,
     };
-    let entry = w.entry(root, Vec::new(), &meta)?;
-    visit(entry)?;
-    w.dir(root, &[], visit)?;
-    Ok(w.stats)
+    let shared = Shared::default();
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                let _guard = PanicGuard(&shared);
+                work(&ctx, &shared);
+            });
+        }
+        let mut consumer = Consumer {
+            shared: &shared,
+            links: HashMap::new(),
+            stats: WalkStats::default(),
+        };
+        let result = (|| {
+            let top = entry(
+                root.to_path_buf(),
+                Vec::new(),
+                &st,
+                rustix::fs::CWD,
+                root.as_os_str(),
+            )?;
+            let job = shared.submit(vec![(root.to_path_buf(), Vec::new())])[0];
+            consumer.visit(top, visit)?;
+            consumer.dir(job, visit)
+        })();
+        shared.finish();
+        result.map(|()| consumer.stats)
+    })
 }
 
-struct Walker<'a> {
+/// At most this many threads list directories (more only queue for the same disk).
+const MAX_WORKERS: usize = 4;
+
+/// What every worker reads.
+struct Context<'a> {
     root: &'a Path,
     opts: &'a WalkOptions,
     root_dev: u64,
-    links: std::collections::HashMap<(u64, u64), Vec<u8>>,
+}
+
+/// The walk's shared state: directories waiting to be listed, and listings waiting to be
+/// visited, under one lock (taken a few times per directory, not per entry).
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    /// Directories to list, as a stack: the last pushed is listed first.
+    jobs: Vec<Job>,
+    /// Listings made and not yet visited, by job number.
+    listed: HashMap<usize, Listing>,
+    next_id: usize,
+    /// The walk is over (done or failed): workers stop.
+    finished: bool,
+    /// A worker panicked: nobody waits for it.
+    broken: bool,
+}
+
+struct Job {
+    id: usize,
+    dir: PathBuf,
+    rel: Vec<u8>,
+}
+
+/// One directory's entries in name order, up to its first error.
+struct Listing {
+    items: Vec<Item>,
+    error: Option<Error>,
+    sockets: u64,
+    mount_points: u64,
+}
+
+struct Item {
+    walked: Walked,
+    /// The job listing this directory's contents, when the walk descends into it.
+    sub: Option<usize>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues directories to list; returns their job numbers, in the same order.
+    fn submit(&self, dirs: Vec<(PathBuf, Vec<u8>)>) -> Vec<usize> {
+        if dirs.is_empty() {
+            return Vec::new();
+        }
+        let mut st = self.lock();
+        let first = st.next_id;
+        let ids: Vec<usize> = (first..first + dirs.len()).collect();
+        st.next_id += dirs.len();
+        // In reverse, so that the first subdirectory is listed first.
+        for (id, (dir, rel)) in ids.iter().zip(dirs).rev() {
+            st.jobs.push(Job { id: *id, dir, rel });
+        }
+        drop(st);
+        self.changed.notify_all();
+        ids
+    }
+
+    fn finish(&self) {
+        self.lock().finished = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Marks the walk broken when a worker unwinds, so the consumer does not wait forever for
+/// a listing that will not come (the panic itself surfaces when the scope joins).
+struct PanicGuard<'a>(&'a Shared);
+
+impl Drop for PanicGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.lock().broken = true;
+            self.0.changed.notify_all();
+        }
+    }
+}
+
+/// A worker: lists directories until the walk is over.
+fn work(ctx: &Context<'_>, shared: &Shared) {
+    loop {
+        let job = {
+            let mut st = shared.lock();
+            loop {
+                if st.finished {
+                    return;
+                }
+                if let Some(job) = st.jobs.pop() {
+                    break job;
+                }
+                st = shared
+                    .changed
+                    .wait(st)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+        };
+        let listing = list(ctx, shared, &job.dir, &job.rel);
+        shared.lock().listed.insert(job.id, listing);
+        shared.changed.notify_all();
+    }
+}
+
+/// Lists one directory: every entry's metadata, and a job for each subdirectory to walk.
+fn list(ctx: &Context<'_>, shared: &Shared, dir: &Path, rel: &[u8]) -> Listing {
+    let mut listing = Listing {
+        items: Vec::new(),
+        error: None,
+        sockets: 0,
+        mount_points: 0,
+    };
+    let mut subdirs = Vec::new();
+    if let Err(e) = list_into(ctx, dir, rel, &mut listing, &mut subdirs) {
+        listing.error = Some(e);
+    }
+    let (items, dirs): (Vec<usize>, Vec<_>) = subdirs.into_iter().unzip();
+    for (item, id) in items.into_iter().zip(shared.submit(dirs)) {
+        listing.items[item].sub = Some(id);
+    }
+    listing
+}
+
+fn list_into(
+    ctx: &Context<'_>,
+    dir: &Path,
+    rel: &[u8],
+    listing: &mut Listing,
+    subdirs: &mut Vec<(usize, (PathBuf, Vec<u8>))>,
+) -> Result<()> {
+    // No symlink in the last component: the parent's lstat said directory, and a
+    // directory swapped for a link since is not followed out of the tree.
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io(dir, e.into()))?;
+    let mut reader = rustix::fs::Dir::new(fd).map_err(|e| Error::io(dir, e.into()))?;
+    let mut names: Vec<Vec<u8>> = Vec::new();
+    while let Some(item) = reader.read() {
+        let item = item.map_err(|e| Error::io(dir, e.into()))?;
+        let name = item.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(name.to_vec());
+        }
+    }
+    names.sort_unstable();
+    let dirfd = reader.fd().map_err(|e| Error::io(dir, e.into()))?;
+    for name in names {
+        let name = OsStr::from_bytes(&name);
+        let source = dir.join(name);
+        let path = join(rel, name.as_bytes());
+        // The kernel cannot name it (lstat would fail with ENAMETOOLONG), and no tar
+        // reader, ours included, accepts a longer path: say so plainly.
+        // (+1: a directory's tar name ends in '/'.)
+        if source.as_os_str().len() >= crate::tar::limits::PATH
+            || path.len() + 1 > crate::tar::limits::PATH
+        {
+            return Err(Error::Other(format!(
+                "{}/{}...: a path of {} bytes ({} from /) exceeds the {}-byte limit \
+                 (PATH_MAX) of the kernel and of tar readers; it cannot be stashed",
+                ctx.root.display(),
+                String::from_utf8_lossy(&path[..path.len().min(60)]),
+                path.len(),
+                source.as_os_str().len(),
+                crate::tar::limits::PATH
+            )));
+        }
+        let st = match rustix::fs::statat(dirfd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            // Vanished between readdir and lstat (a live tree): nothing to stash.
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(Error::io(&source, e.into())),
+        };
+        if FileType::from_raw_mode(st.st_mode) == FileType::Socket {
+            listing.sockets += 1;
+            continue;
+        }
+        let walked = entry(source, path, &st, dirfd, name)?;
+        let descend = walked.entry.kind == Kind::Dir
+            && !(rel.is_empty() && ctx.opts.skip_contents.iter().any(|s| s == name.as_bytes()))
+            && {
+                let same = st.st_dev == ctx.root_dev;
+                if !same {
+                    listing.mount_points += 1;
+                }
+                same
+            };
+        if descend {
+            let sub = (walked.source.clone(), walked.entry.path.clone());
+            subdirs.push((listing.items.len(), sub));
+        }
+        listing.items.push(Item { walked, sub: None });
+    }
+    Ok(())
+}
+
+/// One entry from its `lstat`; `dirfd` and `name` name it for `readlinkat`.
+fn entry(
+    source: PathBuf,
+    path: Vec<u8>,
+    st: &rustix::fs::Stat,
+    dirfd: impl AsFd,
+    name: &OsStr,
+) -> Result<Walked> {
+    let kind = match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => Kind::Dir,
+        FileType::Symlink => Kind::Symlink,
+        FileType::CharacterDevice => Kind::Char,
+        FileType::BlockDevice => Kind::Block,
+        FileType::Fifo => Kind::Fifo,
+        _ => Kind::File,
+    };
+    let mut e = Entry::new(path, kind);
+    e.mode = st.st_mode & 0o7777;
+    e.uid = u64::from(st.st_uid);
+    e.gid = u64::from(st.st_gid);
+    e.mtime = Mtime {
+        sec: st.st_mtime,
+        nsec: st.st_mtime_nsec as u32,
+    };
+    match kind {
+        Kind::File => e.size = st.st_size as u64,
+        Kind::Symlink => {
+            e.link = rustix::fs::readlinkat(dirfd, name, Vec::new())
+                .map_err(|err| Error::io(&source, err.into()))?
+                .into_bytes();
+        }
+        Kind::Char | Kind::Block => {
+            e.dev_major = rustix::fs::major(st.st_rdev);
+            e.dev_minor = rustix::fs::minor(st.st_rdev);
+        }
+        _ => {}
+    }
+    e.xattrs = read_xattrs(&source)?;
+    Ok(Walked {
+        entry: e,
+        source,
+        inode: (st.st_dev, st.st_ino),
+        nlink: st.st_nlink,
+    })
+}
+
+/// Visits the listings in walk order, on the caller's thread.
+struct Consumer<'a> {
+    shared: &'a Shared,
+    links: HashMap<(u64, u64), Vec<u8>>,
     stats: WalkStats,
 }
 
-impl Walker<'_> {
-    fn dir(
-        &mut self,
-        dir: &Path,
-        rel: &[u8],
-        visit: &mut dyn FnMut(Walked) -> Result<()>,
-    ) -> Result<()> {
-        let mut names: Vec<Vec<u8>> = Vec::new();
-        for item in fs::read_dir(dir).at(dir)? {
-            let item = item.at(dir)?;
-            names.push(item.file_name().as_bytes().to_vec());
-        }
-        names.sort_unstable();
-        for name in names {
-            let source = dir.join(OsStr::from_bytes(&name));
-            let path = join(rel, &name);
-            // The kernel cannot name it (lstat would fail with ENAMETOOLONG), and no tar
-            // reader, ours included, accepts a longer path: say so plainly.
-            // (+1: a directory's tar name ends in '/'.)
-            if source.as_os_str().len() >= crate::tar::limits::PATH
-                || path.len() + 1 > crate::tar::limits::PATH
-            {
-                return Err(Error::Other(format!(
-                    "{}/{}...: a path of {} bytes ({} from /) exceeds the {}-byte limit \
-                     (PATH_MAX) of the kernel and of tar readers; it cannot be stashed",
-                    self.root.display(),
-                    String::from_utf8_lossy(&path[..path.len().min(60)]),
-                    path.len(),
-                    source.as_os_str().len(),
-                    crate::tar::limits::PATH
-                )));
+impl Consumer<'_> {
+    fn dir(&mut self, job: usize, visit: &mut dyn FnMut(Walked) -> Result<()>) -> Result<()> {
+        let listing = {
+            let mut st = self.shared.lock();
+            loop {
+                if let Some(l) = st.listed.remove(&job) {
+                    break l;
+                }
+                if st.broken {
+                    return Err(Error::Other("walking the tree: a worker failed".into()));
+                }
+                st = self
+                    .shared
+                    .changed
+                    .wait(st)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
-            let meta = match fs::symlink_metadata(&source) {
-                Ok(m) => m,
-                // Vanished between readdir and lstat (a live tree): nothing to stash.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io(&source, e)),
-            };
-            if meta.file_type().is_socket() {
-                self.stats.sockets += 1;
-                continue;
-            }
-            let walked = self.entry(&source, path.clone(), &meta)?;
-            let descend = walked.entry.kind == Kind::Dir
-                && !(rel.is_empty() && self.opts.skip_contents.contains(&name))
-                && {
-                    let same = meta.dev() == self.root_dev;
-                    if !same {
-                        self.stats.mount_points += 1;
-                    }
-                    same
-                };
-            visit(walked)?;
-            if descend {
-                self.dir(&source, &path, visit)?;
+        };
+        self.stats.sockets += listing.sockets;
+        self.stats.mount_points += listing.mount_points;
+        for item in listing.items {
+            self.visit(item.walked, visit)?;
+            if let Some(sub) = item.sub {
+                self.dir(sub, visit)?;
             }
         }
-        Ok(())
+        listing.error.map_or(Ok(()), Err)
     }
 
-    fn entry(&mut self, source: &Path, path: Vec<u8>, meta: &fs::Metadata) -> Result<Walked> {
-        let ft = meta.file_type();
-        let mut kind = if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_symlink() {
-            Kind::Symlink
-        } else if ft.is_char_device() {
-            Kind::Char
-        } else if ft.is_block_device() {
-            Kind::Block
-        } else if ft.is_fifo() {
-            Kind::Fifo
-        } else {
-            Kind::File
-        };
-        let mut e = Entry::new(path, kind);
-        e.mode = meta.mode() & 0o7777;
-        e.uid = u64::from(meta.uid());
-        e.gid = u64::from(meta.gid());
-        e.mtime = Mtime {
-            sec: meta.mtime(),
-            nsec: meta.mtime_nsec() as u32,
-        };
-        match kind {
-            Kind::File => e.size = meta.len(),
-            Kind::Symlink => {
-                e.link = fs::read_link(source)
-                    .at(source)?
-                    .as_os_str()
-                    .as_bytes()
-                    .to_vec();
-            }
-            Kind::Char | Kind::Block => {
-                let rdev = meta.rdev();
-                e.dev_major = rustix::fs::major(rdev);
-                e.dev_minor = rustix::fs::minor(rdev);
-            }
-            _ => {}
-        }
-        e.xattrs = read_xattrs(source)?;
-        let inode = (meta.dev(), meta.ino());
-        if kind != Kind::Dir && meta.nlink() > 1 {
-            if let Some(first) = self.links.get(&inode) {
-                kind = Kind::Hardlink;
-                e.kind = kind;
-                e.link.clone_from(first);
-                e.size = 0;
+    /// Makes a second name of a hardlinked file a `Kind::Hardlink` to the first, and visits.
+    fn visit(&mut self, mut w: Walked, visit: &mut dyn FnMut(Walked) -> Result<()>) -> Result<()> {
+        if w.entry.kind != Kind::Dir && w.nlink > 1 {
+            if let Some(first) = self.links.get(&w.inode) {
+                w.entry.kind = Kind::Hardlink;
+                w.entry.link.clone_from(first);
+                w.entry.size = 0;
             } else {
-                self.links.insert(inode, e.path.clone());
+                self.links.insert(w.inode, w.entry.path.clone());
             }
         }
-        Ok(Walked {
-            entry: e,
-            source: source.to_path_buf(),
-            inode,
-            nlink: meta.nlink(),
-        })
+        visit(w)
     }
 }
 
