@@ -1887,15 +1887,19 @@ fn forged_layer_index_cache_is_not_trusted() -> Result<()> {
     b[n - 9] ^= 0xff;
     damaged.stored = Some(b);
     let hex = sha256(&damaged.blob);
-    let body = br#"{"changes":[]}"#;
-    let cached = json!({
-        "layer": format!("sha256:{hex}"),
-        "sum": format!("sha256:{}", sha256(body)),
-        "index": {"changes": []},
-    });
-    let dir = c.w.path("layout/.stackbuild/cache/index");
-    fs::create_dir_all(&dir)?;
-    fs::write(dir.join(&hex), serde_json::to_vec(&cached)?)?;
+    // A well-formed cache entry (what our own store would hold) saying "no changes".
+    let cache = c.w.path("layout/.stackbuild/cache");
+    let tmp = c.w.path("layout/.stackbuild/tmp");
+    fs::create_dir_all(&tmp)?;
+    stackcore::layer::LayerIndex::default().save_cached(
+        &cache,
+        &tmp,
+        &stackcore::digest::Digest::parse(&format!("sha256:{hex}"))?,
+    );
+    ensure!(
+        cache.join("index").join(&hex).is_file(),
+        "the forged cache was written"
+    );
     let out = c.unstash(&[base_layer(), damaged], |_| {})?;
     c.refused(&out, "digest mismatch")
 }

@@ -126,28 +126,13 @@ impl LayerIndex {
     /// Loads the cached index of layer `digest` from `cache_dir`, if present and intact.
     pub fn load_cached(cache_dir: &Path, digest: &Digest) -> Option<LayerIndex> {
         let bytes = fs::read(cache_dir.join("index").join(digest.hex())).ok()?;
-        let cached: Cached = serde_json::from_slice(&bytes).ok()?;
-        if cached.layer != *digest {
-            return None;
-        }
-        let body = serde_json::to_vec(&cached.index).ok()?;
-        (Digest::of(&body) == cached.sum).then_some(cached.index)
+        super::cache::decode(digest, &bytes)
     }
 
     /// Stores this index as the cached index of layer `digest`. Failing to cache is not an
     /// error worth failing a run for: the index is rebuilt next time.
     pub fn save_cached(&self, cache_dir: &Path, tmp_dir: &Path, digest: &Digest) {
-        let Ok(body) = serde_json::to_vec(self) else {
-            return;
-        };
-        let cached = Cached {
-            layer: digest.clone(),
-            sum: Digest::of(&body),
-            index: self.clone(),
-        };
-        let Ok(bytes) = serde_json::to_vec(&cached) else {
-            return;
-        };
+        let bytes = super::cache::encode(digest, self);
         let dir = cache_dir.join("index");
         if fs::create_dir_all(&dir).is_ok() {
             let _ = crate::oci::store::write_atomic(&dir.join(digest.hex()), &bytes, tmp_dir);
@@ -187,13 +172,6 @@ pub fn change_path(c: &Change) -> &[u8] {
         Change::Put(e, _) => &e.path,
         Change::Whiteout(p) | Change::Opaque(p) => p,
     }
-}
-
-#[derive(Serialize, Deserialize)]
-struct Cached {
-    layer: Digest,
-    sum: Digest,
-    index: LayerIndex,
 }
 
 /// Reads the index of an image's layer from the store's cache, or from the layer itself

@@ -1,5 +1,6 @@
 //! Layers: compression, reading verified streams, indexes, and the overlay model.
 
+mod cache;
 pub mod compress;
 pub mod index;
 pub mod model;
