@@ -8,11 +8,15 @@
 //! | no-change re-stash | a full stash |
 //! | `unstash` | `umoci unpack` |
 //! | `stackmerge` of two stashes | `rsync -aHAX` of the root into an empty directory |
-//! | `stackbuild --prepare-only` | `umoci unpack` + `rsync` (what the original does around podman) |
+//! | `stash` of the same tree | `kiwi-ng system stash`: the original plugin (umoci, rsync, skopeo, podman) |
+//! | `stackbuild --prepare-only` of two stashes | `podman image mount` + `rsync` per stash, as the original `system stackbuild` does |
 //!
-//! Anchors that are not installed are skipped with a note. The original plugin
-//! (`kiwi-ng system stash`) runs too when `kiwi-ng` and podman are both present.
+//! Anchors that are not installed are skipped with a note. The original plugin's rows need
+//! `kiwi-ng` with `kiwi-stackbuild-plugin`, podman, umoci, skopeo and rsync, and root; they
+//! use the name `stackbuild-bench-original` in /var/tmp/kiwi-stash and podman's storage, and
+//! remove it at the end.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -55,6 +59,8 @@ struct Report {
     root: PathBuf,
     root_bytes: u64,
     root_entries: u64,
+    /// Where the outputs were written.
+    output_fs: String,
     rounds: usize,
     cpus: usize,
     rows: Vec<Row>,
@@ -101,22 +107,62 @@ fn timed(cmdline: &str) -> Result<Run> {
     Ok(Run { secs, rss_mb })
 }
 
-/// Median seconds and the largest peak RSS over `rounds` runs, each after `setup`.
-fn measure(rounds: usize, setup: &str, cmdline: &str) -> Result<(f64, Option<f64>)> {
-    let mut secs = Vec::new();
+/// The command line of one side of a comparison for round `i`. Every round writes into
+/// directories of its own: nothing is deleted while the bench measures (see [`run`]).
+type Side<'a> = &'a dyn Fn(usize) -> String;
+
+/// What [`compare`] measured: medians, and our largest peak RSS.
+struct Compared {
+    ours: f64,
+    rss: Option<f64>,
+    anchor: Option<f64>,
+}
+
+/// Runs `ours` and `anchor` in alternate rounds (so drift on a noisy machine falls on both
+/// alike), each after a `sync` that is not timed, and `before_anchor` (not timed) before
+/// each anchor round.
+fn compare(
+    rounds: usize,
+    ours: Side<'_>,
+    anchor: Option<Side<'_>>,
+    before_anchor: &str,
+) -> Result<Compared> {
+    let mut mine = Vec::new();
+    let mut theirs = Vec::new();
     let mut rss: Option<f64> = None;
-    for _ in 0..rounds {
-        if !setup.is_empty() {
-            timed(setup)?;
-        }
-        let r = timed(cmdline)?;
-        secs.push(r.secs);
+    for i in 0..rounds {
+        timed("sync")?;
+        let r = timed(&ours(i))?;
+        mine.push(r.secs);
         if let Some(b) = r.rss_mb {
             rss = Some(rss.map_or(b, |a: f64| a.max(b)));
         }
+        if let Some(anchor) = anchor {
+            if !before_anchor.is_empty() {
+                timed(before_anchor)?;
+            }
+            timed("sync")?;
+            theirs.push(timed(&anchor(i))?.secs);
+        }
+        eprintln!(
+            "xtask:   round {}: ours {:.2} s{}",
+            i + 1,
+            r.secs,
+            theirs
+                .last()
+                .map_or(String::new(), |t| format!(", anchor {t:.2} s"))
+        );
     }
+    Ok(Compared {
+        ours: median(mine),
+        rss,
+        anchor: (!theirs.is_empty()).then(|| median(theirs)),
+    })
+}
+
+fn median(mut secs: Vec<f64>) -> f64 {
     secs.sort_by(f64::total_cmp);
-    Ok((secs[secs.len() / 2], rss))
+    secs[secs.len() / 2]
 }
 
 fn q(p: &Path) -> String {
@@ -124,6 +170,15 @@ fn q(p: &Path) -> String {
 }
 
 /// Runs the benchmark.
+///
+/// Every round writes into directories of its own, on a file system made for the run
+/// (ext4 with its journal, as a build host has it, on a loop device; root only) and
+/// removed at the end. On an ext4 without a journal (this machine's root) the kernel skips
+/// recently deleted inodes when it allocates new ones (`recently_deleted` in
+/// `find_inode_bit`), for a while after the delete: an unstash after `rm -rf` of an earlier
+/// tree took 3-5 s instead of 0.6 s, all of it in the kernel, so whichever tool ran after a
+/// delete lost and the ratios depended on the order of the rounds. With the journal the
+/// check is off: 0.57-0.67 s with or without a delete before.
 pub fn run(args: &BenchArgs) -> Result<()> {
     let tree = if let Some(r) = &args.root {
         std::path::absolute(r)?
@@ -138,193 +193,25 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         PathBuf::from(String::from_utf8(out.stdout)?.trim())
     };
     sh(cargo().args(["build", "--release", "--bins", "--all-features"]))?;
-    let bin = |n: &str| q(&root().join("target/release").join(n));
-    let work = root().join("target/bench");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work)?;
-    let w = |n: &str| q(&work.join(n));
-    let t = q(&tree);
-    let (bytes, entries) = tree_size(&tree)?;
-    let n = args.rounds.max(1);
-    let mut rows = Vec::new();
-    eprintln!(
-        "xtask: bench on {} ({} MB, {entries} entries), {n} rounds each",
-        tree.display(),
-        bytes >> 20
-    );
-
-    // stash (gzip) vs tar | pigz | sha256sum
-    let stash = format!(
-        "{} --quiet --store {} --root {t} --container-name bench >/dev/null",
-        bin("stash"),
-        w("store")
-    );
-    let (ours, rss) = measure(n, &format!("rm -rf {}", w("store")), &stash)?;
-    let anchor = if have("pigz") {
-        Some(
-            measure(
-                n,
-                "",
-                &format!("tar --xattrs -C {t} -cf - . | pigz -6 | sha256sum >/dev/null"),
-            )?
-            .0,
-        )
-    } else {
-        None
-    };
-    rows.push(row(
-        "stash (gzip -6)",
-        ours,
-        "tar | pigz -6 | sha256sum",
-        anchor,
-        "<= 0.8",
-        rss,
-        have("pigz"),
-    ));
-
-    // zstd
-    let stash_z = format!(
-        "{} --quiet --store {} --root {t} --container-name bench --compression zstd >/dev/null",
-        bin("stash"),
-        w("zstore")
-    );
-    let (ours_z, rss_z) = measure(n, &format!("rm -rf {}", w("zstore")), &stash_z)?;
-    let anchor_z = if have("zstd") {
-        Some(
-            measure(
-                n,
-                "",
-                &format!("tar --xattrs -C {t} -cf - . | zstd -T0 -3 -q | sha256sum >/dev/null"),
-            )?
-            .0,
-        )
-    } else {
-        None
-    };
-    rows.push(row(
-        "stash --compression zstd",
-        ours_z,
-        "tar | zstd -T0 -3 | sha256sum",
-        anchor_z,
-        "-",
-        rss_z,
-        have("zstd"),
-    ));
-
-    // no-change re-stash vs a full stash (the store from the gzip rounds holds one)
-    let (again, rss_again) = measure(n, "", &stash)?;
-    rows.push(row(
-        "no-change re-stash",
-        again,
-        "full stash",
-        Some(ours),
-        "<= 0.05",
-        rss_again,
-        true,
-    ));
-
-    // unstash vs umoci unpack
-    let unstash = format!(
-        "{} --quiet bench --store {} --to {}",
-        bin("unstash"),
-        w("store"),
-        w("out")
-    );
-    let (ours_u, rss_u) = measure(n, &format!("rm -rf {}", w("out")), &unstash)?;
-    let anchor_u = if have("umoci") {
-        Some(
-            measure(
-                n,
-                &format!("rm -rf {}", w("bundle")),
-                &format!(
-                    "umoci unpack --image {}:bench:latest {} >/dev/null 2>&1",
-                    work.join("store").display(),
-                    w("bundle")
-                ),
-            )?
-            .0,
-        )
-    } else {
-        None
-    };
-    rows.push(row(
-        "unstash",
-        ours_u,
-        "umoci unpack",
-        anchor_u,
-        "<= 0.35",
-        rss_u,
-        have("umoci"),
-    ));
-
-    // stackmerge of two stashes vs rsync -aHAX of the root
-    let small = work.join("small");
-    std::fs::create_dir_all(small.join("etc"))?;
-    std::fs::write(small.join("etc/motd"), "stacked on top\n")?;
-    timed(&format!(
-        "{} --quiet --store {} --root {} --container-name small >/dev/null",
-        bin("stash"),
-        w("store"),
-        q(&small)
-    ))?;
-    let merge = format!(
-        "{} --quiet --store {} --into {} bench small",
-        bin("stackmerge"),
-        w("store"),
-        w("merged")
-    );
-    let (ours_m, rss_m) = measure(n, &format!("rm -rf {}", w("merged")), &merge)?;
-    let anchor_m = if have("rsync") {
-        Some(
-            measure(
-                n,
-                &format!("rm -rf {}", w("rsynced")),
-                &format!("rsync -aHAX {t}/ {}/", w("rsynced")),
-            )?
-            .0,
-        )
-    } else {
-        None
-    };
-    rows.push(row(
-        "stackmerge of two stashes",
-        ours_m,
-        "rsync -aHAX of the root",
-        anchor_m,
-        "<= 0.5",
-        rss_m,
-        have("rsync"),
-    ));
-
-    if have("kiwi-ng") && have("podman") {
-        eprintln!(
-            "xtask: kiwi-ng and podman found: the original plugin's stash is not wired into the bench yet"
-        );
-    } else {
-        eprintln!(
-            "xtask: note: the original `kiwi-ng system stash` needs kiwi-ng, podman, umoci and skopeo; not run here"
-        );
-    }
-
-    let report = Report {
-        schema: 1,
-        root: tree,
-        root_bytes: bytes,
-        root_entries: entries,
-        rounds: n,
-        cpus: std::thread::available_parallelism().map_or(1, usize::from),
-        rows,
-    };
+    let bench = root().join("target/bench");
+    let _ = Command::new("umount").arg(bench.join("fs")).output();
+    let _ = std::fs::remove_dir_all(&bench);
+    std::fs::create_dir_all(&bench)?;
+    let fs = OutputFs::new(&bench);
+    let result = measure_all(args, &tree, &fs.dir, &fs.kind);
+    drop(fs);
+    let _ = std::fs::remove_dir_all(&bench);
+    let report = result?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "{:<28} {:>8} {:<34} {:>9} {:>7} {:>8} {:>9}",
+            "{:<28} {:>8} {:<38} {:>9} {:>7} {:>8} {:>9}",
             "task", "ours s", "anchor", "anchor s", "ratio", "target", "peak MB"
         );
         for r in &report.rows {
             println!(
-                "{:<28} {:>8.2} {:<34} {:>9} {:>7} {:>8} {:>9}",
+                "{:<28} {:>8.2} {:<38} {:>9} {:>7} {:>8} {:>9}",
                 r.task,
                 r.ours_s,
                 r.anchor,
@@ -341,24 +228,169 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)] // one table row: each argument is a column
-fn row(
-    task: &str,
-    ours: f64,
-    anchor: &str,
-    anchor_s: Option<f64>,
-    target: &str,
-    rss: Option<f64>,
-    installed: bool,
-) -> Row {
+fn measure_all(args: &BenchArgs, tree: &Path, work: &Path, output_fs: &str) -> Result<Report> {
+    let bin = |n: &str| q(&root().join("target/release").join(n));
+    let wi = |n: &str, i: usize| q(&work.join(format!("{n}-{i}")));
+    let t = q(tree);
+    let (bytes, entries) = tree_size(tree)?;
+    let n = args.rounds.max(1);
+    let mut rows = Vec::new();
+    eprintln!(
+        "xtask: bench on {} ({} MB, {entries} entries), {n} rounds each, writing to {output_fs}",
+        tree.display(),
+        bytes >> 20
+    );
+
+    // stash (gzip) vs tar | pigz | sha256sum; each round into a new store.
+    let stash = |store: &str| {
+        format!(
+            "{} --quiet --store {store} --root {t} --container-name bench >/dev/null",
+            bin("stash")
+        )
+    };
+    let pigz = |_| format!("tar --xattrs -C {t} -cf - . | pigz -6 | sha256sum >/dev/null");
+    let c = compare(
+        n,
+        &|i| stash(&wi("store", i)),
+        have("pigz").then_some(&pigz as Side<'_>),
+        "",
+    )?;
+    let full = c.ours;
+    rows.push(row(
+        "stash (gzip -6)",
+        &c,
+        "tar | pigz -6 | sha256sum",
+        "<= 0.8",
+        have("pigz"),
+    ));
+
+    // zstd
+    let zstd = |_| format!("tar --xattrs -C {t} -cf - . | zstd -T0 -3 -q | sha256sum >/dev/null");
+    let c = compare(
+        n,
+        &|i| {
+            format!(
+                "{} --quiet --store {} --root {t} --container-name bench --compression zstd >/dev/null",
+                bin("stash"),
+                wi("zstore", i)
+            )
+        },
+        have("zstd").then_some(&zstd as Side<'_>),
+        "",
+    )?;
+    rows.push(row(
+        "stash --compression zstd",
+        &c,
+        "tar | zstd -T0 -3 | sha256sum",
+        "-",
+        have("zstd"),
+    ));
+
+    // no-change re-stash (into the first round's store) vs a full stash
+    let mut c = compare(n, &|_| stash(&wi("store", 0)), None, "")?;
+    c.anchor = Some(full);
+    rows.push(row("no-change re-stash", &c, "full stash", "<= 0.05", true));
+
+    // unstash vs umoci unpack
+    let store = work.join("store-0");
+    let umoci = |i| {
+        format!(
+            "umoci unpack --image {}:bench:latest {} >/dev/null 2>&1",
+            q(&store),
+            wi("bundle", i)
+        )
+    };
+    let c = compare(
+        n,
+        &|i| {
+            format!(
+                "{} --quiet bench --store {} --to {}",
+                bin("unstash"),
+                q(&store),
+                wi("out", i)
+            )
+        },
+        have("umoci").then_some(&umoci as Side<'_>),
+        "",
+    )?;
+    rows.push(row("unstash", &c, "umoci unpack", "<= 0.35", have("umoci")));
+
+    // stackmerge of two stashes vs rsync -aHAX of the root
+    let small = work.join("small");
+    std::fs::create_dir_all(small.join("etc"))?;
+    std::fs::write(small.join("etc/motd"), "stacked on top\n")?;
+    timed(&format!(
+        "{} --quiet --store {} --root {} --container-name small >/dev/null",
+        bin("stash"),
+        q(&store),
+        q(&small)
+    ))?;
+    let rsync = |i| format!("rsync -aHAX {t}/ {}/", wi("rsynced", i));
+    let c = compare(
+        n,
+        &|i| {
+            format!(
+                "{} --quiet --store {} --into {} bench small",
+                bin("stackmerge"),
+                q(&store),
+                wi("merged", i)
+            )
+        },
+        have("rsync").then_some(&rsync as Side<'_>),
+        "",
+    )?;
+    rows.push(row(
+        "stackmerge of two stashes",
+        &c,
+        "rsync -aHAX of the root",
+        "<= 0.5",
+        have("rsync"),
+    ));
+
+    // The prepare step of a stackbuild, ours against the original's.
+    let prepare = |i| {
+        format!(
+            "{} --quiet --store {} --stash bench --stash small --target-dir {} --prepare-only >/dev/null",
+            bin("stackbuild"),
+            q(&store),
+            wi("prepared", i)
+        )
+    };
+    if let Some(missing) = original_missing() {
+        eprintln!("xtask: note: the original plugin is not run: {missing}");
+        let c = compare(n, &prepare, None, "")?;
+        rows.push(row(
+            "stackbuild --prepare-only",
+            &c,
+            ORIGINAL_PREPARE,
+            "-",
+            false,
+        ));
+    } else {
+        rows.extend(original(n, tree, work, &bin, &prepare)?);
+    }
+
+    Ok(Report {
+        schema: 1,
+        root: tree.to_path_buf(),
+        root_bytes: bytes,
+        root_entries: entries,
+        output_fs: output_fs.to_owned(),
+        rounds: n,
+        cpus: std::thread::available_parallelism().map_or(1, usize::from),
+        rows,
+    })
+}
+
+fn row(task: &str, c: &Compared, anchor: &str, target: &str, installed: bool) -> Row {
     Row {
         task: task.to_owned(),
-        ours_s: ours,
+        ours_s: c.ours,
         anchor: anchor.to_owned(),
-        anchor_s,
-        ratio: anchor_s.map(|a| ours / a),
+        anchor_s: c.anchor,
+        ratio: c.anchor.map(|a| c.ours / a),
         target: target.to_owned(),
-        ours_peak_rss_mb: rss,
+        ours_peak_rss_mb: c.rss,
         note: (!installed).then(|| format!("{anchor}: not installed, skipped")),
     }
 }
@@ -380,4 +412,191 @@ fn tree_size(dir: &Path) -> Result<(u64, u64)> {
         }
     }
     Ok((bytes, entries))
+}
+
+/// The file system the rounds write to: a fresh ext4 (with its journal) on a loop device
+/// when we are root and have mkfs.ext4, else a directory beside it, said in `kind`.
+/// Unmounted when dropped.
+struct OutputFs {
+    dir: PathBuf,
+    kind: String,
+    mounted: bool,
+}
+
+impl OutputFs {
+    fn new(bench: &Path) -> Self {
+        let dir = bench.join("fs");
+        let image = bench.join("fs.img");
+        let made = rustix::process::geteuid().is_root()
+            && std::fs::create_dir_all(&dir).is_ok()
+            // Sparse: the blocks the rounds write, a few GB.
+            && std::fs::File::create(&image)
+                .and_then(|f| f.set_len(32 << 30))
+                .is_ok()
+            && Command::new("mkfs.ext4")
+                .args(["-q", "-F"])
+                .arg(&image)
+                .status()
+                .is_ok_and(|s| s.success())
+            && Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&image)
+                .arg(&dir)
+                .status()
+                .is_ok_and(|s| s.success());
+        if made {
+            return OutputFs {
+                dir,
+                kind: "a new ext4 (with journal) on a loop device".into(),
+                mounted: true,
+            };
+        }
+        eprintln!(
+            "xtask: note: no loop-mounted ext4 for the outputs (needs root and mkfs.ext4): \
+             writing to {}, where earlier deletes can slow whichever tool runs next",
+            bench.display()
+        );
+        let _ = std::fs::create_dir_all(&dir);
+        OutputFs {
+            kind: bench.display().to_string(),
+            dir,
+            mounted: false,
+        }
+    }
+}
+
+impl Drop for OutputFs {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount").arg(&self.dir).status();
+        }
+    }
+}
+
+/// What the original `system stackbuild` does before kiwi-ng runs, per stash.
+const ORIGINAL_PREPARE: &str = "podman image mount + rsync per stash";
+
+/// The name the original plugin's stash gets in this bench (in /var/tmp/kiwi-stash and in
+/// podman's storage; both removed at the end).
+const ORIGINAL_NAME: &str = "stackbuild-bench-original";
+
+/// Why the original plugin cannot run here, if it cannot.
+fn original_missing() -> Option<String> {
+    let missing: Vec<&str> = ["kiwi-ng", "podman", "umoci", "skopeo", "rsync"]
+        .into_iter()
+        .filter(|p| !have(p))
+        .collect();
+    if !missing.is_empty() {
+        return Some(format!(
+            "not installed: {} (apt-get install podman umoci skopeo rsync; \
+             python3 -m pip install kiwi kiwi-stackbuild-plugin)",
+            missing.join(", ")
+        ));
+    }
+    let plugin = Command::new("kiwi-ng")
+        .args(["system", "stash", "--help"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    (!plugin).then(|| {
+        "kiwi-ng has no `system stash` (python3 -m pip install kiwi-stackbuild-plugin)".to_owned()
+    })
+}
+
+/// The original plugin side by side with ours: `kiwi-ng system stash` against `stash` on
+/// the same tree (a copy of it that holds the image/config.xml the plugin requires), and
+/// the original stackbuild's preparation (`podman image mount` + `rsync` with kiwi's sync
+/// options, per stash, of the images ours stashed) against `stackbuild --prepare-only`.
+fn original(
+    n: usize,
+    tree: &Path,
+    work: &Path,
+    bin: &dyn Fn(&str) -> String,
+    prepare: Side<'_>,
+) -> Result<Vec<Row>> {
+    let wi = |name: &str, i: usize| q(&work.join(format!("{name}-{i}")));
+    let copy = work.join("original-root");
+    timed(&format!("cp -a {}/. {}", q(tree), q(&copy)))?;
+    std::fs::create_dir_all(copy.join("image"))?;
+    // A description without profiles: the plugin reads it with none selected.
+    std::fs::copy(
+        root().join("tests/fixtures/stackbuild/debian-tbz.xml"),
+        copy.join("image/config.xml"),
+    )?;
+    let image = format!("localhost/{ORIGINAL_NAME}:latest");
+    let stash_home = Path::new("/var/tmp/kiwi-stash").join(ORIGINAL_NAME);
+    let clean = format!(
+        "rm -rf {}; podman rmi -f {image} >/dev/null 2>&1; true",
+        q(&stash_home)
+    );
+    let mut podman_images = Vec::new();
+    let result = (|| {
+        let mut rows = Vec::new();
+        let theirs = |_| {
+            format!(
+                "kiwi-ng system stash --root {} --container-name {ORIGINAL_NAME} >/dev/null 2>&1",
+                q(&copy)
+            )
+        };
+        let c = compare(
+            n,
+            &|i| {
+                format!(
+                    "{} --quiet --store {} --root {} --container-name {ORIGINAL_NAME} >/dev/null",
+                    bin("stash"),
+                    wi("original-store", i),
+                    q(&copy)
+                )
+            },
+            Some(&theirs),
+            &clean,
+        )?;
+        rows.push(row(
+            "stash (same tree)",
+            &c,
+            "kiwi-ng system stash (the original)",
+            "<= 0.167",
+            true,
+        ));
+
+        // Both stashes of the prepare row, in podman's storage as the original keeps them.
+        let store = work.join("store-0");
+        for stash in ["bench", "small"] {
+            let name = format!("localhost/stackbuild-bench-{stash}:latest");
+            timed(&format!(
+                "skopeo copy -q oci:{}:{stash}:latest containers-storage:{name}",
+                q(&store)
+            ))?;
+            podman_images.push(name);
+        }
+        let theirs = |i| {
+            let root = wi("original-prepared", i) + "/build/image-root";
+            let mut script = format!("set -e; mkdir -p {root}");
+            for name in &podman_images {
+                let _ = write!(
+                    script,
+                    "; m=$(podman image mount {name}); \
+                     rsync --archive --hard-links --xattrs --acls --one-file-system --inplace \
+                     \"$m/\" {root}/; podman image umount --force {name} >/dev/null"
+                );
+            }
+            script
+        };
+        let c = compare(n, prepare, Some(&theirs), "")?;
+        rows.push(row(
+            "stackbuild --prepare-only",
+            &c,
+            ORIGINAL_PREPARE,
+            "-",
+            true,
+        ));
+        Ok(rows)
+    })();
+    let _ = timed(&clean);
+    if !podman_images.is_empty() {
+        let _ = timed(&format!(
+            "podman rmi -f {} >/dev/null 2>&1; true",
+            podman_images.join(" ")
+        ));
+    }
+    result
 }
