@@ -373,3 +373,89 @@ fn without_kiwi_the_root_is_prepared_and_the_command_printed() -> Result<()> {
     assert!(w.path("T3/build/image-root/etc/a").exists());
     Ok(())
 }
+
+/// A description built on top of a usr-merged root with apt bootstrap packages gets a
+/// warning before kiwi runs (kiwi would unpack them over /bin and /lib with dpkg-deb); one
+/// with image packages only, or a root without the symlinks, does not.
+#[test]
+fn bootstrap_packages_over_a_usr_merged_root_are_warned_about() -> Result<()> {
+    let w = Workdir::new("stackbuild-bootstrap")?;
+    w.tree(
+        "merged",
+        "d usr 755 0:0\nd usr/bin 755 0:0\nd usr/lib 755 0:0\nl bin usr/bin\nl lib usr/lib\n",
+    )?;
+    w.tree("plain", "d bin 755 0:0\nd lib 755 0:0\n")?;
+    for name in ["merged", "plain"] {
+        run(w.bin("stash").args([
+            "--store",
+            "store",
+            "--root",
+            name,
+            "--container-name",
+            name,
+            "--quiet",
+        ]))?;
+    }
+    let description = |dir: &str, packages: &str| -> Result<()> {
+        fs::create_dir_all(w.path(dir))?;
+        fs::write(
+            w.path(&format!("{dir}/config.xml")),
+            format!(
+                r#"<?xml version="1.0"?>
+<image schemaversion="7.4" name="on-top">
+  <description type="system"><author>t</author><contact>t@example.org</contact><specification>t</specification></description>
+  <preferences><version>1.0.0</version><packagemanager>apt</packagemanager><type image="tbz"/></preferences>
+  {packages}
+</image>"#
+            ),
+        )?;
+        Ok(())
+    };
+    description(
+        "with-bootstrap",
+        r#"<packages type="bootstrap"><package name="usrmerge"/><package name="dpkg"/></packages>"#,
+    )?;
+    description(
+        "image-only",
+        r#"<packages type="image"><package name="less"/></packages>"#,
+    )?;
+    let prepare = |stash: &str, desc: &str, target: &str| -> Result<String> {
+        let out = output(w.bin("stackbuild").args([
+            "--store",
+            "store",
+            "--stash",
+            stash,
+            "--description",
+            desc,
+            "--target-dir",
+            target,
+            "--prepare-only",
+        ]))?;
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        // Exit 0; 1 only where kiwi-ng is not installed (the root is prepared either way).
+        assert!(
+            out.status.code() == Some(0) || err.contains("kiwi-ng is not on PATH"),
+            "{err}"
+        );
+        assert!(fs::symlink_metadata(w.path(&format!("{target}/build/image-root/bin"))).is_ok());
+        Ok(err)
+    };
+    let err = prepare("merged", "with-bootstrap", "T1")?;
+    let warning: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warning.len(), 1, "{err}");
+    assert!(
+        warning[0].starts_with("stackbuild: warning: ")
+            && warning[0].contains("with-bootstrap/config.xml")
+            && warning[0].contains("(usrmerge, dpkg)")
+            && warning[0].contains("usr-merge symlinks"),
+        "{err}"
+    );
+    for (stash, desc, target) in [
+        ("merged", "image-only", "T2"),
+        ("plain", "with-bootstrap", "T3"),
+    ] {
+        let err = prepare(stash, desc, target)?;
+        assert!(!err.contains("warning"), "{stash} + {desc}: {err}");
+    }
+    Ok(())
+}

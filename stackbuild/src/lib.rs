@@ -301,6 +301,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         });
     }
 
+    if let Some(dir) = &description
+        && let Some(warning) = bootstrap_over_usr_merge(dir, &image_root)
+    {
+        log.warn(warning);
+    }
+
     // 4. kiwi-ng.
     let mut summary = StackbuildReport {
         schema: SCHEMA,
@@ -496,6 +502,45 @@ fn report_diags(diags: &[stackcore::kiwi::Diag], log: &Log) {
     for d in diags {
         log.warn(d);
     }
+}
+
+/// A warning when `description` would install bootstrap packages with apt over a stacked
+/// root whose `/bin` or `/lib` is a usr-merge symlink: kiwi unpacks bootstrap packages with
+/// `dpkg-deb` straight over the root, which turns those symlinks into directories, and the
+/// build then fails in the `usrmerge` package, long after the stack. Bootstrap packages
+/// belong in the first build of a root, not in one built on top of it.
+fn bootstrap_over_usr_merge(description: &Path, image_root: &Path) -> Option<String> {
+    let merged = ["bin", "lib"].iter().any(|d| {
+        fs::symlink_metadata(image_root.join(d)).is_ok_and(|m| m.file_type().is_symlink())
+    });
+    if !merged {
+        return None;
+    }
+    let file = description_file(description).ok()?;
+    let bytes = fs::read(&file).ok()?;
+    // A description that does not load is kiwi's to report.
+    let desc = load_description(&bytes, &file.display().to_string(), None).ok()?;
+    let mut apt = false;
+    let mut bootstrap = Vec::new();
+    desc.doc.root.walk(&mut |el| match el.name.as_str() {
+        "packagemanager" => apt |= matches!(el.text().trim(), "apt" | "apt-get"),
+        "packages" if el.attr("type") == Some("bootstrap") => bootstrap.extend(
+            el.elements()
+                .filter(|p| p.name == "package")
+                .filter_map(|p| p.attr("name").map(str::to_owned)),
+        ),
+        _ => {}
+    });
+    if !apt || bootstrap.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{}: bootstrap packages ({}) are unpacked by kiwi with dpkg-deb over the stacked \
+         root, whose /bin and /lib are usr-merge symlinks: the build is likely to fail in \
+         usrmerge; list them under <packages type=\"image\"> instead",
+        file.display(),
+        bootstrap.join(", ")
+    ))
 }
 
 /// The description file in a description directory, searched as kiwi does.
