@@ -197,8 +197,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let bench = root().join("target/bench");
     // What an interrupted run left: its mount and its image in /dev/shm.
     let _ = Command::new("umount").arg(bench.join("fs")).output();
-    for e in std::fs::read_dir("/dev/shm").into_iter().flatten().flatten() {
-        if e.file_name().to_string_lossy().starts_with("stackbuild-bench-") {
+    for e in std::fs::read_dir("/dev/shm")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with("stackbuild-bench-")
+        {
             let _ = std::fs::remove_file(e.path());
         }
     }
@@ -473,7 +480,10 @@ impl OutputFs {
         let in_ram = rustix::fs::statvfs("/dev/shm")
             .is_ok_and(|v| v.f_bavail * v.f_frsize >= OUTPUT_FS_BYTES);
         let image = if in_ram {
-            PathBuf::from(format!("/dev/shm/stackbuild-bench-{}.img", std::process::id()))
+            PathBuf::from(format!(
+                "/dev/shm/stackbuild-bench-{}.img",
+                std::process::id()
+            ))
         } else {
             bench.join("fs.img")
         };
