@@ -333,63 +333,46 @@ fn measure_all(args: &BenchArgs, tree: &Path, work: &Path, output_fs: &str) -> R
     let small = work.join("small");
     std::fs::create_dir_all(small.join("etc"))?;
     std::fs::write(small.join("etc/motd"), "stacked on top\n")?;
-    timed(&format!(
-        "{} --quiet --store {} --root {} --container-name small >/dev/null",
-        bin("stash"),
-        q(&store),
-        q(&small)
-    ))?;
-    let rsync = |i| format!("rsync -aHAX {t}/ {}/", wi("rsynced", i));
-    let c = compare(
-        n,
-        &|i| {
-            format!(
-                "{} --quiet --store {} --into {} bench small",
-                bin("stackmerge"),
-                q(&store),
-                wi("merged", i)
-            )
-        },
-        have("rsync").then_some(&rsync as Side<'_>),
-        "",
-    )?;
-    rows.push(row(
-        "stackmerge of two stashes",
-        &c,
-        "rsync -aHAX of the root",
-        "<= 0.5",
-        have("rsync"),
-    ));
-
-    // The same with zstd stashes, which decompress several times faster than gzip.
+    // The second time with zstd stashes, which decompress several times faster than gzip.
     let zstore = work.join("zstore-0");
-    timed(&format!(
-        "{} --quiet --store {} --root {} --container-name small --compression zstd >/dev/null",
-        bin("stash"),
-        q(&zstore),
-        q(&small)
-    ))?;
-    let zrsync = |i| format!("rsync -aHAX {t}/ {}/", wi("zrsynced", i));
-    let c = compare(
-        n,
-        &|i| {
-            format!(
-                "{} --quiet --store {} --into {} bench small",
-                bin("stackmerge"),
-                q(&zstore),
-                wi("zmerged", i)
-            )
-        },
-        have("rsync").then_some(&zrsync as Side<'_>),
-        "",
-    )?;
-    rows.push(row(
-        "stackmerge, zstd stashes",
-        &c,
-        "rsync -aHAX of the root",
-        "-",
-        have("rsync"),
-    ));
+    for (store, flags, prefix, task, target) in [
+        (&store, "", "", "stackmerge of two stashes", "<= 0.5"),
+        (
+            &zstore,
+            " --compression zstd",
+            "z",
+            "stackmerge, zstd stashes",
+            "-",
+        ),
+    ] {
+        timed(&format!(
+            "{} --quiet --store {} --root {} --container-name small{flags} >/dev/null",
+            bin("stash"),
+            q(store),
+            q(&small)
+        ))?;
+        let rsync = |i| format!("rsync -aHAX {t}/ {}/", wi(&format!("{prefix}rsynced"), i));
+        let c = compare(
+            n,
+            &|i| {
+                format!(
+                    "{} --quiet --store {} --into {} bench small",
+                    bin("stackmerge"),
+                    q(store),
+                    wi(&format!("{prefix}merged"), i)
+                )
+            },
+            have("rsync").then_some(&rsync as Side<'_>),
+            "",
+        )?;
+        rows.push(row(
+            task,
+            &c,
+            "rsync -aHAX of the root",
+            target,
+            have("rsync"),
+        ));
+    }
 
     // The prepare step of a stackbuild, ours against the original's.
     let prepare = |i| {
