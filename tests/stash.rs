@@ -72,6 +72,12 @@ pub fn extras(root: &std::path::Path) -> Result<()> {
     let f = fs::File::create(root.join("sparse"))?;
     f.set_len(64 << 20)?;
     std::os::unix::fs::FileExt::write_at(&f, b"tail", (64 << 20) - 4)?;
+    // Files that end in a hole, or are nothing but one, keep their length on the way out
+    // (the extractor sets a length only where its last write falls short).
+    let f = fs::File::create(root.join("sparse-head"))?;
+    f.set_len(3 << 20)?;
+    std::os::unix::fs::FileExt::write_at(&f, b"head", 0)?;
+    fs::write(root.join("zeros"), vec![0u8; 10_000])?;
     Ok(())
 }
 

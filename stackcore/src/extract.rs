@@ -20,6 +20,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timestamps, XattrFlags};
 use rustix::io::Errno;
@@ -234,11 +235,14 @@ pub struct Target {
     root: OwnedFd,
     root_path: PathBuf,
     privileged: bool,
+    /// Our effective uid and gid, asked once.
+    me: (u32, u32),
     opts: ExtractOptions,
     /// What was written and skipped.
     pub stats: ExtractStats,
     dir_meta: BTreeMap<Vec<u8>, (Entry, bool)>,
-    cache: Option<(Vec<u8>, OwnedFd)>,
+    /// The last parent directory opened, shared with the caller (no dup per entry).
+    cache: Option<(Vec<u8>, Arc<OwnedFd>)>,
     buf: Vec<u8>,
 }
 
@@ -271,6 +275,10 @@ impl Target {
             root,
             root_path: dir.to_path_buf(),
             privileged: rustix::process::geteuid().is_root(),
+            me: (
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            ),
             opts,
             stats: ExtractStats::default(),
             dir_meta: BTreeMap::new(),
@@ -310,21 +318,20 @@ impl Target {
 
     /// The directory `dir` resolved in-root, created (with its parents) when missing. A
     /// non-directory in the way is replaced by a directory, as tar does.
-    fn dir_fd(&mut self, dir: &[u8]) -> Result<OwnedFd> {
+    fn dir_fd(&mut self, dir: &[u8]) -> Result<Arc<OwnedFd>> {
         if let Some((p, fd)) = &self.cache
             && p == dir
         {
-            return fd.try_clone().map_err(|e| Error::io(&self.root_path, e));
+            return Ok(Arc::clone(fd));
         }
-        let fd = match self.open_in_root(dir, OFlags::PATH | OFlags::DIRECTORY) {
-            Ok(fd) => fd,
-            Err(Errno::NOENT | Errno::NOTDIR) => self.create_dirs(dir)?,
-            Err(e) => return Err(errno_at(dir, e)),
-        };
-        self.cache = Some((
-            dir.to_vec(),
-            fd.try_clone().map_err(|e| Error::io(&self.root_path, e))?,
-        ));
+        let fd = Arc::new(
+            match self.open_in_root(dir, OFlags::PATH | OFlags::DIRECTORY) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT | Errno::NOTDIR) => self.create_dirs(dir)?,
+                Err(e) => return Err(errno_at(dir, e)),
+            },
+        );
+        self.cache = Some((dir.to_vec(), Arc::clone(&fd)));
         Ok(fd)
     }
 
@@ -388,6 +395,25 @@ impl Target {
         }
     }
 
+    /// Makes a new node with `make`, which fails with `EEXIST` when the name is taken: then
+    /// clears the name (as [`Target::clear`]) and makes it again. Trying first saves an
+    /// `lstat` per entry in the usual case, an empty target.
+    fn create<T>(
+        &mut self,
+        parent_fd: &OwnedFd,
+        path: &[u8],
+        name: &[u8],
+        mut make: impl FnMut() -> rustix::io::Result<T>,
+    ) -> Result<T> {
+        match make() {
+            Err(Errno::EXIST) => {
+                self.clear(parent_fd, path, name, false)?;
+                make().map_err(|err| errno_at(path, err))
+            }
+            other => other.map_err(|err| errno_at(path, err)),
+        }
+    }
+
     /// Clears `name` in `parent_fd` for a new entry; keeps an existing directory when
     /// `keep_dir` (a directory over a directory only changes attributes).
     fn clear(
@@ -444,26 +470,35 @@ impl Target {
         let pfd = self.dir_fd(dir)?;
         match e.kind {
             Kind::Dir => {
-                if !self.clear(&pfd, &e.path, name, true)? {
+                let mkdir = || {
                     rustix::fs::mkdirat(&pfd, OsStr::from_bytes(name), Mode::from_raw_mode(0o755))
-                        .map_err(|err| errno_at(&e.path, err))?;
-                    self.stats.dirs += 1;
+                };
+                match mkdir() {
+                    Ok(()) => self.stats.dirs += 1,
+                    // A directory over a directory keeps it (and what is in it).
+                    Err(Errno::EXIST) => {
+                        if !self.clear(&pfd, &e.path, name, true)? {
+                            mkdir().map_err(|err| errno_at(&e.path, err))?;
+                            self.stats.dirs += 1;
+                        }
+                    }
+                    Err(err) => return Err(errno_at(&e.path, err)),
                 }
                 self.dir_meta.insert(e.path.clone(), (e.clone(), false));
             }
             Kind::File => {
-                self.clear(&pfd, &e.path, name, false)?;
-                let fd = rustix::fs::openat(
-                    &pfd,
-                    OsStr::from_bytes(name),
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .map_err(|err| errno_at(&e.path, err))?;
+                let fd = self.create(&pfd, &e.path, name, || {
+                    rustix::fs::openat(
+                        &*pfd,
+                        OsStr::from_bytes(name),
+                        OFlags::WRONLY
+                            | OFlags::CREATE
+                            | OFlags::EXCL
+                            | OFlags::NOFOLLOW
+                            | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(0o600),
+                    )
+                })?;
                 let file = fs::File::from(fd);
                 self.copy_sparse(&file, data, e)?;
                 self.meta_fd(file.as_fd(), e)?;
@@ -471,9 +506,13 @@ impl Target {
                 crate::progress::advance(e.size, 1);
             }
             Kind::Symlink => {
-                self.clear(&pfd, &e.path, name, false)?;
-                rustix::fs::symlinkat(OsStr::from_bytes(&e.link), &pfd, OsStr::from_bytes(name))
-                    .map_err(|err| errno_at(&e.path, err))?;
+                self.create(&pfd, &e.path, name, || {
+                    rustix::fs::symlinkat(
+                        OsStr::from_bytes(&e.link),
+                        &*pfd,
+                        OsStr::from_bytes(name),
+                    )
+                })?;
                 self.invalidate();
                 self.meta_at(&pfd, e)?;
                 self.stats.symlinks += 1;
@@ -642,6 +681,8 @@ impl Target {
     fn copy_sparse(&mut self, file: &fs::File, data: &mut dyn Read, e: &Entry) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let mut off: u64 = 0;
+        // The end of the last block written: the file (new, empty) is that long.
+        let mut written: u64 = 0;
         let mut buf = std::mem::take(&mut self.buf);
         let res = (|| {
             loop {
@@ -670,6 +711,7 @@ impl Target {
                         .map_err(|err| {
                             Error::io(self.root_path.join(OsStr::from_bytes(&e.path)), err)
                         })?;
+                    written = off + j as u64;
                     i = j;
                 }
                 off += n as u64;
@@ -681,8 +723,12 @@ impl Target {
                     e.size
                 )));
             }
-            file.set_len(off)
-                .map_err(|err| Error::io(self.root_path.join(OsStr::from_bytes(&e.path)), err))?;
+            // Only a file that ends in a hole needs its length set.
+            if written < off {
+                file.set_len(off).map_err(|err| {
+                    Error::io(self.root_path.join(OsStr::from_bytes(&e.path)), err)
+                })?;
+            }
             Ok(())
         })();
         self.buf = buf;
@@ -700,10 +746,7 @@ impl Target {
     }
 
     fn owner_mode(&mut self, e: &Entry) -> (bool, u32) {
-        let me = (
-            rustix::process::geteuid().as_raw(),
-            rustix::process::getegid().as_raw(),
-        );
+        let me = self.me;
         let owner_ok = self.privileged || (e.uid == u64::from(me.0) && e.gid == u64::from(me.1));
         let mut mode = e.mode & 0o7777;
         if !self.privileged && !owner_ok {
