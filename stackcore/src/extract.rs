@@ -544,16 +544,16 @@ impl Target {
                     }
                     Some(_) => {}
                 }
-                self.clear(&pfd, &e.path, name, false)?;
                 // linkat without AT_SYMLINK_FOLLOW links a symlink itself, never its target.
-                rustix::fs::linkat(
-                    &tfd,
-                    OsStr::from_bytes(tname),
-                    &pfd,
-                    OsStr::from_bytes(name),
-                    AtFlags::empty(),
-                )
-                .map_err(|err| errno_at(&e.path, err))?;
+                self.create(&pfd, &e.path, name, || {
+                    rustix::fs::linkat(
+                        &tfd,
+                        OsStr::from_bytes(tname),
+                        &*pfd,
+                        OsStr::from_bytes(name),
+                        AtFlags::empty(),
+                    )
+                })?;
                 self.stats.hardlinks += 1;
             }
             Kind::Char | Kind::Block | Kind::Fifo => {
@@ -561,21 +561,21 @@ impl Target {
                     self.stats.devices_skipped += 1;
                     return Ok(());
                 }
-                self.clear(&pfd, &e.path, name, false)?;
                 let ft = match e.kind {
                     Kind::Char => FileType::CharacterDevice,
                     Kind::Block => FileType::BlockDevice,
                     _ => FileType::Fifo,
                 };
                 let dev = rustix::fs::makedev(e.dev_major, e.dev_minor);
-                rustix::fs::mknodat(
-                    &pfd,
-                    OsStr::from_bytes(name),
-                    ft,
-                    Mode::from_raw_mode(0o600),
-                    dev,
-                )
-                .map_err(|err| errno_at(&e.path, err))?;
+                self.create(&pfd, &e.path, name, || {
+                    rustix::fs::mknodat(
+                        &*pfd,
+                        OsStr::from_bytes(name),
+                        ft,
+                        Mode::from_raw_mode(0o600),
+                        dev,
+                    )
+                })?;
                 self.meta_at(&pfd, e)?;
                 self.stats.specials += 1;
             }

@@ -166,6 +166,11 @@ fn median(mut secs: Vec<f64>) -> f64 {
     secs[secs.len() / 2]
 }
 
+/// Round `i`'s own directory `NAME-i` under `work`, quoted for the shell.
+fn round_dir(work: &Path, name: &str, i: usize) -> String {
+    q(&work.join(format!("{name}-{i}")))
+}
+
 fn q(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
 }
@@ -244,7 +249,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
 fn measure_all(args: &BenchArgs, tree: &Path, work: &Path, output_fs: &str) -> Result<Report> {
     let bin = |n: &str| q(&root().join("target/release").join(n));
-    let wi = |n: &str, i: usize| q(&work.join(format!("{n}-{i}")));
+    let wi = |n: &str, i: usize| round_dir(work, n, i);
     let t = q(tree);
     let (bytes, entries) = tree_size(tree)?;
     let n = args.rounds.max(1);
@@ -561,7 +566,7 @@ fn original(
     bin: &dyn Fn(&str) -> String,
     prepare: Side<'_>,
 ) -> Result<Vec<Row>> {
-    let wi = |name: &str, i: usize| q(&work.join(format!("{name}-{i}")));
+    let wi = |n: &str, i: usize| round_dir(work, n, i);
     let copy = work.join("original-root");
     timed(&format!("cp -a {}/. {}", q(tree), q(&copy)))?;
     std::fs::create_dir_all(copy.join("image"))?;
