@@ -1887,7 +1887,8 @@ fn forged_layer_index_cache_is_not_trusted() -> Result<()> {
     b[n - 9] ^= 0xff;
     damaged.stored = Some(b);
     let hex = sha256(&damaged.blob);
-    // A well-formed cache entry (what our own store would hold) saying "no changes".
+    // A well-formed cache entry (what our own store would hold) saying "no changes", and
+    // that the layer was checked to decompress to the config's diff_id.
     let cache = c.w.path("layout/.stackbuild/cache");
     let tmp = c.w.path("layout/.stackbuild/tmp");
     fs::create_dir_all(&tmp)?;
@@ -1895,6 +1896,7 @@ fn forged_layer_index_cache_is_not_trusted() -> Result<()> {
         &cache,
         &tmp,
         &stackcore::digest::Digest::parse(&format!("sha256:{hex}"))?,
+        &stackcore::digest::Digest::parse(&damaged.diff_id)?,
     );
     ensure!(
         cache.join("index").join(&hex).is_file(),

@@ -591,3 +591,71 @@ fn a_whiteout_name_in_the_tree_is_refused() -> Result<()> {
     );
     Ok(())
 }
+
+/// The store records each layer's checked `diff_id` with its index, and later reads of the
+/// layer lean on it instead of hashing the tar again: only for a config that names that
+/// same `diff_id`. An image in our own store whose config names another one for a stashed
+/// layer is refused, as anywhere else, and leaves no target.
+#[test]
+fn a_config_naming_another_diff_id_for_a_stashed_layer_is_refused() -> Result<()> {
+    use sha2::Digest as _;
+    let w = Workdir::new("pin")?;
+    w.tree("root", "d etc 755 0:0\nf etc/motd 644 0:0 hello\n")?;
+    run(w.bin("stash").args([
+        "--quiet",
+        "--store",
+        "store",
+        "--root",
+        "root",
+        "--container-name",
+        "good",
+    ]))?;
+    // A second image over the same layer blob, with a config that names another diff_id.
+    let blob = |d: &str| w.path(&format!("store/blobs/sha256/{}", &d[7..]));
+    let put = |bytes: &[u8]| -> Result<(String, usize)> {
+        let d = format!("sha256:{:x}", sha2::Sha256::digest(bytes));
+        fs::write(blob(&d), bytes)?;
+        Ok((d, bytes.len()))
+    };
+    let mut index = json(&fs::read_to_string(w.path("store/index.json"))?)?;
+    let good = index["manifests"][0].clone();
+    let mut manifest = json(&fs::read_to_string(blob(
+        good["digest"].as_str().unwrap_or(""),
+    ))?)?;
+    let mut config = json(&fs::read_to_string(blob(
+        manifest["config"]["digest"].as_str().unwrap_or(""),
+    ))?)?;
+    let other = format!("sha256:{:x}", sha2::Sha256::digest(b"another tar"));
+    config["rootfs"]["diff_ids"][0] = serde_json::json!(other);
+    let (d, n) = put(&serde_json::to_vec(&config)?)?;
+    manifest["config"]["digest"] = serde_json::json!(d);
+    manifest["config"]["size"] = serde_json::json!(n);
+    let (d, n) = put(&serde_json::to_vec(&manifest)?)?;
+    let mut forged = good.clone();
+    forged["digest"] = serde_json::json!(d);
+    forged["size"] = serde_json::json!(n);
+    forged["annotations"]["org.opencontainers.image.ref.name"] = serde_json::json!("forged:latest");
+    index["manifests"]
+        .as_array_mut()
+        .expect("a list")
+        .push(forged);
+    fs::write(w.path("store/index.json"), serde_json::to_vec(&index)?)?;
+
+    // The stashed image reads back (its layer's diff_id pinned by the store's record).
+    run(w
+        .bin("unstash")
+        .args(["--quiet", "good", "--store", "store", "--to", "back"]))?;
+    assert_same(&dump(&w.path("root"))?, &dump(&w.path("back"))?)?;
+    let out = output(
+        w.bin("unstash")
+            .args(["--quiet", "forged", "--store", "store", "--to", "bad"]),
+    )?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("diff_id") && err.contains(&other) && err.lines().count() == 1,
+        "{err}"
+    );
+    assert!(!w.path("bad").exists(), "a refused image left a target");
+    Ok(())
+}

@@ -21,6 +21,7 @@ use crate::extract::{ExtractOptions, ExtractStats, Staging, Target};
 use crate::image::Image;
 use crate::layer::index::{Change, classify};
 use crate::layer::model::{Conflict, ConflictKind, Model, Origin, Resolution};
+use crate::layer::read::LayerStream;
 use crate::tree::{WalkOptions, walk};
 use crate::{Error, Result};
 
@@ -177,10 +178,26 @@ fn open_nofollow(path: &Path) -> Result<File> {
         .map_err(|err| Error::io(path, err))
 }
 
-/// Writes `sources` into `target` as `model` (their plan) says: each final inode once, in
-/// the order the sources and layers hold them, then the directories. The model must not be
-/// `complex`.
-pub fn write(sources: &[&Source], model: &Model, target: &mut Target) -> Result<()> {
+/// A layer opened before it is needed, so that it decompresses while the caller plans:
+/// (source, layer, stream). Dropped unused when the plan does not need it.
+pub type Early = Option<(u32, u32, LayerStream)>;
+
+/// Opens layer 0 of `src` early, when it is an image: the lowest layer of the lowest image
+/// is nearly always part of the result.
+fn open_early(s: u32, src: &Source) -> Result<Early> {
+    match src {
+        Source::Image(img) if !img.manifest.layers.is_empty() => {
+            Ok(Some((s, 0, img.open_layer(0)?)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Writes `sources` into `target` as `model` (their plan) says: the directories, then each
+/// final inode once, in the order the sources and layers hold them. The model must not be
+/// `complex`. `early` is used if the plan needs it; without one, the first layer to read is
+/// opened before the directories are made.
+pub fn write(sources: &[&Source], model: &Model, target: &mut Target, early: Early) -> Result<()> {
     if model.complex {
         return Err(Error::Other(
             "a source writes through a symlink or links to nothing; it must be applied in \
@@ -190,6 +207,27 @@ pub fn write(sources: &[&Source], model: &Model, target: &mut Target) -> Result<
     }
     let inodes = final_inodes(model);
     let layers: HashSet<(u32, u32)> = inodes.keys().map(|o| (o.0, o.1)).collect();
+    let mut early = match early {
+        Some(e) if layers.contains(&(e.0, e.1)) => Some(e),
+        _ => sources
+            .iter()
+            .enumerate()
+            .find_map(|(s, src)| match src {
+                Source::Image(img) => (0..img.manifest.layers.len() as u32)
+                    .find(|&l| layers.contains(&(s as u32, l)))
+                    .map(|l| (s as u32, l, img)),
+                Source::Dir { .. } => None,
+            })
+            .map(|(s, l, img)| img.open_layer(l as usize).map(|stream| (s, l, stream)))
+            .transpose()?,
+    };
+    // The directories first, parents before children (their metadata comes last, in
+    // `Target::finish`): every file's parent is then there when the file comes.
+    for node in model.nodes.values() {
+        if node.entry.kind == Kind::Dir {
+            target.ensure_dir(&node.entry, node.implicit)?;
+        }
+    }
     for (s, src) in sources.iter().enumerate() {
         let s = s as u32;
         match src {
@@ -198,7 +236,10 @@ pub fn write(sources: &[&Source], model: &Model, target: &mut Target) -> Result<
                     if !layers.contains(&(s, l)) {
                         continue; // everything this layer holds is replaced or deleted above
                     }
-                    let mut stream = img.open_layer(l as usize)?;
+                    let mut stream = match early.take_if(|(es, el, _)| (*es, *el) == (s, l)) {
+                        Some((_, _, stream)) => stream,
+                        None => img.open_layer(l as usize)?,
+                    };
                     let digest = stream.digest.clone();
                     let mut i = 0u32;
                     while let Some(h) = stream
@@ -233,11 +274,6 @@ pub fn write(sources: &[&Source], model: &Model, target: &mut Target) -> Result<
             }
         }
     }
-    for node in model.nodes.values() {
-        if node.entry.kind == Kind::Dir {
-            target.ensure_dir(&node.entry, node.implicit)?;
-        }
-    }
     Ok(())
 }
 
@@ -245,8 +281,9 @@ pub fn write(sources: &[&Source], model: &Model, target: &mut Target) -> Result<
 /// a layer's whiteouts and opaque markers hide what the layers below left there and never
 /// what the layer itself puts, so they are applied first, wherever they sit in its tar
 /// (from the layer's index, as the planner does). Applied where they appear, one could act
-/// on the layer's own entries, even through a symlink the same layer just made.
-pub fn sequential(img: &Image, target: &mut Target) -> Result<()> {
+/// on the layer's own entries, even through a symlink the same layer just made. `first`,
+/// if given, is layer 0 already opened.
+pub fn sequential(img: &Image, target: &mut Target, mut first: Option<LayerStream>) -> Result<()> {
     for l in 0..img.manifest.layers.len() {
         if l > 0 {
             // Nothing lies below the first layer: its markers have nothing to hide.
@@ -258,7 +295,10 @@ pub fn sequential(img: &Image, target: &mut Target) -> Result<()> {
                 }
             }
         }
-        let mut stream = img.open_layer(l)?;
+        let mut stream = match first.take() {
+            Some(stream) if l == 0 => stream,
+            _ => img.open_layer(l)?,
+        };
         let digest = stream.digest.clone();
         let err = |e: io::Error| crate::layer::read::layer_error(&digest, &e);
         let mut seen = crate::layer::index::DuplicateCheck::default();
@@ -309,6 +349,12 @@ fn write_image(img: Image, target: &mut Target) -> Result<bool> {
 }
 
 fn write_layers(img: Image, target: &mut Target) -> Result<bool> {
+    // Layer 0 starts decompressing while the index is read and the room checked.
+    let mut first = if img.manifest.layers.is_empty() {
+        None
+    } else {
+        Some(img.open_layer(0)?)
+    };
     // STACKBUILD_UNPLANNED: apply the layers in order even where a plan is possible, so
     // tests can check the planner against the plain extractor it must agree with.
     if img.manifest.layers.len() <= 1 || std::env::var_os("STACKBUILD_UNPLANNED").is_some() {
@@ -323,7 +369,7 @@ fn write_layers(img: Image, target: &mut Target) -> Result<bool> {
             model.apply_layer(0, 0, &index);
             crate::space::check_room(target.path(), model.nodes.values().map(|n| &n.entry))?;
         }
-        sequential(&img, target)?;
+        sequential(&img, target, first)?;
         return Ok(false);
     }
     let model = img.model(0)?;
@@ -332,12 +378,12 @@ fn write_layers(img: Image, target: &mut Target) -> Result<bool> {
     if model.complex {
         if let [Source::Image(img)] = &sources {
             tracing::debug!(image = %img.name, "the plan cannot predict this image: its layers in order");
-            sequential(img, target)?;
+            sequential(img, target, first)?;
         }
         return Ok(false);
     }
     let [source] = &sources;
-    write(&[source], &model, target)?;
+    write(&[source], &model, target, first.take().map(|f| (0, 0, f)))?;
     Ok(true)
 }
 
@@ -474,6 +520,10 @@ pub fn stack_to_dir(
     let mut fallbacks: Vec<Option<Source>> = Vec::with_capacity(sources.len());
     let mut scratch = Vec::new();
     let mut skipped = ExtractStats::default();
+    let mut early = match sources.first() {
+        Some(src) => open_early(0, src)?,
+        None => None,
+    };
     for (s, src) in sources.iter().enumerate() {
         let s = s as u32;
         let mut model = src.model(s)?;
@@ -493,7 +543,8 @@ pub fn stack_to_dir(
                 let nominal = dest.with_file_name(format!(".{dest_name}.stackmerge-source-{s}"));
                 let dir = Staging::new(&nominal)?;
                 let mut t = Target::open(dir.path(), opts.clone())?;
-                sequential(img, &mut t)
+                let first = early.take_if(|e| e.0 == s).map(|e| e.2);
+                sequential(img, &mut t, first)
                     .map_err(|e| Error::Other(format!("{}: {e}", report.name)))?;
                 add_skipped(&mut skipped, &t.finish()?);
                 let implicit = model
@@ -523,7 +574,7 @@ pub fn stack_to_dir(
         .map(|(src, f)| f.as_ref().unwrap_or(src))
         .collect();
     let mut target = Target::open(staging.path(), opts.clone())?;
-    write(&used, &plan.model, &mut target)?;
+    write(&used, &plan.model, &mut target, early)?;
     let mut stats = target.finish()?;
     add_skipped(&mut stats, &skipped);
     let dest = staging.commit()?;

@@ -128,17 +128,82 @@ impl<W: Write> Write for HashWriter<W> {
     }
 }
 
+/// Checks that a stream of bytes has the expected digest and size: the bytes are given to
+/// [`Verifier::update`] as they pass, and [`Verifier::finish`] checks at the end. Errors name
+/// `what`. [`VerifyReader`] is one wrapped around a reader; the layer reader runs one on a
+/// thread of its own.
+#[derive(Debug)]
+pub struct Verifier {
+    hash: Sha256,
+    len: u64,
+    expected: Digest,
+    size: Option<u64>,
+    what: String,
+    checked: bool,
+}
+
+impl Verifier {
+    /// Expects `expected` over exactly `size` bytes (when given).
+    pub fn new(expected: Digest, size: Option<u64>, what: impl Into<String>) -> Self {
+        Verifier {
+            hash: Sha256::new(),
+            len: 0,
+            expected,
+            size,
+            what: what.into(),
+            checked: false,
+        }
+    }
+
+    /// Takes the next bytes; refuses bytes past the expected size.
+    pub fn update(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.hash.update(bytes);
+        self.len += bytes.len() as u64;
+        if let Some(size) = self.size
+            && self.len > size
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: expected {size} bytes, found more", self.what),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The end of the stream: checks size and digest (once; later calls pass).
+    pub fn finish(&mut self) -> io::Result<()> {
+        if self.checked {
+            return Ok(());
+        }
+        if let Some(size) = self.size
+            && size != self.len
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: expected {size} bytes, found {}", self.what, self.len),
+            ));
+        }
+        let got = Digest::from_hash(self.hash.clone().finalize().into());
+        if got != self.expected {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: digest mismatch: expected {}, found {got}",
+                    self.what, self.expected
+                ),
+            ));
+        }
+        self.checked = true;
+        Ok(())
+    }
+}
+
 /// A reader that checks, at end of stream, that what it read has the expected digest and size,
 /// and refuses to read past the expected size. The error names `what`.
 #[derive(Debug)]
 pub struct VerifyReader<R> {
     inner: R,
-    hash: Sha256,
-    len: u64,
-    expected: Option<Digest>,
-    size: Option<u64>,
-    what: String,
-    checked: bool,
+    check: Verifier,
 }
 
 impl<R: Read> VerifyReader<R> {
@@ -146,25 +211,7 @@ impl<R: Read> VerifyReader<R> {
     pub fn new(inner: R, expected: Digest, size: Option<u64>, what: impl Into<String>) -> Self {
         VerifyReader {
             inner,
-            hash: Sha256::new(),
-            len: 0,
-            expected: Some(expected),
-            size,
-            what: what.into(),
-            checked: false,
-        }
-    }
-
-    /// Wraps `inner` without an expected digest: only counts and hashes.
-    pub fn unchecked(inner: R, what: impl Into<String>) -> Self {
-        VerifyReader {
-            inner,
-            hash: Sha256::new(),
-            len: 0,
-            expected: None,
-            size: None,
-            what: what.into(),
-            checked: false,
+            check: Verifier::new(expected, size, what),
         }
     }
 
@@ -178,53 +225,16 @@ impl<R: Read> VerifyReader<R> {
         io::copy(&mut self, &mut io::sink())?;
         Ok(())
     }
-
-    fn check(&mut self) -> io::Result<()> {
-        if self.checked {
-            return Ok(());
-        }
-        if let Some(size) = self.size
-            && size != self.len
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: expected {size} bytes, found {}", self.what, self.len),
-            ));
-        }
-        if let Some(expected) = &self.expected {
-            let got = Digest::from_hash(self.hash.clone().finalize().into());
-            if got != *expected {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{}: digest mismatch: expected {expected}, found {got}",
-                        self.what
-                    ),
-                ));
-            }
-        }
-        self.checked = true;
-        Ok(())
-    }
 }
 
 impl<R: Read> Read for VerifyReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         if n == 0 {
-            self.check()?;
+            self.check.finish()?;
             return Ok(0);
         }
-        self.hash.update(&buf[..n]);
-        self.len += n as u64;
-        if let Some(size) = self.size
-            && self.len > size
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: expected {size} bytes, found more", self.what),
-            ));
-        }
+        self.check.update(&buf[..n])?;
         Ok(n)
     }
 }

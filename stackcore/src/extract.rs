@@ -232,17 +232,26 @@ fn remove_at(parent: &OwnedFd, name: &[u8]) -> io::Result<()> {
 /// Writes entries into a directory, contained.
 #[derive(Debug)]
 pub struct Target {
-    root: OwnedFd,
+    root: Arc<OwnedFd>,
     root_path: PathBuf,
     privileged: bool,
     /// Our effective uid and gid, asked once.
     me: (u32, u32),
+    /// Whether what we create here gets our uid and gid (no setgid directory, no `grpid`
+    /// mount giving it another group): then an entry owned by us needs no chown.
+    born_mine: bool,
+    /// The process umask, when known: a file created with a mode it does not touch needs
+    /// no chmod.
+    umask: Option<u32>,
     opts: ExtractOptions,
     /// What was written and skipped.
     pub stats: ExtractStats,
     dir_meta: BTreeMap<Vec<u8>, (Entry, bool)>,
-    /// The last parent directory opened, shared with the caller (no dup per entry).
-    cache: Option<(Vec<u8>, Arc<OwnedFd>)>,
+    /// Directories open along the last parent resolved, shared with the caller (no dup per
+    /// entry): each entry's path extends the one before it. Entries come in tree order, so
+    /// the next parent is mostly one of these or a child of the last. Cleared by anything
+    /// that may remove a directory.
+    open_dirs: Vec<(Vec<u8>, Arc<OwnedFd>)>,
     buf: Vec<u8>,
 }
 
@@ -263,7 +272,8 @@ fn show(p: &[u8]) -> String {
 }
 
 impl Target {
-    /// Opens `dir` (an existing directory, usually a [`Staging`] path) as the root.
+    /// Opens `dir` as the root: an empty directory this process made (a [`Staging`]
+    /// path), so that every node in it is one we create.
     pub fn open(dir: &Path, opts: ExtractOptions) -> Result<Target> {
         let root = rustix::fs::open(
             dir,
@@ -271,18 +281,31 @@ impl Target {
             Mode::empty(),
         )
         .map_err(|e| Error::io(dir, e.into()))?;
+        let me = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
+        let st = rustix::fs::fstat(&root).map_err(|e| Error::io(dir, e.into()))?;
+        // Directories get their final modes (setgid ones included) only in `finish`, so
+        // while entries are written every directory inherits the root's group and no setgid.
+        let born_mine = st.st_uid == me.0 && st.st_gid == me.1 && st.st_mode & 0o2000 == 0;
+        // A default ACL on the root, inherited by every directory made below it, replaces
+        // the umask in giving new files their modes.
+        let default_acl = !matches!(
+            rustix::fs::getxattr(dir, "system.posix_acl_default", &mut [0u8; 0][..]),
+            Err(Errno::NODATA | Errno::NOTSUP)
+        );
         Ok(Target {
-            root,
+            root: Arc::new(root),
             root_path: dir.to_path_buf(),
             privileged: rustix::process::geteuid().is_root(),
-            me: (
-                rustix::process::geteuid().as_raw(),
-                rustix::process::getegid().as_raw(),
-            ),
+            me,
+            born_mine,
+            umask: umask().filter(|_| !default_acl),
             opts,
             stats: ExtractStats::default(),
             dir_meta: BTreeMap::new(),
-            cache: None,
+            open_dirs: Vec::new(),
             buf: vec![0u8; 256 << 10],
         })
     }
@@ -318,12 +341,54 @@ impl Target {
 
     /// The directory `dir` resolved in-root, created (with its parents) when missing. A
     /// non-directory in the way is replaced by a directory, as tar does.
+    ///
+    /// The usual case, a directory of plain directories, costs one `openat` per directory
+    /// newly entered: from the deepest open ancestor, a component at a time, never following
+    /// a symlink. Anything else (a symlink on the way, something missing) takes the general
+    /// path: `openat2` with `RESOLVE_IN_ROOT` from the root.
     fn dir_fd(&mut self, dir: &[u8]) -> Result<Arc<OwnedFd>> {
-        if let Some((p, fd)) = &self.cache
-            && p == dir
-        {
-            return Ok(Arc::clone(fd));
+        if dir.is_empty() {
+            return Ok(Arc::clone(&self.root));
         }
+        let keep = self
+            .open_dirs
+            .iter()
+            .take_while(|(p, _)| p == dir || crate::entry::is_below(dir, p))
+            .count();
+        self.open_dirs.truncate(keep);
+        let (mut done, mut fd) = match self.open_dirs.last() {
+            Some((p, fd)) if p == dir => return Ok(Arc::clone(fd)),
+            Some((p, fd)) => (p.len() + 1, Arc::clone(fd)),
+            None => (0, Arc::clone(&self.root)),
+        };
+        while done < dir.len() {
+            let end = dir[done..]
+                .iter()
+                .position(|&b| b == b'/')
+                .map_or(dir.len(), |i| done + i);
+            let comp = &dir[done..end];
+            if comp.is_empty() || comp == b"." || comp == b".." {
+                return self.dir_fd_in_root(dir);
+            }
+            match rustix::fs::openat(
+                &*fd,
+                OsStr::from_bytes(comp),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(next) => fd = Arc::new(next),
+                Err(_) => return self.dir_fd_in_root(dir),
+            }
+            self.open_dirs.push((dir[..end].to_vec(), Arc::clone(&fd)));
+            done = end + 1;
+        }
+        Ok(fd)
+    }
+
+    /// [`Target::dir_fd`]'s general path; the result is kept as the only open directory
+    /// (what lies below it is opened from it, never following a symlink).
+    fn dir_fd_in_root(&mut self, dir: &[u8]) -> Result<Arc<OwnedFd>> {
+        self.invalidate();
         let fd = Arc::new(
             match self.open_in_root(dir, OFlags::PATH | OFlags::DIRECTORY) {
                 Ok(fd) => fd,
@@ -331,7 +396,7 @@ impl Target {
                 Err(e) => return Err(errno_at(dir, e)),
             },
         );
-        self.cache = Some((dir.to_vec(), Arc::clone(&fd)));
+        self.open_dirs.push((dir.to_vec(), Arc::clone(&fd)));
         Ok(fd)
     }
 
@@ -377,9 +442,9 @@ impl Target {
         Ok(cur)
     }
 
-    /// Forgets the cached parent directory (after anything that may have moved it).
+    /// Forgets the open directories (after anything that may have removed one).
     fn invalidate(&mut self) {
-        self.cache = None;
+        self.open_dirs.clear();
     }
 
     /// What is at `path` (not following a last-component symlink): `None` when nothing.
@@ -487,6 +552,11 @@ impl Target {
                 self.dir_meta.insert(e.path.clone(), (e.clone(), false));
             }
             Kind::File => {
+                let (chown, mode) = self.owner_mode(e);
+                // Made with its final mode when the umask leaves it whole and no chown
+                // would clear setuid/setgid bits afterwards; else 0600 and a chmod.
+                let born_right = mode & 0o7000 == 0 && self.umask.is_some_and(|u| mode & u == 0);
+                let create_mode = if born_right { mode } else { 0o600 };
                 let fd = self.create(&pfd, &e.path, name, || {
                     rustix::fs::openat(
                         &*pfd,
@@ -496,12 +566,12 @@ impl Target {
                             | OFlags::EXCL
                             | OFlags::NOFOLLOW
                             | OFlags::CLOEXEC,
-                        Mode::from_raw_mode(0o600),
+                        Mode::from_raw_mode(create_mode),
                     )
                 })?;
                 let file = fs::File::from(fd);
                 self.copy_sparse(&file, data, e)?;
-                self.meta_fd(file.as_fd(), e)?;
+                self.meta_fd(file.as_fd(), e, (chown, (!born_right).then_some(mode)))?;
                 self.stats.files += 1;
                 crate::progress::advance(e.size, 1);
             }
@@ -513,7 +583,6 @@ impl Target {
                         OsStr::from_bytes(name),
                     )
                 })?;
-                self.invalidate();
                 self.meta_at(&pfd, e)?;
                 self.stats.symlinks += 1;
             }
@@ -671,7 +740,8 @@ impl Target {
                 rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755))
                     .map_err(|err| errno_at(path, err))?;
             } else {
-                self.meta_fd(fd.as_fd(), e)?;
+                let (chown, mode) = self.owner_mode(e);
+                self.meta_fd(fd.as_fd(), e, (chown, Some(mode)))?;
             }
         }
         Ok(self.stats)
@@ -745,28 +815,38 @@ impl Target {
         true
     }
 
+    /// Whether to chown a node we made to `e`'s owner, and the mode to give it: as root,
+    /// a chown unless the node already has that owner; as anyone else, no chown, and
+    /// setuid/setgid bits dropped where the owner differs (counted once per entry).
     fn owner_mode(&mut self, e: &Entry) -> (bool, u32) {
         let me = self.me;
-        let owner_ok = self.privileged || (e.uid == u64::from(me.0) && e.gid == u64::from(me.1));
+        let mine = e.uid == u64::from(me.0) && e.gid == u64::from(me.1);
         let mut mode = e.mode & 0o7777;
-        if !self.privileged && !owner_ok {
+        if !self.privileged && !mine {
             self.stats.owner_skipped += 1;
             if mode & 0o6000 != 0 {
                 mode &= !0o6000;
                 self.stats.setid_masked += 1;
             }
         }
-        (self.privileged, mode)
+        (self.privileged && !(mine && self.born_mine), mode)
     }
 
-    /// Owner, mode, xattrs, times, through the entry's own descriptor.
-    fn meta_fd(&mut self, fd: std::os::fd::BorrowedFd<'_>, e: &Entry) -> Result<()> {
+    /// Owner, mode (unless `None`: the node was made with it), xattrs, times, through the
+    /// entry's own descriptor; `owner_mode` is what [`Target::owner_mode`] said.
+    fn meta_fd(
+        &mut self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        e: &Entry,
+        (chown, mode): (bool, Option<u32>),
+    ) -> Result<()> {
         let at = |err: Errno| errno_at(&e.path, err);
-        let (chown, mode) = self.owner_mode(e);
         if chown {
             rustix::fs::fchown(fd, Some(uid(e.uid)), Some(gid(e.gid))).map_err(at)?;
         }
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)).map_err(at)?;
+        if let Some(mode) = mode {
+            rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)).map_err(at)?;
+        }
         for (k, v) in &e.xattrs {
             if !self.wants_xattr(k) {
                 continue;
@@ -862,6 +942,14 @@ impl Entry {
     }
 }
 
+/// The process umask, from `/proc/self/status` (reading it with umask(2) would change it
+/// for a moment, for every thread); `None` when it cannot be read.
+fn umask() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
+}
+
 fn uid(u: u64) -> rustix::fs::Uid {
     rustix::fs::Uid::from_raw(u as u32)
 }
@@ -881,7 +969,8 @@ fn timestamps(e: &Entry) -> Timestamps {
     }
 }
 
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+/// Reads until `buf` is full or the stream ends; the bytes read.
+pub(crate) fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {

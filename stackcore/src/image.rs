@@ -419,14 +419,16 @@ impl Image {
         })
     }
 
-    /// Opens layer `i` as a verified tar stream.
+    /// Opens layer `i` as a verified tar stream. Its `diff_id` is checked unless our store
+    /// has checked it before (a stash wrote the layer, or an index was read from it) and
+    /// the config names the same one.
     pub fn open_layer(&self, i: usize) -> Result<LayerStream> {
         let desc = &self.manifest.layers[i];
-        open_layer(
-            self.source.open_blob(desc)?,
-            desc,
-            Some(&self.config.rootfs.diff_ids[i]),
-        )
+        let diff_id = &self.config.rootfs.diff_ids[i];
+        let pinned = self.source.cache_store().is_some_and(|store| {
+            LayerIndex::cached_diff_id(&store.cache_dir(), &desc.digest).as_ref() == Some(diff_id)
+        });
+        open_layer(self.source.open_blob(desc)?, desc, diff_id, pinned)
     }
 
     /// The index of layer `i` (cached in our store).

@@ -129,10 +129,18 @@ impl LayerIndex {
         super::cache::decode(digest, &bytes)
     }
 
-    /// Stores this index as the cached index of layer `digest`. Failing to cache is not an
-    /// error worth failing a run for: the index is rebuilt next time.
-    pub fn save_cached(&self, cache_dir: &Path, tmp_dir: &Path, digest: &Digest) {
-        let bytes = super::cache::encode(digest, self);
+    /// The `diff_id` recorded with the cached index of layer `digest` (see
+    /// `layer/cache.rs`), if the cache file is present and intact.
+    pub fn cached_diff_id(cache_dir: &Path, digest: &Digest) -> Option<Digest> {
+        let bytes = fs::read(cache_dir.join("index").join(digest.hex())).ok()?;
+        super::cache::diff_id(digest, &bytes)
+    }
+
+    /// Stores this index as the cached index of layer `digest`, which was checked to
+    /// decompress to `diff_id`. Failing to cache is not an error worth failing a run for:
+    /// the index is rebuilt next time.
+    pub fn save_cached(&self, cache_dir: &Path, tmp_dir: &Path, digest: &Digest, diff_id: &Digest) {
+        let bytes = super::cache::encode(digest, diff_id, self);
         let dir = cache_dir.join("index");
         if fs::create_dir_all(&dir).is_ok() {
             let _ = crate::oci::store::write_atomic(&dir.join(digest.hex()), &bytes, tmp_dir);
@@ -188,9 +196,11 @@ pub fn layer_index(
         return Ok(index);
     }
     tracing::debug!(layer = %digest, "layer index: cache miss, reading the layer");
-    let index = LayerIndex::read(open()?)?;
+    let stream = open()?;
+    let diff_id = stream.diff_id.clone();
+    let index = LayerIndex::read(stream)?;
     if let Some(store) = store {
-        index.save_cached(&store.cache_dir(), &store.tmp_dir(), digest);
+        index.save_cached(&store.cache_dir(), &store.tmp_dir(), digest, &diff_id);
     }
     Ok(index)
 }

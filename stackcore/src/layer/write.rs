@@ -73,7 +73,7 @@ impl LayerWriter {
             .map_err(|x| Error::Other(format!("writing layer: {x}")))?;
         let (digest, size) = blob.commit()?;
         self.index
-            .save_cached(&store.cache_dir(), &store.tmp_dir(), &digest);
+            .save_cached(&store.cache_dir(), &store.tmp_dir(), &digest, &diff_id);
         Ok(WrittenLayer {
             descriptor: Descriptor::new(self.compression.media_type(), digest, size),
             diff_id,
