@@ -122,11 +122,14 @@ struct Compared {
 /// Runs `ours` and `anchor` in alternate rounds (so drift on a noisy machine falls on both
 /// alike), each after a `sync` that is not timed, and `before_anchor` (not timed) before
 /// each anchor round.
+/// Runs `ours` and `anchor` in alternate rounds, `before_anchor` untimed before each anchor
+/// run and `after` untimed after every run of either (see [`Clean`]).
 fn compare(
     rounds: usize,
     ours: Side<'_>,
     anchor: Option<Side<'_>>,
     before_anchor: &str,
+    after: &Clean,
 ) -> Result<Compared> {
     let mut mine = Vec::new();
     let mut theirs = Vec::new();
@@ -134,6 +137,7 @@ fn compare(
     for i in 0..rounds {
         timed("sync")?;
         let r = timed(&ours(i))?;
+        after.run()?;
         mine.push(r.secs);
         if let Some(b) = r.rss_mb {
             rss = Some(rss.map_or(b, |a: f64| a.max(b)));
@@ -144,6 +148,7 @@ fn compare(
             }
             timed("sync")?;
             theirs.push(timed(&anchor(i))?.secs);
+            after.run()?;
         }
         eprintln!(
             "xtask:   round {}: ours {:.2} s{}",
@@ -159,6 +164,39 @@ fn compare(
         rss,
         anchor: (!theirs.is_empty()).then(|| median(theirs)),
     })
+}
+
+/// What to remove after each timed run, so that every run writes to a file system in the
+/// same state: a shell command that removes the round's output trees and trims the file
+/// system (`fstrim`, which gives the loop device's pages in /dev/shm back). Without it the
+/// later runs of a row, ours and the anchor's alike, ran on a fuller file system and paid
+/// for it in the kernel: `rsync -aHAX` 0.76 s on a fresh one, 1.2 s with 7 GB written.
+struct Clean(Option<String>);
+
+impl Clean {
+    /// Nothing to remove.
+    const NONE: Clean = Clean(None);
+
+    /// Removes `globs` under `work` when it is the bench's own file system (elsewhere a
+    /// delete can slow whichever tool runs next: see [`run`]).
+    fn trees(loop_fs: bool, work: &Path, globs: &[&str]) -> Clean {
+        if !loop_fs {
+            return Clean::NONE;
+        }
+        let w = q(work);
+        let rm: Vec<String> = globs.iter().map(|g| format!("{w}/{g}")).collect();
+        Clean(Some(format!(
+            "rm -rf {}; fstrim {w} 2>/dev/null; true",
+            rm.join(" ")
+        )))
+    }
+
+    fn run(&self) -> Result<()> {
+        if let Some(cmd) = &self.0 {
+            timed(cmd)?;
+        }
+        Ok(())
+    }
 }
 
 fn median(mut secs: Vec<f64>) -> f64 {
@@ -178,8 +216,8 @@ fn q(p: &Path) -> String {
 /// Runs the benchmark.
 ///
 /// Every round writes into directories of its own, on a file system made for the run
-/// (ext4 with its journal, as a build host has it, on a loop device; root only) and
-/// removed at the end. On an ext4 without a journal (this machine's root) the kernel skips
+/// (ext4 with its journal, as a build host has it, on a loop device; root only), removed
+/// untimed after the round (see [`Clean`]); the file system goes at the end. On an ext4 without a journal (this machine's root) the kernel skips
 /// recently deleted inodes when it allocates new ones (`recently_deleted` in
 /// `find_inode_bit`), for a while after the delete: an unstash after `rm -rf` of an earlier
 /// tree took 3-5 s instead of 0.6 s, all of it in the kernel, so whichever tool ran after a
@@ -217,7 +255,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let _ = std::fs::remove_dir_all(&bench);
     std::fs::create_dir_all(&bench)?;
     let fs = OutputFs::new(&bench);
-    let result = measure_all(args, &tree, &fs.dir, &fs.kind);
+    let result = measure_all(args, &tree, &fs);
     drop(fs);
     let _ = std::fs::remove_dir_all(&bench);
     let report = result?;
@@ -247,7 +285,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn measure_all(args: &BenchArgs, tree: &Path, work: &Path, output_fs: &str) -> Result<Report> {
+fn measure_all(args: &BenchArgs, tree: &Path, fs: &OutputFs) -> Result<Report> {
+    let (work, output_fs) = (fs.dir.as_path(), fs.kind.as_str());
+    let trees = |globs: &[&str]| Clean::trees(fs.image.is_some(), work, globs);
     let bin = |n: &str| q(&root().join("target/release").join(n));
     let wi = |n: &str, i: usize| round_dir(work, n, i);
     let t = q(tree);
@@ -273,6 +313,7 @@ fn measure_all(args: &BenchArgs, tree: &Path, work: &Path, output_fs: &str) -> R
         &|i| stash(&wi("store", i)),
         have("pigz").then_some(&pigz as Side<'_>),
         "",
+        &Clean::NONE,
     )?;
     let full = c.ours;
     rows.push(row(
@@ -296,6 +337,7 @@ fn measure_all(args: &BenchArgs, tree: &Path, work: &Path, output_fs: &str) -> R
         },
         have("zstd").then_some(&zstd as Side<'_>),
         "",
+        &Clean::NONE,
     )?;
     rows.push(row(
         "stash --compression zstd",
@@ -306,7 +348,7 @@ fn measure_all(args: &BenchArgs, tree: &Path, work: &Path, output_fs: &str) -> R
     ));
 
     // no-change re-stash (into the first round's store) vs a full stash
-    let mut c = compare(n, &|_| stash(&wi("store", 0)), None, "")?;
+    let mut c = compare(n, &|_| stash(&wi("store", 0)), None, "", &Clean::NONE)?;
     c.anchor = Some(full);
     rows.push(row("no-change re-stash", &c, "full stash", "<= 0.05", true));
 
@@ -331,6 +373,7 @@ fn measure_all(args: &BenchArgs, tree: &Path, work: &Path, output_fs: &str) -> R
         },
         have("umoci").then_some(&umoci as Side<'_>),
         "",
+        &trees(&["out-*", "bundle-*"]),
     )?;
     rows.push(row("unstash", &c, "umoci unpack", "<= 0.35", have("umoci")));
 
@@ -369,6 +412,7 @@ fn measure_all(args: &BenchArgs, tree: &Path, work: &Path, output_fs: &str) -> R
             },
             have("rsync").then_some(&rsync as Side<'_>),
             "",
+            &trees(&["*merged-*", "*rsynced-*"]),
         )?;
         rows.push(row(
             task,
@@ -390,7 +434,7 @@ fn measure_all(args: &BenchArgs, tree: &Path, work: &Path, output_fs: &str) -> R
     };
     if let Some(missing) = original_missing() {
         eprintln!("xtask: note: the original plugin is not run: {missing}");
-        let c = compare(n, &prepare, None, "")?;
+        let c = compare(n, &prepare, None, "", &trees(&["prepared-*"]))?;
         rows.push(row(
             "stackbuild --prepare-only",
             &c,
@@ -399,7 +443,8 @@ fn measure_all(args: &BenchArgs, tree: &Path, work: &Path, output_fs: &str) -> R
             false,
         ));
     } else {
-        rows.extend(original(n, tree, work, &bin, &prepare)?);
+        let after = trees(&["prepared-*", "original-prepared-*"]);
+        rows.extend(original(n, tree, work, &bin, &prepare, &after)?);
     }
 
     Ok(Report {
@@ -565,6 +610,7 @@ fn original(
     work: &Path,
     bin: &dyn Fn(&str) -> String,
     prepare: Side<'_>,
+    after_prepare: &Clean,
 ) -> Result<Vec<Row>> {
     let wi = |n: &str, i: usize| round_dir(work, n, i);
     let copy = work.join("original-root");
@@ -602,6 +648,7 @@ fn original(
             },
             Some(&theirs),
             &clean,
+            &Clean::NONE,
         )?;
         rows.push(row(
             "stash (same tree)",
@@ -634,7 +681,7 @@ fn original(
             }
             script
         };
-        let c = compare(n, prepare, Some(&theirs), "")?;
+        let c = compare(n, prepare, Some(&theirs), "", after_prepare)?;
         rows.push(row(
             "stackbuild --prepare-only",
             &c,
