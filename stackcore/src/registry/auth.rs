@@ -328,6 +328,8 @@ mod tests {
         Ok(())
     }
 
+    const PASSWORD: &str = "hunter2-never-printed";
+
     #[test]
     fn finds_credentials_in_order() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
@@ -336,7 +338,7 @@ mod tests {
         let entry = |who: &str| {
             format!(
                 r#"{{"auths":{{"h:1":{{"auth":"{}"}}}}}}"#,
-                STANDARD.encode(format!("{who}:pw"))
+                STANDARD.encode(format!("{who}:{PASSWORD}"))
             )
         };
         std::fs::write(&b, entry("second")).map_err(|e| Error::io(&b, e))?;
@@ -352,9 +354,10 @@ mod tests {
         assert_eq!(got.username, "first");
         assert_eq!(
             got.basic_header(),
-            format!("Basic {}", STANDARD.encode("first:pw"))
+            format!("Basic {}", STANDARD.encode(format!("first:{PASSWORD}")))
         );
-        assert!(!format!("{got:?}").contains("pw"));
+        // A word no temp directory's random name can hold (the Debug output shows the path).
+        assert!(!format!("{got:?}").contains(PASSWORD));
         assert!(find_credentials("nope:1", &[a, b])?.is_none());
         Ok(())
     }
