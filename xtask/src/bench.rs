@@ -217,8 +217,8 @@ fn q(p: &Path) -> String {
 ///
 /// Every round writes into directories of its own, on a file system made for the run
 /// (ext4 with its journal, as a build host has it, on a loop device; root only), removed
-/// untimed after the round (see [`Clean`]); the file system goes at the end. On an ext4 without a journal (this machine's root) the kernel skips
-/// recently deleted inodes when it allocates new ones (`recently_deleted` in
+/// untimed after the round (see [`Clean`]); the file system goes at the end. On an ext4
+/// without a journal (this machine's root) the kernel skips recently deleted inodes when it allocates new ones (`recently_deleted` in
 /// `find_inode_bit`), for a while after the delete: an unstash after `rm -rf` of an earlier
 /// tree took 3-5 s instead of 0.6 s, all of it in the kernel, so whichever tool ran after a
 /// delete lost and the ratios depended on the order of the rounds. With the journal the

@@ -463,11 +463,12 @@ fn deflate_block(job: &Job, level: u32) -> io::Result<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Read;
 
-    fn sample(len: usize) -> Vec<u8> {
+    /// `len` bytes, part text, part pseudo-random: compressible, but not trivially.
+    pub(crate) fn sample(len: usize) -> Vec<u8> {
         let mut x: u32 = 1;
         (0..len)
             .map(|i| {

@@ -125,14 +125,14 @@ impl LayerIndex {
 
     /// Loads the cached index of layer `digest` from `cache_dir`, if present and intact.
     pub fn load_cached(cache_dir: &Path, digest: &Digest) -> Option<LayerIndex> {
-        let bytes = fs::read(cache_dir.join("index").join(digest.hex())).ok()?;
+        let bytes = fs::read(cache_file(cache_dir, digest)).ok()?;
         super::cache::decode(digest, &bytes)
     }
 
     /// The `diff_id` recorded with the cached index of layer `digest` (see
     /// `layer/cache.rs`), if the cache file is present and intact.
     pub fn cached_diff_id(cache_dir: &Path, digest: &Digest) -> Option<Digest> {
-        let bytes = fs::read(cache_dir.join("index").join(digest.hex())).ok()?;
+        let bytes = fs::read(cache_file(cache_dir, digest)).ok()?;
         super::cache::diff_id(digest, &bytes)
     }
 
@@ -141,11 +141,19 @@ impl LayerIndex {
     /// the index is rebuilt next time.
     pub fn save_cached(&self, cache_dir: &Path, tmp_dir: &Path, digest: &Digest, diff_id: &Digest) {
         let bytes = super::cache::encode(digest, diff_id, self);
-        let dir = cache_dir.join("index");
-        if fs::create_dir_all(&dir).is_ok() {
-            let _ = crate::oci::store::write_atomic(&dir.join(digest.hex()), &bytes, tmp_dir);
+        let file = cache_file(cache_dir, digest);
+        if file
+            .parent()
+            .is_some_and(|dir| fs::create_dir_all(dir).is_ok())
+        {
+            let _ = crate::oci::store::write_atomic(&file, &bytes, tmp_dir);
         }
     }
+}
+
+/// Where the cached index of layer `digest` lives under `cache_dir`.
+fn cache_file(cache_dir: &Path, digest: &Digest) -> std::path::PathBuf {
+    cache_dir.join("index").join(digest.hex())
 }
 
 /// Refuses a second change of the same path in one layer (image-spec layer.md: a layer MUST

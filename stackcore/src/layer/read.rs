@@ -449,21 +449,8 @@ pub fn layer_error(digest: &Digest, e: &io::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layer::compress::tests::sample;
     use std::io::Write;
-
-    fn sample(len: usize) -> Vec<u8> {
-        let mut x: u32 = 3;
-        (0..len)
-            .map(|i| {
-                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                if i % 3 == 0 {
-                    (x >> 16) as u8
-                } else {
-                    b'a' + (i % 17) as u8
-                }
-            })
-            .collect()
-    }
 
     fn gunzip(gz: &[u8]) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
