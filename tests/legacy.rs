@@ -19,6 +19,7 @@ use anyhow::{Context, Result, bail};
 use crate::skip;
 use crate::util::{
     Workdir, build_tree, copy_tree, dump, fixture, force_remove, have, is_root, json, output, run,
+    workspace,
 };
 
 const NAME: &str = "legacy-probe";
@@ -373,9 +374,16 @@ fn privileged_the_store_wins_over_an_original_stash_of_the_same_name() -> Result
     assert!(legacy.contains(&format!("\n{NAME}:latest ")), "{listing}");
 
     let other = w.tree("other", "d etc 755 0:0\nf etc/mine 644 0:0 ours\n")?;
-    run(tool(&w, &o, "stash")
-        .args(["--store", "store", "--container-name", NAME, "--root"])
-        .arg(&other))?;
+    // A stash of a name only the original has starts anew, and says how not to.
+    let (_, err) = run_both(
+        tool(&w, &o, "stash")
+            .args(["--store", "store", "--container-name", NAME, "--root"])
+            .arg(&other),
+    )?;
+    assert!(
+        err.contains(&format!("stash --import-legacy {NAME}:latest first")),
+        "{err}"
+    );
     let (_, err) =
         run_both(tool(&w, &o, "unstash").args([NAME, "--store", "store", "--to", "back"]))?;
     assert_eq!(dump(&other)?, dump(&w.path("back"))?, "the store's stash");
@@ -430,6 +438,19 @@ fn manifest_in(layout: &Path) -> Result<serde_json::Value> {
     read_json(&layout.join("blobs/sha256").join(&digest["sha256:".len()..]))
 }
 
+/// `stash --json` output against the committed schema/stash.json.
+fn assert_valid(doc: &serde_json::Value) -> Result<()> {
+    let schema = read_json(&workspace().join("schema/stash.json"))?;
+    let errs = crate::jsonschema::validate(&schema, doc);
+    if !errs.is_empty() {
+        bail!(
+            "does not match schema/stash.json:\n{}\n{doc:#}",
+            errs.join("\n")
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn privileged_import_legacy_copies_the_original_stash_into_the_store() -> Result<()> {
     if let Some(why) = why_not() {
@@ -446,6 +467,7 @@ fn privileged_import_legacy_copies_the_original_stash_into_the_store() -> Result
         "store",
         "--json",
     ]))?)?;
+    assert_valid(&report)?;
     let store = w.path("store");
     let imported = &report["imported"][0];
     assert_eq!(
@@ -508,6 +530,7 @@ fn privileged_import_legacy_copies_the_original_stash_into_the_store() -> Result
         "store",
         "--json",
     ]))?)?;
+    assert_valid(&again)?;
     assert_eq!(again["imported"], serde_json::json!([]), "{again}");
     assert_eq!(again["bytes"], 0, "{again}");
     assert_eq!(again["skipped"][0]["name"], NAME, "{again}");

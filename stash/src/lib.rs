@@ -62,9 +62,9 @@ pub struct Cli {
     #[arg(long, conflicts_with_all = ["root", "container_name"])]
     pub list: bool,
     /// Copy the original plugin's stashes (`kiwi-ng system stash` archives in
-    /// /var/tmp/kiwi-stash) into the store, tags kept; all of them when none is named. A
-    /// `NAME:TAG` the store has already is skipped. The archives stay where they are.
-    #[arg(long, value_name = "NAME[:TAG]", num_args = 0..,
+    /// /var/tmp/kiwi-stash) into the store, tags kept: each NAME[:TAG] given, or all of them.
+    /// A NAME:TAG the store has already is skipped. The archives stay where they are.
+    #[arg(long, value_name = "NAME", num_args = 0..,
           conflicts_with_all = ["root", "container_name", "list", "remove", "gc", "verify", "push"])]
     pub import_legacy: Option<Vec<String>>,
     /// Layer compression.
@@ -230,6 +230,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         checksum: cli.checksum,
         created: stackcore::timefmt::now_or_source_date_epoch(),
     };
+    let full = format!("{name}:{}", cli.tag);
+    if store.resolve(&full)?.is_none()
+        && stackcore::legacy::find(&stackcore::legacy::home(), &name, &cli.tag)
+            .is_ok_and(|s| s.is_some())
+    {
+        log.warn(format_args!(
+            "{full} is new to the store, so this stash holds the whole tree; the original \
+             plugin's {full} stays apart (stash --import-legacy {full} first, to stash on top of it)"
+        ));
+    }
     log.step(format_args!(
         "stashing {} as {name}:{} into {}",
         root.display(),
