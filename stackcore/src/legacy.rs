@@ -24,7 +24,7 @@ use crate::image::{Archive, BlobSource, Image, split_tag};
 use crate::layer::model::Node;
 use crate::oci::Store;
 use crate::oci::types::{Descriptor, Manifest};
-use crate::stash::valid_name;
+use crate::stash::{valid_name, valid_tag};
 use crate::{Error, Result};
 
 /// The variable that moves the original's stash home (for tests and unusual setups).
@@ -325,13 +325,26 @@ fn choose(home: &Path, wanted: &[String]) -> Result<Vec<LegacyStash>> {
         if let Some(p) = problems.first() {
             return Err(Error::Other(p.clone()));
         }
+        // A ref name inside an archive is the archive writer's word: it becomes a tag in the
+        // store and names a lock file, so it must be a stash name and tag.
+        if let Some(bad) = all
+            .iter()
+            .find(|s| !valid_name(&s.name) || !valid_tag(&s.tag))
+        {
+            return Err(Error::Other(format!(
+                "{}: holds {:?}, which is not a NAME:TAG a stash can have; nothing imported \
+                 (name the others: stash --import-legacy NAME[:TAG]...)",
+                bad.file.display(),
+                bad.full_name()
+            )));
+        }
         return Ok(all);
     }
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for w in wanted {
         let (name, tag) = split_tag(w);
-        if !valid_name(name) || tag.is_empty() {
+        if !valid_name(name) || !valid_tag(tag) {
             return Err(Error::Usage(format!(
                 "--import-legacy {w:?}: expected NAME[:TAG], NAME a stash name"
             )));
@@ -430,6 +443,54 @@ mod tests {
         assert_eq!(rounded_as_umoci(t(10, 499_999_999)), t(10, 0));
         assert_eq!(rounded_as_umoci(t(10, 500_000_000)), t(11, 0));
         assert_eq!(rounded_as_umoci(t(-3, 750_000_000)), t(-2, 0));
+    }
+
+    #[test]
+    fn only_marked_layers_forgive_the_rounding() {
+        use crate::entry::Entry;
+        use crate::oci::types::media;
+        let t = |sec, nsec| Mtime { sec, nsec };
+        let layer = |marked: bool| {
+            let mut d = Descriptor::new(media::LAYER_GZIP, Digest::of(b""), 0);
+            if marked {
+                d.annotations
+                    .insert(MTIME_ROUNDING.to_owned(), ROUNDED_TO_SECONDS.to_owned());
+            }
+            d
+        };
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: None,
+            config: layer(false),
+            layers: vec![layer(true), layer(false)],
+            annotations: std::collections::BTreeMap::new(),
+            extra: std::collections::BTreeMap::new(),
+        };
+        let marked = WholeSecondLayers::of(&manifest);
+        assert!(marked.any());
+        let node = |layer: u32, kind: Kind, mtime: Mtime| {
+            let mut entry = Entry::new(b"etc/x".to_vec(), kind);
+            entry.mtime = mtime;
+            Node {
+                entry,
+                digest: None,
+                inode: 1,
+                origin: (0, layer, 0),
+                data_origin: (0, layer, 0),
+                implicit: false,
+            }
+        };
+        let old = node(0, Kind::File, t(11, 0));
+        assert!(marked.same_mtime(&old, t(10, 750_000_000)));
+        assert!(marked.same_mtime(&old, t(11, 250_000_000)));
+        assert!(!marked.same_mtime(&old, t(11, 500_000_000)), "rounds to 12");
+        assert!(!marked.same_mtime(&old, t(12, 0)), "a whole second later");
+        let dir = node(0, Kind::Dir, t(11, 0));
+        assert!(marked.same_mtime(&dir, t(11, 1)));
+        // Our own layers keep nanoseconds: no rounding forgiven there.
+        let ours = node(1, Kind::File, t(11, 0));
+        assert!(!marked.same_mtime(&ours, t(11, 1)));
+        assert!(!WholeSecondLayers::default().same_mtime(&old, t(11, 1)));
     }
 
     #[test]
