@@ -204,7 +204,8 @@ fn note(msg: &str) {
         .unwrap_or_else(|| "stackbuild".to_owned());
     let line = format!("{tool}: note: {msg}");
     if !crate::progress::message(&line) {
-        eprintln!("{line}");
+        use std::io::Write as _;
+        let _ = writeln!(io::stderr().lock(), "{line}"); // stderr gone: nobody to tell
     }
 }
 
