@@ -425,6 +425,30 @@ fn privileged_oci_archive_of_the_original_plugin_is_readable_and_listed() -> Res
     let legacy_ref = listed["legacy"][0]["ref"].as_str().unwrap().to_owned();
     run(w.bin("unstash").args([&legacy_ref, "--to", "back"]))?;
     assert_same(&dump(&root)?, &dump(&w.path("back"))?)?;
+    // By name, as the original's users have it in their scripts: the store has no old-os.
+    let out = output(
+        w.bin("unstash")
+            .args(["old-os", "--store", "store", "--to", "by-name"])
+            .env("STACKBUILD_LEGACY_STASH_HOME", w.path("legacy")),
+    )?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("old-os.tar") && err.contains("--import-legacy"),
+        "{err}"
+    );
+    assert_same(&dump(&root)?, &dump(&w.path("by-name"))?)?;
+    // Imported: its blobs are the store's already (skopeo copied them), the tag is new.
+    let report = json(&run(w
+        .bin("stash")
+        .args(["--import-legacy", "--store", "store", "--json"])
+        .env("STACKBUILD_LEGACY_STASH_HOME", w.path("legacy")))?)?;
+    assert_eq!(report["imported"][0]["name"], "old-os", "{report}");
+    assert_eq!(report["imported"][0]["layers"], 1, "{report}");
+    run(w
+        .bin("unstash")
+        .args(["old-os", "--store", "store", "--to", "imported"]))?;
+    assert_same(&dump(&root)?, &dump(&w.path("imported"))?)?;
     Ok(())
 }
 

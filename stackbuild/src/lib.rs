@@ -167,13 +167,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         stashes.push(StashInfo {
             report: StackedStash {
                 name: name.clone(),
-                reference: format!(
-                    "oci:{}:{}",
-                    std::path::absolute(&store)
-                        .unwrap_or_else(|_| store.clone())
-                        .display(),
-                    img.name
-                ),
+                reference: if matches!(img.source, stackcore::image::BlobSource::Archive(_)) {
+                    img.name.clone() // the original plugin's archive, `oci-archive:FILE:NAME:TAG`
+                } else {
+                    format!(
+                        "oci:{}:{}",
+                        std::path::absolute(&store)
+                            .unwrap_or_else(|_| store.clone())
+                            .display(),
+                        img.name
+                    )
+                },
                 digest: img.digest().to_string(),
                 layers: img.manifest.layers.len() as u64,
             },

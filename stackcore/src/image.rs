@@ -325,6 +325,10 @@ impl Image {
     pub fn open(r: &ImageRef, store: &Path) -> Result<Image> {
         match r {
             ImageRef::Stash { name, tag } => {
+                // The original plugin's archives answer for names the store lacks.
+                if let Some(img) = crate::legacy::open_unless_stored(store, name, tag)? {
+                    return Ok(img);
+                }
                 let s = Store::open(store).map_err(|e| match e {
                     Error::Other(m) if !store.exists() => Error::Other(format!(
                         "no stash {name}:{tag}: the store {} does not exist ({m})",

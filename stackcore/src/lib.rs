@@ -19,6 +19,7 @@
 //! | [`image`] | image refs; opening images from stores, layouts and archives |
 //! | [`progress`] | progress of long work, reported to the sink a binary installs |
 //! | [`registry`] | `docker://` refs; pulling and pushing over the OCI distribution API (feature `registry`) |
+//! | [`legacy`] | the original plugin's stash archives: by name, listed, imported |
 //! | [`stash`] | stashing a tree: full the first time, the difference after that |
 //! | [`space`] | free-space checks before writing a tree |
 //! | [`description`] | name and author from a root's `image/config.xml` |
@@ -38,6 +39,7 @@ pub mod failpoint;
 pub mod image;
 pub mod kiwi;
 pub mod layer;
+pub mod legacy;
 pub mod manifest;
 pub mod oci;
 pub mod progress;

@@ -302,6 +302,72 @@ pub enum StashOutput {
     Gc(StashGcReport),
     /// `stash --verify --json`.
     Verify(StashVerifyReport),
+    /// `stash --import-legacy [NAME[:TAG]...] --json`.
+    ImportLegacy(StashImportReport),
+}
+
+/// `stash --import-legacy [NAME[:TAG]...] --json`: the original plugin's stashes copied into
+/// the store (the archives stay where they are).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StashImportReport {
+    /// The version of this document's shape: 1.
+    #[schemars(extend("const" = 1))]
+    pub schema: u32,
+    /// The store imported into.
+    pub store: String,
+    /// Where the original's archives are (`/var/tmp/kiwi-stash`, or
+    /// `$STACKBUILD_LEGACY_STASH_HOME`).
+    pub legacy_home: String,
+    /// Stashes copied into the store.
+    pub imported: Vec<ImportedStash>,
+    /// Stashes not copied: the store has that `NAME:TAG` already.
+    pub skipped: Vec<SkippedStash>,
+    /// Bytes written into the store (blobs it did not have).
+    pub bytes: u64,
+}
+
+/// One stash `stash --import-legacy` copied into the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportedStash {
+    /// `oci:STORE:NAME:TAG`, its ref in the store.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// Name.
+    pub name: String,
+    /// Tag.
+    pub tag: String,
+    /// The archive it came from.
+    pub archive: String,
+    /// The manifest digest in the archive.
+    pub archive_manifest: String,
+    /// The manifest digest in the store: the archive's manifest with each layer annotated
+    /// `stackbuild.mtime-rounding: second` (config and layers are the archive's blobs).
+    pub manifest: String,
+    /// Layers.
+    pub layers: u64,
+    /// Bytes written for it.
+    pub bytes: u64,
+}
+
+/// One stash `stash --import-legacy` left alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SkippedStash {
+    /// `oci:STORE:NAME:TAG`, the store's stash of that name.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// Name.
+    pub name: String,
+    /// Tag.
+    pub tag: String,
+    /// The archive not imported.
+    pub archive: String,
+    /// The manifest digest the store's `NAME:TAG` points at.
+    pub manifest: String,
+    /// Why: `already in the store`.
+    pub reason: String,
 }
 
 /// `unstash REF --to DIR --json` (or `--output FILE --json`).

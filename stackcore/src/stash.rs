@@ -20,8 +20,9 @@ use crate::digest::Digest;
 use crate::entry::{Entry, Kind, parent};
 use crate::image::{BlobSource, Image};
 use crate::layer::compress::Compression;
-use crate::layer::model::Model;
+use crate::layer::model::{Model, Node};
 use crate::layer::write::LayerWriter;
+use crate::legacy::WholeSecondLayers;
 use crate::oci::Store;
 use crate::oci::types::{
     Descriptor, History, ImageConfig, Manifest, RootFs, RunConfig, host_arch, media,
@@ -179,7 +180,13 @@ pub fn stash(store: &Store, opts: &StashOptions) -> Result<StashOutcome> {
         Ok::<_, Error>((model?, stats?))
     })?;
 
-    let decision = decide(&walked, &model, &walk_opts, opts.checksum)?;
+    // Layers the original plugin wrote (imported by `stash --import-legacy`) hold mtimes
+    // rounded to the second: that rounding is no change.
+    let rounded = previous
+        .as_ref()
+        .map(|p| WholeSecondLayers::of(&p.manifest))
+        .unwrap_or_default();
+    let decision = decide(&walked, &model, &walk_opts, opts.checksum, &rounded)?;
     let mut outcome = StashOutcome {
         reference: String::new(),
         store: store.root().to_path_buf(),
@@ -354,6 +361,7 @@ fn decide(
     model: &Model,
     walk_opts: &WalkOptions,
     checksum: bool,
+    rounded: &WholeSecondLayers,
 ) -> Result<Decision> {
     let mut d = Decision {
         emit: BTreeMap::new(),
@@ -395,6 +403,7 @@ fn decide(
                     &model_groups,
                     &by_path,
                     checksum,
+                    rounded,
                 )?;
                 if unchanged {
                     continue;
@@ -415,7 +424,7 @@ fn decide(
                 }
             }
             _ => {
-                let same = old.is_some_and(|n| n.entry.kind == e.kind && meta_equal(&n.entry, e));
+                let same = old.is_some_and(|n| n.entry.kind == e.kind && meta_equal(n, e, rounded));
                 if !same {
                     count(&mut d, old.is_some());
                     d.emit.insert(i, e.clone());
@@ -455,10 +464,15 @@ fn count(d: &mut Decision, existed: bool) {
     }
 }
 
-/// Metadata equality for the quick check; a model node of a hardlink compares as a file.
-fn meta_equal(old: &Entry, new: &Entry) -> bool {
-    let mut a = old.clone();
+/// Metadata equality for the quick check; a model node of a hardlink compares as a file, and
+/// an mtime the original plugin rounded to the second (see [`WholeSecondLayers`]) as the
+/// exact one it stands for.
+fn meta_equal(old: &Node, new: &Entry, rounded: &WholeSecondLayers) -> bool {
+    let mut a = old.entry.clone();
     let mut b = new.clone();
+    if rounded.same_mtime(old, new.mtime) {
+        b.mtime = a.mtime;
+    }
     for x in [&mut a, &mut b] {
         if x.kind == Kind::Hardlink {
             x.kind = Kind::File;
@@ -468,6 +482,7 @@ fn meta_equal(old: &Entry, new: &Entry) -> bool {
     a.same_metadata(&b)
 }
 
+#[allow(clippy::too_many_arguments)] // the walk, the model and how to compare them
 fn group_unchanged(
     leader: &Walked,
     members: &[usize],
@@ -476,6 +491,7 @@ fn group_unchanged(
     model_groups: &HashMap<u64, Vec<Vec<u8>>>,
     by_path: &HashMap<&[u8], usize>,
     checksum: bool,
+    rounded: &WholeSecondLayers,
 ) -> Result<bool> {
     let Some(old) = model.nodes.get(&leader.entry.path) else {
         return Ok(false);
@@ -486,7 +502,7 @@ fn group_unchanged(
     let mut new_leader = leader.entry.clone();
     new_leader.kind = Kind::File;
     new_leader.link.clear();
-    if !meta_equal(&old.entry, &new_leader) {
+    if !meta_equal(old, &new_leader, rounded) {
         return Ok(false);
     }
     // The old group, limited to names still in the tree, must be exactly the new group.

@@ -8,10 +8,11 @@ use anyhow::Context as _;
 use clap::Parser;
 use stackcore::Error;
 use stackcore::cli::{Log, print_json, print_line, store_path};
-use stackcore::image::{Archive, BlobSource, Image};
+use stackcore::image::{BlobSource, Image};
 use stackcore::layer::Compression;
 use stackcore::manifest::{
-    PushReport, SCHEMA, StashList, StashOutput, StashPushReport, StashReport, StashRow,
+    ImportedStash, PushReport, SCHEMA, SkippedStash, StashImportReport, StashList, StashOutput,
+    StashPushReport, StashReport, StashRow,
 };
 use stackcore::oci::Store;
 use stackcore::registry::{RegistryOptions, RegistryRef, push};
@@ -24,6 +25,7 @@ Examples:
   stash --root build/image-root                 # name from image/config.xml, tag latest
   stash --root rootfs --container-name base --tag v1 --json
   stash --list
+  stash --import-legacy                         # copy kiwi-ng system stash's archives in
   stash --root r --json | unstash - --to copy   # pipes take the ref or the JSON
   stash --root r --container-name base --push docker://registry.example.org/os/base:v1
   stash --container-name base --tag v1 --push docker://127.0.0.1:5000/os/base:v1 --tls-verify=false
@@ -43,7 +45,7 @@ pub struct Cli {
     #[arg(
         long,
         value_name = "DIR",
-        required_unless_present_any = ["list", "push", "remove", "gc", "verify"]
+        required_unless_present_any = ["list", "push", "remove", "gc", "verify", "import_legacy"]
     )]
     pub root: Option<PathBuf>,
     /// Stash name; default: the `<image name=...>` of ROOT/image/config.xml.
@@ -59,6 +61,12 @@ pub struct Cli {
     /// List the stashes instead (and the original plugin's, from /var/tmp/kiwi-stash).
     #[arg(long, conflicts_with_all = ["root", "container_name"])]
     pub list: bool,
+    /// Copy the original plugin's stashes (`kiwi-ng system stash` archives in
+    /// /var/tmp/kiwi-stash) into the store, tags kept: each NAME[:TAG] given, or all of them.
+    /// A NAME:TAG the store has already is skipped. The archives stay where they are.
+    #[arg(long, value_name = "NAME", num_args = 0..,
+          conflicts_with_all = ["root", "container_name", "list", "remove", "gc", "verify", "push"])]
+    pub import_legacy: Option<Vec<String>>,
     /// Layer compression.
     #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd", "none"])]
     pub compression: String,
@@ -123,6 +131,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if cli.verify {
         return maint::verify(&store_dir, cli.json, log);
+    }
+    if let Some(names) = &cli.import_legacy {
+        return import_legacy(&store_dir, names, cli.json, log);
     }
     let push_to = cli
         .push
@@ -219,6 +230,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         checksum: cli.checksum,
         created: stackcore::timefmt::now_or_source_date_epoch(),
     };
+    let full = format!("{name}:{}", cli.tag);
+    if store.resolve(&full)?.is_none()
+        && stackcore::legacy::find(&stackcore::legacy::home(), &name, &cli.tag)
+            .is_ok_and(|s| s.is_some())
+    {
+        log.warn(format_args!(
+            "{full} is new to the store, so this stash holds the whole tree; the original \
+             plugin's {full} stays apart (stash --import-legacy {full} first, to stash on top of it)"
+        ));
+    }
     log.step(format_args!(
         "stashing {} as {name}:{} into {}",
         root.display(),
@@ -333,7 +354,12 @@ fn list(store_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
             });
         }
     }
-    let legacy = legacy_stashes();
+    let home = stackcore::legacy::home();
+    let (found, problems) = stackcore::legacy::list(&home);
+    for p in problems {
+        eprintln!("stash: warning: {p}");
+    }
+    let legacy: Vec<StashRow> = found.iter().map(legacy_row).collect();
     if json {
         return print_json(&StashOutput::List(StashList {
             schema: SCHEMA,
@@ -348,10 +374,24 @@ fn list(store_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     if !legacy.is_empty() {
         let _ = writeln!(
             out,
-            "# kiwi-ng system stash archives ({})",
-            legacy_home().display()
+            "# kiwi-ng system stash archives ({}): use them as shown; \
+             stash --import-legacy copies them into the store",
+            home.display()
         );
-        table(&mut out, &legacy);
+        // The ref that works: the bare name, unless the store has a stash of that name.
+        let shown: Vec<StashRow> = found
+            .iter()
+            .zip(legacy)
+            .map(|(s, mut row)| {
+                let full = s.full_name();
+                if rows.iter().any(|r| format!("{}:{}", r.name, r.tag) == full) {
+                    row.name.clone_from(&row.reference);
+                    row.tag.clear();
+                }
+                row
+            })
+            .collect();
+        table(&mut out, &shown);
     }
     print_text(&out)
 }
@@ -378,7 +418,11 @@ fn table(out: &mut String, rows: &[StashRow]) {
         let _ = writeln!(
             out,
             "{:<40} sha256:{short} {:>12} {:>6}  {}",
-            format!("{}:{}", r.name, r.tag),
+            if r.tag.is_empty() {
+                r.name.clone() // a whole ref
+            } else {
+                format!("{}:{}", r.name, r.tag)
+            },
             r.size,
             r.layers,
             r.created.as_deref().unwrap_or("-")
@@ -386,63 +430,103 @@ fn table(out: &mut String, rows: &[StashRow]) {
     }
 }
 
-/// Where the original plugin kept its stashes (`$STACKBUILD_LEGACY_STASH_HOME` overrides it,
-/// for tests and unusual setups).
-fn legacy_home() -> PathBuf {
-    std::env::var_os("STACKBUILD_LEGACY_STASH_HOME")
-        .map_or_else(|| PathBuf::from("/var/tmp/kiwi-stash"), PathBuf::from)
+/// A listing row for one of the original plugin's stashes.
+fn legacy_row(s: &stackcore::legacy::LegacyStash) -> StashRow {
+    StashRow {
+        reference: s.reference(),
+        name: s.name.clone(),
+        tag: s.tag.clone(),
+        digest: s.image.digest().to_string(),
+        size: s.image.size(),
+        layers: s.image.manifest.layers.len() as u64,
+        created: s.image.config.created.clone(),
+    }
 }
 
-/// The original plugin's stashes: `HOME/NAME/NAME.tar` OCI archives.
-fn legacy_stashes() -> Vec<StashRow> {
-    let home = legacy_home();
-    let mut rows = Vec::new();
-    let Ok(dirs) = std::fs::read_dir(&home) else {
-        return rows;
-    };
-    let mut names: Vec<String> = dirs
-        .filter_map(Result::ok)
-        .map(|d| d.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    for name in names {
-        let file = home.join(&name).join(format!("{name}.tar"));
-        if !file.is_file() {
-            continue;
-        }
-        let archive = match Archive::open(&file) {
-            Ok(a) => std::sync::Arc::new(a),
-            Err(e) => {
-                eprintln!("stash: warning: {}: {e}", file.display());
-                continue;
-            }
-        };
-        let src = BlobSource::Archive(archive);
-        let index = match src.index() {
-            Ok(i) => i,
-            Err(e) => {
-                eprintln!("stash: warning: {}: {e}", file.display());
-                continue;
-            }
-        };
-        for desc in index.manifests {
-            let full = desc
-                .ref_name()
-                .map_or_else(|| format!("{name}:latest"), str::to_owned);
-            let Ok(img) = Image::from_descriptor(src.clone(), desc, full.clone()) else {
-                continue;
-            };
-            let (n, t) = stackcore::image::split_tag(&full);
-            rows.push(StashRow {
-                reference: format!("oci-archive:{}:{full}", file.display()),
-                name: n.to_owned(),
-                tag: t.to_owned(),
-                digest: img.digest().to_string(),
-                size: img.size(),
-                layers: img.manifest.layers.len() as u64,
-                created: img.config.created.clone(),
-            });
-        }
+/// `stash --import-legacy [NAME[:TAG]...]`: prints the ref of each stash imported (or, with
+/// --json, the report); says on stderr what was skipped.
+fn import_legacy(
+    store_dir: &std::path::Path,
+    names: &[String],
+    json: bool,
+    log: Log,
+) -> anyhow::Result<()> {
+    let home = stackcore::legacy::home();
+    let store = Store::open_for_write(store_dir)
+        .with_context(|| format!("opening store {}", store_dir.display()))?;
+    let outcome = stackcore::legacy::import(&store, &home, names)
+        .context("importing the original plugin's stashes")?;
+    let store_ref = |full: &str| format!("oci:{}:{full}", store.root().display());
+    for i in &outcome.imported {
+        log.step(format_args!(
+            "imported {} from {} ({} layers, {} bytes written)",
+            i.name,
+            i.archive.display(),
+            i.layers,
+            i.bytes
+        ));
     }
-    rows
+    for s in &outcome.skipped {
+        log.step(format_args!(
+            "skipped {}: the store has it already ({}); {} left alone",
+            s.name,
+            s.manifest,
+            s.archive.display()
+        ));
+    }
+    if outcome.imported.is_empty() && outcome.skipped.is_empty() {
+        log.step(format_args!(
+            "no kiwi-ng system stash archives in {}",
+            home.display()
+        ));
+    }
+    if json {
+        let split = |full: &str| {
+            let (n, t) = stackcore::image::split_tag(full);
+            (n.to_owned(), t.to_owned())
+        };
+        return print_json(&StashOutput::ImportLegacy(StashImportReport {
+            schema: SCHEMA,
+            store: store.root().display().to_string(),
+            legacy_home: home.display().to_string(),
+            imported: outcome
+                .imported
+                .iter()
+                .map(|i| {
+                    let (name, tag) = split(&i.name);
+                    ImportedStash {
+                        reference: store_ref(&i.name),
+                        name,
+                        tag,
+                        archive: i.archive.display().to_string(),
+                        archive_manifest: i.archive_manifest.to_string(),
+                        manifest: i.manifest.to_string(),
+                        layers: i.layers as u64,
+                        bytes: i.bytes,
+                    }
+                })
+                .collect(),
+            skipped: outcome
+                .skipped
+                .iter()
+                .map(|s| {
+                    let (name, tag) = split(&s.name);
+                    SkippedStash {
+                        reference: store_ref(&s.name),
+                        name,
+                        tag,
+                        archive: s.archive.display().to_string(),
+                        manifest: s.manifest.to_string(),
+                        reason: "already in the store".to_owned(),
+                    }
+                })
+                .collect(),
+            bytes: outcome.bytes,
+        }));
+    }
+    let mut text = String::new();
+    for i in &outcome.imported {
+        let _ = writeln!(text, "{}", store_ref(&i.name));
+    }
+    print_text(&text)
 }
