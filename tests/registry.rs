@@ -174,6 +174,20 @@ fn auth_file(path: &Path, host: &str, user: &str, pass: &str) -> Result<()> {
     Ok(())
 }
 
+/// Writes an auth file with the same credentials for each of `hosts`.
+fn auth_file_hosts(path: &Path, hosts: &[&str], user: &str, pass: &str) -> Result<()> {
+    let auth = b64(format!("{user}:{pass}").as_bytes());
+    let auths: serde_json::Map<String, Value> = hosts
+        .iter()
+        .map(|h| ((*h).to_owned(), serde_json::json!({ "auth": auth })))
+        .collect();
+    fs::write(
+        path,
+        serde_json::to_vec_pretty(&serde_json::json!({ "auths": auths }))?,
+    )?;
+    Ok(())
+}
+
 /// A small tree that any user can stash and get back exactly.
 const PLAIN: &str = r"
 d . 755 0:0
@@ -1173,10 +1187,13 @@ fn registry_bearer_token_auth_with_credentials_from_an_auth_file() -> Result<()>
     let reg = Registry::start_with(&w, "reg", &tokens.registry_auth())?;
     plain_tree(&w, "root")?;
     let before = dump(&w.path("root"))?;
+    // The token service is another origin (another port): credentials go to it only when
+    // they are configured for it too, as here, not because the registry named it.
+    let token_host = format!("127.0.0.1:{}", tokens.port);
     let good = w.path("auth.json");
-    auth_file(&good, &reg.host(), "builder", "t0ken pass")?;
+    auth_file_hosts(&good, &[&reg.host(), &token_host], "builder", "t0ken pass")?;
     let bad = w.path("wrong.json");
-    auth_file(&bad, &reg.host(), "builder", "nope")?;
+    auth_file_hosts(&bad, &[&reg.host(), &token_host], "builder", "nope")?;
     let dest = reg.url("ns/x:latest");
     let with_auth = |c: &mut Command, auth: &Path| {
         c.env("REGISTRY_AUTH_FILE", auth)
@@ -1279,7 +1296,7 @@ fn registry_bearer_token_auth_with_credentials_from_an_auth_file() -> Result<()>
     // Another account, on the same build host and store, that may not read ns/x: the mount
     // from ns/x is refused, so the blobs are uploaded instead, and the push succeeds.
     let team_b = w.path("team-b.json");
-    auth_file(&team_b, &reg.host(), "team-b", "b pass")?;
+    auth_file_hosts(&team_b, &[&reg.host(), &token_host], "team-b", "b pass")?;
     let mut push = w.bin("stash");
     push.args(["--store", "store", "--container-name", "plain", "--json"])
         .args(["--push", &reg.url("team-b/y:latest"), "--tls-verify=false"]);
@@ -1640,6 +1657,68 @@ fn registry_stackbuild_from_registry_stacks_exactly_what_it_pulled() -> Result<(
         index.contains(&format!("{}/builds/base:latest", reg.host()))
             && index.contains(pushed["manifest"].as_str().context("manifest")?),
         "{index}"
+    );
+    Ok(())
+}
+
+#[test]
+fn registry_https_registry_with_an_http_token_realm_is_refused() -> Result<()> {
+    need_registry!();
+    if !have("openssl") {
+        skip!("openssl not installed (needed to make a test CA)");
+    }
+    let w = Workdir::new("registry-http-realm")?;
+    let (ca, cert, key) = test_certificates(&w)?;
+    // The realm: plain http on another port, logging whatever reaches it.
+    let realm = crate::hostile_registry::Stub::start(|_, _| {
+        crate::hostile_registry::Answer::Plain(200, Vec::new(), br#"{"token":"t"}"#.to_vec())
+    })?;
+    let config = format!(
+        "  tls:\n    certificate: {}\n    key: {}\nauth:\n  token:\n    realm: {}/token\n    \
+         service: s\n    issuer: i\n    rootcertbundle: {}\n",
+        cert.display(),
+        key.display(),
+        realm.origin(),
+        ca.display()
+    );
+    let reg = Registry::start_with(&w, "reg", &config)?;
+    plain_tree(&w, "root")?;
+    // Credentials for both, so only the refusal keeps them from the realm.
+    auth_file_hosts(
+        &w.path("auth.json"),
+        &[&reg.host(), &realm.host()],
+        "builder",
+        "s3cret",
+    )?;
+    let dest = reg.url("ns/x:latest");
+    let o = output(
+        w.bin("stash")
+            .args([
+                "--store",
+                "store",
+                "--root",
+                "root",
+                "--container-name",
+                "plain",
+            ])
+            .args(["--push", &dest, "--quiet"])
+            .env("SSL_CERT_FILE", &ca)
+            .env("REGISTRY_AUTH_FILE", w.path("auth.json"))
+            .env("HOME", w.path("home"))
+            .env("XDG_RUNTIME_DIR", w.path("run")),
+    )?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let want = format!(
+        "{dest}: token realm {}/token is plain http while the registry is https: refused",
+        realm.origin()
+    );
+    assert!(err.contains(&want), "wanted {want:?} in:\n{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        realm.seen().is_empty(),
+        "the realm was asked: {:?}",
+        realm.seen()
     );
     Ok(())
 }

@@ -81,6 +81,16 @@ pub fn pull_ref(store: &Store, r: &RegistryRef, opts: &RegistryOptions) -> Resul
                 ),
             )
         })?;
+        if child.size > MAX_JSON_BLOB {
+            return Err(c.error(
+                None,
+                format!(
+                    "manifest {}: the index says it is {} bytes, more than a manifest may be \
+                     ({MAX_JSON_BLOB}); refused before downloading it",
+                    child.digest, child.size
+                ),
+            ));
+        }
         opts.step(format_args!("{spec}: manifest {}", child.digest));
         (media_type, bytes) =
             fetch_manifest(&mut c, r, child.digest.as_str(), Some(&child.digest))?;
@@ -112,6 +122,16 @@ pub fn pull_ref(store: &Store, r: &RegistryRef, opts: &RegistryOptions) -> Resul
         )
     })?;
     check_manifest(&c, &manifest)?;
+    if manifest.config.size > MAX_JSON_BLOB {
+        return Err(c.error(
+            None,
+            format!(
+                "config {}: the manifest says it is {} bytes, more than an image config may be \
+                 ({MAX_JSON_BLOB}); refused before downloading it",
+                manifest.config.digest, manifest.config.size
+            ),
+        ));
+    }
 
     let mut out = PullOutcome {
         reference: r.to_string(),
