@@ -190,9 +190,12 @@ pub fn lookup_in(text: &str, host: &str, repo: &str, file: &Path) -> Result<Foun
             return Some(2);
         }
         let k = key.trim_end_matches('/');
-        (k.contains('/') && !repo.is_empty() && (full == k || full.starts_with(&format!("{k}/"))))
-            .then(|| 2 + k.len())
-            .or_else(|| is_host(key).then_some(1))
+        if k.contains('/') {
+            // A namespace key matches its namespace only.
+            return (!repo.is_empty() && (full == k || full.starts_with(&format!("{k}/"))))
+                .then(|| 2 + k.len());
+        }
+        is_host(key).then_some(1)
     };
     let entry = parsed
         .auths
@@ -518,6 +521,43 @@ mod tests {
             .is_err()
         );
         assert!(lookup("not json", "h", f).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn helpers_namespaces_and_legacy_files() -> Result<()> {
+        let f = Path::new("/x/auth.json");
+        let enc = |s: &str| STANDARD.encode(s);
+        let text = format!(
+            r#"{{"auths":{{"h:9/ns":{{"auth":"{}"}},"h:1":{{"auth":"{}"}},"h:1/ns":{{"auth":"{}"}},"h:1/ns/deep/x":{{"auth":"{}"}}}},
+                "credHelpers":{{"helped.io":"pass"}},"credsStore":"desktop"}}"#,
+            enc("nine:z"),
+            enc("host:a"),
+            enc("ns:b"),
+            enc("deep:c")
+        );
+        let table = [
+            ("h:1", "other/x", Found::Auth("host".into(), "a".into())),
+            ("h:1", "ns/x", Found::Auth("ns".into(), "b".into())),
+            ("h:1", "nsx/y", Found::Auth("host".into(), "a".into())),
+            ("h:9", "other/x", Found::Helper("desktop".into())),
+            ("h:9", "ns/x", Found::Auth("nine".into(), "z".into())),
+            ("h:1", "ns/deep/x", Found::Auth("deep".into(), "c".into())),
+            ("helped.io", "ns/x", Found::Helper("pass".into())),
+            ("elsewhere.io", "ns/x", Found::Helper("desktop".into())),
+        ];
+        for (host, repo, want) in table {
+            assert_eq!(lookup_in(&text, host, repo, f)?, want, "{host}/{repo}");
+        }
+        // Docker's old ~/.dockercfg: the auths map alone.
+        let legacy = format!(
+            r#"{{"https://h:2":{{"auth":"{}","email":"e"}}}}"#,
+            enc("old:pw")
+        );
+        assert_eq!(
+            lookup_in(&legacy, "h:2", "x", Path::new("/home/u/.dockercfg"))?,
+            Found::Auth("old".into(), "pw".into())
+        );
         Ok(())
     }
 
