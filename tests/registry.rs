@@ -1919,6 +1919,25 @@ fn registry_credentials_from_flags_files_and_helpers() -> Result<()> {
     Ok(())
 }
 
+/// Where podman as root without `XDG_RUNTIME_DIR` keeps its logins.
+const ROOT_AUTH: &str = "/run/containers/0/auth.json";
+/// Logs out of a test registry again, whatever happened.
+struct Logout<'a>(&'a Workdir, String, bool);
+impl Drop for Logout<'_> {
+    fn drop(&mut self) {
+        let mut c = self.0.cmd("podman");
+        c.args(["logout", &self.1])
+            .env_remove("XDG_RUNTIME_DIR")
+            .env("HOME", self.0.path("home"));
+        // Best effort: an entry that is not there is fine.
+        let _ = c.output();
+        // A file this test made, now empty, goes too (best effort, as above).
+        if !self.2 {
+            let _ = fs::remove_file(ROOT_AUTH);
+        }
+    }
+}
+
 #[test]
 fn privileged_registry_podman_login_is_found_with_and_without_xdg_runtime_dir() -> Result<()> {
     need_registry!();
@@ -1970,22 +1989,6 @@ fn privileged_registry_podman_login_is_found_with_and_without_xdg_runtime_dir() 
     fs::remove_file(w.path("run/containers/auth.json"))?;
     // Without (root): /run/containers/0/auth.json. Logged out again whatever happens, so the
     // machine keeps no entry for this test's port.
-    const ROOT_AUTH: &str = "/run/containers/0/auth.json";
-    struct Logout<'a>(&'a Workdir, String, bool);
-    impl Drop for Logout<'_> {
-        fn drop(&mut self) {
-            let mut c = self.0.cmd("podman");
-            c.args(["logout", &self.1])
-                .env_remove("XDG_RUNTIME_DIR")
-                .env("HOME", self.0.path("home"));
-            // Best effort: an entry that is not there is fine.
-            let _ = c.output();
-            // A file this test made, now empty, goes too (best effort, as above).
-            if !self.2 {
-                let _ = fs::remove_file(ROOT_AUTH);
-            }
-        }
-    }
     let _logout = Logout(&w, reg.host(), Path::new(ROOT_AUTH).exists());
     login(false)?;
     let text = fs::read_to_string(ROOT_AUTH)?;

@@ -625,10 +625,10 @@ fn tls_config(cert_dir: Option<&Path>) -> Result<ureq::tls::TlsConfig> {
         let bytes = read(p)?;
         let mut out = Vec::new();
         for item in parse_pem(&bytes) {
-            match item.map_err(|e| bad(format!("{}: {e}", p.display())))? {
-                PemItem::Certificate(c) => out.push(c.to_owned()),
-                PemItem::PrivateKey(_) => {}
-                _ => {}
+            if let PemItem::Certificate(c) =
+                item.map_err(|e| bad(format!("{}: {e}", p.display())))?
+            {
+                out.push(c.to_owned());
             }
         }
         Ok(out)
@@ -643,7 +643,8 @@ fn tls_config(cert_dir: Option<&Path>) -> Result<ureq::tls::TlsConfig> {
         roots.extend(c);
     }
     let mut client = None;
-    for cert in names.iter().filter(|p| ext(p, "cert")) {
+    // The first `*.cert` (in name order) with its `*.key` is the client certificate.
+    if let Some(cert) = names.iter().find(|p| ext(p, "cert")) {
         let key_path = cert.with_extension("key");
         let chain = certs_in(cert)?;
         let key_bytes = read(&key_path).map_err(|_| {
@@ -664,7 +665,6 @@ fn tls_config(cert_dir: Option<&Path>) -> Result<ureq::tls::TlsConfig> {
             return Err(bad(format!("{}: no PEM certificate in it", cert.display())));
         }
         client = Some(ClientCert::new_with_certs(&chain, key));
-        break;
     }
     let roots = if roots.is_empty() {
         RootCerts::PlatformVerifier

@@ -66,7 +66,7 @@ pub struct AccessArgs {
           num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub tls_verify: bool,
     /// The auth file to look in first (containers-auth.json(5) or docker's config.json);
-    /// default: $REGISTRY_AUTH_FILE. The usual places are looked in after it.
+    /// default: `$REGISTRY_AUTH_FILE`. The usual places are looked in after it.
     #[arg(long, value_name = "FILE")]
     pub authfile: Option<PathBuf>,
     /// The registry's user name and password, instead of any auth file; without
@@ -77,18 +77,18 @@ pub struct AccessArgs {
     /// certificates to trust, `*.cert` + `*.key` a client certificate to present.
     #[arg(long, value_name = "DIR")]
     pub cert_dir: Option<PathBuf>,
-    /// Give up on connecting after this long [env: STACKBUILD_CONNECT_TIMEOUT; default 30].
+    /// Give up on connecting after this long [env: `STACKBUILD_CONNECT_TIMEOUT`; default 30].
     #[arg(long, value_name = "SECONDS")]
     pub connect_timeout: Option<u64>,
     /// Give up on a connection that sends or takes no byte for this long
-    /// [env: STACKBUILD_IDLE_TIMEOUT; default 120].
+    /// [env: `STACKBUILD_IDLE_TIMEOUT`; default 120].
     #[arg(long, value_name = "SECONDS")]
     pub idle_timeout: Option<u64>,
     /// Give up on a transfer slower than this many bytes per second over --speed-time
-    /// [env: STACKBUILD_SPEED_LIMIT; default 1024; 0 never].
+    /// [env: `STACKBUILD_SPEED_LIMIT`; default 1024; 0 never].
     #[arg(long, value_name = "BYTES")]
     pub speed_limit: Option<u64>,
-    /// The window --speed-limit is measured over [env: STACKBUILD_SPEED_TIME; default 120].
+    /// The window --speed-limit is measured over [env: `STACKBUILD_SPEED_TIME`; default 120].
     #[arg(long, value_name = "SECONDS")]
     pub speed_time: Option<u64>,
 }

@@ -27,9 +27,9 @@ impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
             connect: Some(Duration::from_secs(30)),
-            idle: Some(Duration::from_secs(120)),
+            idle: Some(Duration::from_mins(2)),
             speed_limit: 1024,
-            speed_time: Duration::from_secs(120),
+            speed_time: Duration::from_mins(2),
         }
     }
 }
