@@ -554,3 +554,107 @@ fn hostile_registry_huge_config_and_file_redirects_are_refused() -> Result<()> {
     assert!(!err.contains("too many redirects"), "{err}");
     Ok(())
 }
+
+/// The blobs of the stash `xx:latest` in `w/store`: (manifest bytes, digest -> blob bytes).
+fn stored_image(w: &Workdir) -> Result<(Vec<u8>, BTreeMap<String, Vec<u8>>)> {
+    let blob = |d: &str| -> Result<Vec<u8>> {
+        let hex = d.strip_prefix("sha256:").unwrap_or(d);
+        Ok(std::fs::read(w.path(&format!("store/blobs/sha256/{hex}")))?)
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.path("store/index.json"))?)?;
+    let m = index["manifests"]
+        .as_array()
+        .and_then(|a| a.first())
+        .and_then(|d| d["digest"].as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no manifest in the store: {index}"))?;
+    let manifest = blob(&m)?;
+    let parsed: serde_json::Value = serde_json::from_slice(&manifest)?;
+    let mut blobs = BTreeMap::new();
+    let layers = parsed["layers"].as_array().cloned().unwrap_or_default();
+    for d in std::iter::once(&parsed["config"]).chain(&layers) {
+        let digest = d["digest"].as_str().unwrap_or_default().to_owned();
+        blobs.insert(digest.clone(), blob(&digest)?);
+    }
+    Ok((manifest, blobs))
+}
+
+#[test]
+fn hostile_registry_blob_redirect_to_another_origin_gets_no_credentials() -> Result<()> {
+    let w = Workdir::new("hostile-registry-redirect")?;
+    stashed(&w)?;
+    let (manifest, blobs) = stored_image(&w)?;
+    // Origin B: a "CDN" serving the blobs by digest, logging what it got.
+    let cdn_blobs = blobs.clone();
+    let b = Stub::start(move |req, _| {
+        let digest = req.path.trim_start_matches("/cdn/");
+        match cdn_blobs.get(digest) {
+            Some(bytes) => Answer::Plain(200, Vec::new(), bytes.clone()),
+            None => plain(404, &[], ""),
+        }
+    })?;
+    let b_origin = b.origin();
+    // Origin A: the registry, with Basic auth; its blobs answer 307 to B, relative to
+    // nothing, and once through a relative redirect on its own origin first.
+    let a = Stub::start(move |req, _| {
+        if req.headers.get("authorization").map(String::as_str) != Some(BASIC) {
+            return plain(401, &[("WWW-Authenticate", "Basic realm=\"r\"")], "");
+        }
+        if req.path.contains("/manifests/") {
+            return Answer::Plain(
+                200,
+                vec![(
+                    "Content-Type".into(),
+                    "application/vnd.oci.image.manifest.v1+json".into(),
+                )],
+                manifest.clone(),
+            );
+        }
+        if let Some(d) = req.path.strip_prefix("/v2/ns/x/blobs/") {
+            return plain(302, &[("Location", &format!("../moved/{d}"))], "");
+        }
+        if let Some(d) = req.path.strip_prefix("/v2/ns/x/moved/") {
+            return plain(307, &[("Location", &format!("{b_origin}/cdn/{d}"))], "");
+        }
+        plain(404, &[], "")
+    })?;
+    fs_auth(&w, &a.host())?;
+    let src = format!("docker://{}/ns/x:latest", a.host());
+    let o = output(
+        w.bin("unstash")
+            .args([
+                &src,
+                "--tls-verify=false",
+                "--store",
+                "pulled",
+                "--to",
+                "back",
+                "--quiet",
+            ])
+            .env("REGISTRY_AUTH_FILE", w.path("auth.json"))
+            .env("HOME", w.path("home"))
+            .env("XDG_RUNTIME_DIR", w.path("run"))
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("DOCKER_CONFIG"),
+    )?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(std::fs::read(w.path("back/hello"))?, b"hi\n");
+    let at_b = b.seen();
+    assert_eq!(at_b.len(), blobs.len(), "{at_b:?}");
+    for r in &at_b {
+        assert!(
+            !r.headers.contains_key("authorization"),
+            "B got credentials: {r:?}"
+        );
+    }
+    // The same-origin hop kept them (A answered it, which it does only with them).
+    assert!(
+        a.seen()
+            .iter()
+            .any(|r| r.path.starts_with("/v2/ns/x/moved/")
+                && r.headers.get("authorization").map(String::as_str) == Some(BASIC))
+    );
+    Ok(())
+}

@@ -100,15 +100,49 @@ pub(crate) fn resolve(base: &str, location: &str) -> String {
         return format!("{scheme}://{r}");
     }
     let authority = rest.split('/').next().unwrap_or(rest);
-    if location.starts_with('/') {
-        return format!("{scheme}://{authority}{location}");
+    let (rel, query) = match location.find(['?', '#']) {
+        Some(i) => location.split_at(i),
+        None => (location, ""),
+    };
+    let path = if rel.starts_with('/') {
+        rel.to_owned()
+    } else {
+        let base_path = rest[authority.len()..]
+            .split(['?', '#'])
+            .next()
+            .unwrap_or("");
+        let dir = base_path.rsplit_once('/').map_or("", |(d, _)| d);
+        format!("{dir}/{rel}")
+    };
+    format!(
+        "{scheme}://{authority}{}{query}",
+        remove_dot_segments(&path)
+    )
+}
+
+/// An absolute path with `.` and `..` segments applied (RFC 3986 section 5.2.4); `..`
+/// never climbs above the root.
+fn remove_dot_segments(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    for (i, seg) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *seg {
+            "." => {
+                if last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                out.pop();
+                if last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
     }
-    let path = rest[authority.len()..]
-        .split(['?', '#'])
-        .next()
-        .unwrap_or("");
-    let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
-    format!("{scheme}://{authority}{dir}/{location}")
+    format!("/{}", out.join("/"))
 }
 
 fn is_scheme(s: &str) -> bool {
@@ -912,6 +946,9 @@ mod tests {
             ("//other/p", "http://other/p"),
             ("/v2/ns/blobs/sha", "http://h:5000/v2/ns/blobs/sha"),
             ("def", "http://h:5000/v2/ns/blobs/uploads/def"),
+            ("../x?y=1/../z", "http://h:5000/v2/ns/blobs/x?y=1/../z"),
+            ("./a/./b/..", "http://h:5000/v2/ns/blobs/uploads/a/"),
+            ("/a/../../etc/./x", "http://h:5000/etc/x"),
             ("file:///etc/passwd", "file:///etc/passwd"),
             ("gopher:x", "gopher:x"),
         ];

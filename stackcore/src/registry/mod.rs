@@ -58,7 +58,6 @@ pub use timeouts::Timeouts;
 /// `stackmerge`, `stackbuild`): how to reach it and whose credentials to use. Flatten it
 /// into a clap `Cli` with `#[command(flatten)]` (or through [`RegistryArgs`]).
 #[derive(Debug, Clone, clap::Args)]
-#[command(next_help_heading = "Registry")]
 pub struct AccessArgs {
     /// Verify registry TLS certificates against the system's CA roots; false speaks plain
     /// HTTP, for a registry on a private network.
