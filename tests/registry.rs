@@ -1802,6 +1802,52 @@ fn registry_credentials_from_flags_files_and_helpers() -> Result<()> {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("stdin is not a terminal"), "{err}");
+    // --creds USER on a terminal (util-linux `script` gives it one): asked for, not echoed.
+    if have("script") {
+        let cmd = pull_cmd(&w, &reg, "prompted", &["--creds", "builder", "--quiet"]);
+        let line = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| format!("'{}'", a.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut sh = w.cmd("script");
+        sh.args(["-qefc", &line, "/dev/null"]);
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => sh.env(k, v),
+                None => sh.env_remove(k),
+            };
+        }
+        let mut child = sh
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut out = child.stdout.take().context("stdout")?;
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        // Until the prompt: then the password is typed.
+        while !String::from_utf8_lossy(&seen).contains("Password for builder: ") {
+            anyhow::ensure!(
+                out.read(&mut byte)? == 1,
+                "no prompt: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.push(byte[0]);
+        }
+        let mut stdin = child.stdin.take().context("stdin")?;
+        stdin.write_all(b"s3cret pass\n")?;
+        out.read_to_end(&mut seen)?;
+        drop(stdin);
+        let status = child.wait()?;
+        let shown = String::from_utf8_lossy(&seen);
+        assert!(status.success(), "{shown}");
+        assert!(
+            !shown.contains("s3cret"),
+            "the password was echoed: {shown:?}"
+        );
+        assert_same(&before, &dump(&w.path("prompted"))?)?;
+    }
     // --authfile.
     auth_file(&w.path("a.json"), &reg.host(), "builder", "s3cret pass")?;
     let authfile = w.path("a.json").display().to_string();

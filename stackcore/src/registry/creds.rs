@@ -58,18 +58,18 @@ fn ask_password(user: &str) -> Result<String> {
     let saved = tcgetattr(&stdin).map_err(|e| Error::io("<stdin>", e.into()))?;
     let mut quiet = saved.clone();
     quiet.local_modes.remove(LocalModes::ECHO);
+    // Echo off before the prompt: what is typed once it shows is never echoed.
+    tcsetattr(&stdin, OptionalActions::Now, &quiet).map_err(|e| Error::io("<stdin>", e.into()))?;
     {
         let mut err = io::stderr().lock();
         // A prompt that cannot be shown still leaves the terminal to type into.
         let _ = write!(err, "Password for {user}: ");
         let _ = err.flush();
     }
-    tcsetattr(&stdin, OptionalActions::Flush, &quiet)
-        .map_err(|e| Error::io("<stdin>", e.into()))?;
     let mut line = String::new();
     let read = stdin.lock().read_line(&mut line);
     // Echo back on whatever happened, before anything else can fail.
-    let restored = tcsetattr(&stdin, OptionalActions::Flush, &saved);
+    let restored = tcsetattr(&stdin, OptionalActions::Now, &saved);
     let _ = writeln!(io::stderr().lock());
     read.map_err(|e| Error::io("<stdin>", e))?;
     restored.map_err(|e| Error::io("<stdin>", e.into()))?;
