@@ -555,8 +555,11 @@ fn hostile_registry_huge_config_and_file_redirects_are_refused() -> Result<()> {
     Ok(())
 }
 
-/// The blobs of the stash `xx:latest` in `w/store`: (manifest bytes, digest -> blob bytes).
-fn stored_image(w: &Workdir) -> Result<(Vec<u8>, BTreeMap<String, Vec<u8>>)> {
+/// Blob bytes by digest.
+type Blobs = BTreeMap<String, Vec<u8>>;
+
+/// The blobs of the stash `xx:latest` in `w/store`: (manifest bytes, its config and layers).
+fn stored_image(w: &Workdir) -> Result<(Vec<u8>, Blobs)> {
     let blob = |d: &str| -> Result<Vec<u8>> {
         let hex = d.strip_prefix("sha256:").unwrap_or(d);
         Ok(std::fs::read(w.path(&format!("store/blobs/sha256/{hex}")))?)
