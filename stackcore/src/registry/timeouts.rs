@@ -94,6 +94,7 @@ impl Timeouts {
     }
 
     /// `inner` with the transfer-rate limit enforced on it.
+    #[cfg_attr(not(feature = "registry"), allow(dead_code))] // the HTTP client's
     pub(crate) fn paced<R>(&self, inner: R) -> Paced<R> {
         Paced {
             inner,
@@ -109,6 +110,7 @@ impl Timeouts {
 /// that fails with `TimedOut` once fewer than `limit` bytes per second went through it over
 /// a whole window.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "registry"), allow(dead_code))] // the HTTP client's
 pub(crate) struct Paced<R> {
     inner: R,
     limit: u64,
