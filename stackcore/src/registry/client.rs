@@ -526,7 +526,16 @@ impl Client {
             }
             match req.call() {
                 Err(e) if retryable(&e) && attempt < MAX_ATTEMPTS && !is_timeout(&e) => {
-                    std::thread::sleep(backoff(attempt));
+                    let wait = backoff(attempt);
+                    self.retrying(
+                        "GET",
+                        realm,
+                        &describe(&e, false),
+                        attempt,
+                        MAX_ATTEMPTS,
+                        wait,
+                    );
+                    std::thread::sleep(wait);
                     attempt += 1;
                 }
                 Err(e) => {
@@ -542,7 +551,10 @@ impl Client {
                     if (r.status().as_u16() == 429 || r.status().is_server_error())
                         && attempt < MAX_ATTEMPTS =>
                 {
-                    std::thread::sleep(backoff(attempt));
+                    let wait = backoff(attempt);
+                    let why = format!("HTTP {}", r.status().as_u16());
+                    self.retrying("GET", realm, &why, attempt, MAX_ATTEMPTS, wait);
+                    std::thread::sleep(wait);
                     attempt += 1;
                 }
                 Ok(r) => break r,
