@@ -6,6 +6,7 @@ mod util;
 mod cli;
 mod hardening;
 mod hostile;
+mod hostile_registry;
 mod incremental;
 mod jsonschema;
 mod kiwimerge;

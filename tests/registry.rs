@@ -174,6 +174,20 @@ fn auth_file(path: &Path, host: &str, user: &str, pass: &str) -> Result<()> {
     Ok(())
 }
 
+/// Writes an auth file with the same credentials for each of `hosts`.
+fn auth_file_hosts(path: &Path, hosts: &[&str], user: &str, pass: &str) -> Result<()> {
+    let auth = b64(format!("{user}:{pass}").as_bytes());
+    let auths: serde_json::Map<String, Value> = hosts
+        .iter()
+        .map(|h| ((*h).to_owned(), serde_json::json!({ "auth": auth })))
+        .collect();
+    fs::write(
+        path,
+        serde_json::to_vec_pretty(&serde_json::json!({ "auths": auths }))?,
+    )?;
+    Ok(())
+}
+
 /// A small tree that any user can stash and get back exactly.
 const PLAIN: &str = r"
 d . 755 0:0
@@ -1173,10 +1187,13 @@ fn registry_bearer_token_auth_with_credentials_from_an_auth_file() -> Result<()>
     let reg = Registry::start_with(&w, "reg", &tokens.registry_auth())?;
     plain_tree(&w, "root")?;
     let before = dump(&w.path("root"))?;
+    // The token service is another origin (another port): credentials go to it only when
+    // they are configured for it too, as here, not because the registry named it.
+    let token_host = format!("127.0.0.1:{}", tokens.port);
     let good = w.path("auth.json");
-    auth_file(&good, &reg.host(), "builder", "t0ken pass")?;
+    auth_file_hosts(&good, &[&reg.host(), &token_host], "builder", "t0ken pass")?;
     let bad = w.path("wrong.json");
-    auth_file(&bad, &reg.host(), "builder", "nope")?;
+    auth_file_hosts(&bad, &[&reg.host(), &token_host], "builder", "nope")?;
     let dest = reg.url("ns/x:latest");
     let with_auth = |c: &mut Command, auth: &Path| {
         c.env("REGISTRY_AUTH_FILE", auth)
@@ -1279,7 +1296,7 @@ fn registry_bearer_token_auth_with_credentials_from_an_auth_file() -> Result<()>
     // Another account, on the same build host and store, that may not read ns/x: the mount
     // from ns/x is refused, so the blobs are uploaded instead, and the push succeeds.
     let team_b = w.path("team-b.json");
-    auth_file(&team_b, &reg.host(), "team-b", "b pass")?;
+    auth_file_hosts(&team_b, &[&reg.host(), &token_host], "team-b", "b pass")?;
     let mut push = w.bin("stash");
     push.args(["--store", "store", "--container-name", "plain", "--json"])
         .args(["--push", &reg.url("team-b/y:latest"), "--tls-verify=false"]);
@@ -1640,6 +1657,499 @@ fn registry_stackbuild_from_registry_stacks_exactly_what_it_pulled() -> Result<(
         index.contains(&format!("{}/builds/base:latest", reg.host()))
             && index.contains(pushed["manifest"].as_str().context("manifest")?),
         "{index}"
+    );
+    Ok(())
+}
+
+#[test]
+fn registry_https_registry_with_an_http_token_realm_is_refused() -> Result<()> {
+    need_registry!();
+    if !have("openssl") {
+        skip!("openssl not installed (needed to make a test CA)");
+    }
+    let w = Workdir::new("registry-http-realm")?;
+    let (ca, cert, key) = test_certificates(&w)?;
+    // The realm: plain http on another port, logging whatever reaches it.
+    let realm = crate::hostile_registry::Stub::start(|_, _| {
+        crate::hostile_registry::Answer::Plain(200, Vec::new(), br#"{"token":"t"}"#.to_vec())
+    })?;
+    let config = format!(
+        "  tls:\n    certificate: {}\n    key: {}\nauth:\n  token:\n    realm: {}/token\n    \
+         service: s\n    issuer: i\n    rootcertbundle: {}\n",
+        cert.display(),
+        key.display(),
+        realm.origin(),
+        ca.display()
+    );
+    let reg = Registry::start_with(&w, "reg", &config)?;
+    plain_tree(&w, "root")?;
+    // Credentials for both, so only the refusal keeps them from the realm.
+    auth_file_hosts(
+        &w.path("auth.json"),
+        &[&reg.host(), &realm.host()],
+        "builder",
+        "s3cret",
+    )?;
+    let dest = reg.url("ns/x:latest");
+    let o = output(
+        w.bin("stash")
+            .args([
+                "--store",
+                "store",
+                "--root",
+                "root",
+                "--container-name",
+                "plain",
+            ])
+            .args(["--push", &dest, "--quiet"])
+            .env("SSL_CERT_FILE", &ca)
+            .env("REGISTRY_AUTH_FILE", w.path("auth.json"))
+            .env("HOME", w.path("home"))
+            .env("XDG_RUNTIME_DIR", w.path("run")),
+    )?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let want = format!(
+        "{dest}: token realm {}/token is plain http while the registry is https: refused",
+        realm.origin()
+    );
+    assert!(err.contains(&want), "wanted {want:?} in:\n{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        realm.seen().is_empty(),
+        "the realm was asked: {:?}",
+        realm.seen()
+    );
+    Ok(())
+}
+
+/// An environment with no credentials anywhere but where a test puts them: HOME, XDG dirs
+/// and docker's config dir all inside the test directory.
+fn isolated(w: &Workdir, c: &mut Command) {
+    c.env("HOME", w.path("home"))
+        .env("XDG_RUNTIME_DIR", w.path("run"))
+        .env("XDG_CONFIG_HOME", w.path("home/.config"))
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("DOCKER_CONFIG");
+}
+
+/// Starts an htpasswd registry for `builder` / `s3cret pass`, with a stash `plain` pushed
+/// to it as `ns/x:latest`; returns the registry and the pushed tree's dump.
+fn basic_auth_registry(w: &Workdir) -> Result<(Registry, String)> {
+    let line = run(w.cmd("htpasswd").args(["-Bbn", "builder", "s3cret pass"]))?;
+    fs::write(w.path("htpasswd"), line.trim())?;
+    let reg = Registry::start_htpasswd(w, "reg", &w.path("htpasswd"))?;
+    plain_tree(w, "root")?;
+    fs::create_dir_all(w.path("run"))?;
+    fs::create_dir_all(w.path("home"))?;
+    let before = dump(&w.path("root"))?;
+    let mut c = w.bin("stash");
+    c.args([
+        "--store",
+        "store",
+        "--root",
+        "root",
+        "--container-name",
+        "plain",
+    ])
+    .args([
+        "--push",
+        &reg.url("ns/x:latest"),
+        "--tls-verify=false",
+        "--quiet",
+    ])
+    .args(["--creds", "builder:s3cret pass"]);
+    isolated(w, &mut c);
+    run(&mut c)?;
+    Ok((reg, before))
+}
+
+/// `unstash REF --to TO` from the test's registry, isolated, with `extra` arguments.
+fn pull_cmd(w: &Workdir, reg: &Registry, to: &str, extra: &[&str]) -> Command {
+    let mut c = w.bin("unstash");
+    c.args([&reg.url("ns/x:latest"), "--tls-verify=false", "--store"])
+        .arg(format!("{to}-store"))
+        .args(["--to", to])
+        .args(extra);
+    isolated(w, &mut c);
+    c
+}
+
+#[test]
+fn registry_credentials_from_flags_files_and_helpers() -> Result<()> {
+    need_registry!();
+    if !have("htpasswd") {
+        skip!("htpasswd not installed (apache2-utils; .ci/run installs it)");
+    }
+    let w = Workdir::new("registry-creds")?;
+    let (reg, before) = basic_auth_registry(&w)?;
+    // Nothing anywhere: unauthorized, naming every place looked in, in order.
+    let o = output(&mut pull_cmd(&w, &reg, "none", &["--quiet"]))?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let home = w.path("home");
+    let order = [
+        w.path("run/containers/auth.json"),
+        home.join(".config/containers/auth.json"),
+        home.join(".docker/config.json"),
+        home.join(".dockercfg"),
+    ]
+    .map(|p| p.display().to_string())
+    .join(", ");
+    assert!(err.contains(&format!("(looked in {order})")), "{err}");
+    // --creds without a password and no terminal: bad usage, said so, nothing asked.
+    let o = output(pull_cmd(&w, &reg, "nopw", &["--creds", "builder"]).stdin(Stdio::null()))?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("stdin is not a terminal"), "{err}");
+    // --creds USER on a terminal (util-linux `script` gives it one): asked for, not echoed.
+    if have("script") {
+        let cmd = pull_cmd(&w, &reg, "prompted", &["--creds", "builder", "--quiet"]);
+        let line = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| format!("'{}'", a.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut sh = w.cmd("script");
+        sh.args(["-qefc", &line, "/dev/null"]);
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => sh.env(k, v),
+                None => sh.env_remove(k),
+            };
+        }
+        let mut child = sh
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut out = child.stdout.take().context("stdout")?;
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        // Until the prompt: then the password is typed.
+        while !String::from_utf8_lossy(&seen).contains("Password for builder: ") {
+            anyhow::ensure!(
+                out.read(&mut byte)? == 1,
+                "no prompt: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.push(byte[0]);
+        }
+        let mut stdin = child.stdin.take().context("stdin")?;
+        stdin.write_all(b"s3cret pass\n")?;
+        out.read_to_end(&mut seen)?;
+        drop(stdin);
+        let status = child.wait()?;
+        let shown = String::from_utf8_lossy(&seen);
+        assert!(status.success(), "{shown}");
+        assert!(
+            !shown.contains("s3cret"),
+            "the password was echoed: {shown:?}"
+        );
+        assert_same(&before, &dump(&w.path("prompted"))?)?;
+    }
+    // --authfile.
+    auth_file(&w.path("a.json"), &reg.host(), "builder", "s3cret pass")?;
+    let authfile = w.path("a.json").display().to_string();
+    run(&mut pull_cmd(
+        &w,
+        &reg,
+        "authfile",
+        &["--authfile", &authfile, "--quiet"],
+    ))?;
+    assert_same(&before, &dump(&w.path("authfile"))?)?;
+    // $XDG_CONFIG_HOME/containers/auth.json, with a per-namespace key beating the host's.
+    fs::create_dir_all(w.path("home/.config/containers"))?;
+    let v = serde_json::json!({"auths": {
+        reg.host(): {"auth": b64(b"builder:wrong")},
+        format!("{}/ns", reg.host()): {"auth": b64(b"builder:s3cret pass")},
+    }});
+    fs::write(w.path("home/.config/containers/auth.json"), v.to_string())?;
+    run(&mut pull_cmd(&w, &reg, "xdg", &["--quiet"]))?;
+    assert_same(&before, &dump(&w.path("xdg"))?)?;
+    fs::remove_file(w.path("home/.config/containers/auth.json"))?;
+
+    // Credential helpers on PATH, named by docker's config.json ($DOCKER_CONFIG).
+    let bin = w.path("bin");
+    fs::create_dir_all(&bin)?;
+    let helper = |name: &str, script: &str| -> Result<()> {
+        let p = bin.join(format!("docker-credential-{name}"));
+        fs::write(&p, script)?;
+        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        Ok(())
+    };
+    helper(
+        "good",
+        &format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 9\nread -r server\necho \"$server\" >> {}\n\
+             if [ \"$server\" = {} ]; then\n  printf '%s' '{{\"ServerURL\":\"'\"$server\"'\",\
+             \"Username\":\"builder\",\"Secret\":\"s3cret pass\"}}'\nelse\n  \
+             echo 'credentials not found in native keychain'; exit 1\nfi\n",
+            w.path("asked").display(),
+            reg.host()
+        ),
+    )?;
+    helper(
+        "broken",
+        "#!/bin/sh\nprintf '\\033[31mboom\\nerror: forged\\n' >&2\nexit 3\n",
+    )?;
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let docker = w.path("docker");
+    fs::create_dir_all(&docker)?;
+    for (i, config) in [
+        serde_json::json!({"credHelpers": {reg.host(): "good"}}),
+        serde_json::json!({"auths": {reg.host(): {}}, "credsStore": "good"}),
+    ]
+    .iter()
+    .enumerate()
+    {
+        fs::write(docker.join("config.json"), config.to_string())?;
+        let to = format!("helper{i}");
+        let o = output(
+            pull_cmd(&w, &reg, &to, &["-vvv"])
+                .env("DOCKER_CONFIG", &docker)
+                .env("PATH", &path),
+        )?;
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{config}: {err}");
+        assert_same(&before, &dump(&w.path(&to))?)?;
+        // Never the secret, in any form, even at -vvv.
+        for secret in ["s3cret pass".to_owned(), b64(b"builder:s3cret pass")] {
+            assert!(!err.contains(&secret), "{secret} in:\n{err}");
+        }
+        assert!(
+            err.contains("docker-credential-good"),
+            "-vvv names the helper: {err}"
+        );
+    }
+    assert_eq!(
+        fs::read_to_string(w.path("asked"))?,
+        format!("{0}\n{0}\n", reg.host()),
+        "the server on the helper's stdin"
+    );
+    // A helper that fails: one line naming it, its words escaped.
+    fs::write(
+        docker.join("config.json"),
+        serde_json::json!({"credHelpers": {reg.host(): "broken"}}).to_string(),
+    )?;
+    let o = output(
+        pull_cmd(&w, &reg, "broken", &["--quiet"])
+            .env("DOCKER_CONFIG", &docker)
+            .env("PATH", &path),
+    )?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let want = format!(
+        "credential helper docker-credential-broken (named in {}): \"\\x1b[31mboom\" (exit 3)",
+        docker.join("config.json").display()
+    );
+    assert!(err.contains(&want), "wanted {want:?} in:\n{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // A helper that is not installed: the same, saying so.
+    fs::write(
+        docker.join("config.json"),
+        serde_json::json!({"credHelpers": {reg.host(): "absent"}}).to_string(),
+    )?;
+    let o = output(pull_cmd(&w, &reg, "absent", &["--quiet"]).env("DOCKER_CONFIG", &docker))?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("credential helper docker-credential-absent (named in")
+            && err.contains("cannot run it"),
+        "{err}"
+    );
+    Ok(())
+}
+
+/// Where podman as root without `XDG_RUNTIME_DIR` keeps its logins.
+const ROOT_AUTH: &str = "/run/containers/0/auth.json";
+/// Logs out of a test registry again, whatever happened.
+struct Logout<'a>(&'a Workdir, String, bool);
+impl Drop for Logout<'_> {
+    fn drop(&mut self) {
+        let mut c = self.0.cmd("podman");
+        c.args(["logout", &self.1])
+            .env_remove("XDG_RUNTIME_DIR")
+            .env("HOME", self.0.path("home"));
+        // Best effort: an entry that is not there is fine.
+        let _ = c.output();
+        // A file this test made, now empty, goes too (best effort, as above).
+        if !self.2 {
+            let _ = fs::remove_file(ROOT_AUTH);
+        }
+    }
+}
+
+#[test]
+fn privileged_registry_podman_login_is_found_with_and_without_xdg_runtime_dir() -> Result<()> {
+    need_registry!();
+    if !is_root() {
+        skip!("podman writes /run/containers/0/auth.json for root only");
+    }
+    if !have("podman") || !have("htpasswd") {
+        skip!("podman or htpasswd not installed (.ci/run installs them)");
+    }
+    let w = Workdir::new("registry-podman-login")?;
+    let (reg, before) = basic_auth_registry(&w)?;
+    let login = |xdg: bool| -> Result<()> {
+        let mut c = w.cmd("podman");
+        c.args([
+            "login",
+            "--tls-verify=false",
+            "-u",
+            "builder",
+            "--password-stdin",
+        ])
+        .arg(reg.host());
+        isolated(&w, &mut c);
+        if !xdg {
+            c.env_remove("XDG_RUNTIME_DIR");
+        }
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(b"s3cret pass")?;
+        let o = child.wait_with_output()?;
+        anyhow::ensure!(
+            o.status.success(),
+            "podman login: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Ok(())
+    };
+    // With XDG_RUNTIME_DIR: $XDG_RUNTIME_DIR/containers/auth.json.
+    login(true)?;
+    assert!(w.path("run/containers/auth.json").exists());
+    run(&mut pull_cmd(&w, &reg, "xdg", &["--quiet"]))?;
+    assert_same(&before, &dump(&w.path("xdg"))?)?;
+    fs::remove_file(w.path("run/containers/auth.json"))?;
+    // Without (root): /run/containers/0/auth.json. Logged out again whatever happens, so the
+    // machine keeps no entry for this test's port.
+    let _logout = Logout(&w, reg.host(), Path::new(ROOT_AUTH).exists());
+    login(false)?;
+    let text = fs::read_to_string(ROOT_AUTH)?;
+    assert!(text.contains(&reg.host()), "{text}");
+    let mut c = pull_cmd(&w, &reg, "no-xdg", &["--quiet"]);
+    c.env_remove("XDG_RUNTIME_DIR");
+    run(&mut c)?;
+    assert_same(&before, &dump(&w.path("no-xdg"))?)?;
+    Ok(())
+}
+
+#[test]
+fn registry_client_certificate_from_cert_dir() -> Result<()> {
+    need_registry!();
+    if !have("openssl") {
+        skip!("openssl not installed (needed to make a test CA)");
+    }
+    let w = Workdir::new("registry-cert-dir")?;
+    let (ca, cert, key) = test_certificates(&w)?;
+    let p = |n: &str| w.path(n).display().to_string();
+    // A client certificate signed by the same CA.
+    run(w.cmd("openssl").args([
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &p("client.key"),
+        "-out",
+        &p("client.csr"),
+        "-subj",
+        "/CN=builder",
+    ]))?;
+    fs::write(
+        w.path("client.ext"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )?;
+    run(w.cmd("openssl").args([
+        "x509",
+        "-req",
+        "-in",
+        &p("client.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-out",
+        &p("client.pem"),
+        "-days",
+        "2",
+        "-extfile",
+        &p("client.ext"),
+    ]))?;
+    let certs = w.path("certs.d");
+    fs::create_dir_all(&certs)?;
+    fs::copy(&ca, certs.join("ca.crt"))?;
+    fs::copy(w.path("client.pem"), certs.join("client.cert"))?;
+    fs::copy(w.path("client.key"), certs.join("client.key"))?;
+    let tls = format!(
+        "  tls:\n    certificate: {}\n    key: {}\n    clientcas:\n      - {}\n",
+        cert.display(),
+        key.display(),
+        ca.display()
+    );
+    let reg = Registry::start_with(&w, "reg", &tls)?;
+    plain_tree(&w, "root")?;
+    let before = dump(&w.path("root"))?;
+    let dest = reg.url("ns/x:latest");
+    let push = |extra: &[&str]| {
+        let mut c = w.bin("stash");
+        c.args([
+            "--store",
+            "store",
+            "--root",
+            "root",
+            "--container-name",
+            "plain",
+        ])
+        .args(["--push", &dest, "--quiet"])
+        .args(extra)
+        .env_remove("SSL_CERT_DIR");
+        isolated(&w, &mut c);
+        c
+    };
+    // The CA trusted (through SSL_CERT_FILE) but no client certificate: refused by the registry.
+    let o = output(push(&[]).env("SSL_CERT_FILE", &ca))?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // --cert-dir: its CA and its client certificate, and nothing else needed.
+    let dir = certs.display().to_string();
+    run(push(&["--cert-dir", &dir]).env_remove("SSL_CERT_FILE"))?;
+    run(w
+        .bin("unstash")
+        .args([
+            &dest,
+            "--store",
+            "pulled",
+            "--to",
+            "back",
+            "--quiet",
+            "--cert-dir",
+            &dir,
+        ])
+        .env_remove("SSL_CERT_FILE"))?;
+    assert_same(&before, &dump(&w.path("back"))?)?;
+    // A key without its certificate's pair is a clear usage error.
+    fs::remove_file(certs.join("client.key"))?;
+    let o = output(&mut push(&["--cert-dir", &dir]))?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("--cert-dir {dir}: ")) && err.contains("client.key"),
+        "{err}"
     );
     Ok(())
 }

@@ -88,6 +88,10 @@ pub struct Cli {
     /// `image/config.xml` is read without unpacking the image).
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
+
+    /// How to reach a registry, for a `docker://` BASE or OVERLAY.
+    #[command(flatten)]
+    pub registry: stackcore::registry::RegistryArgs,
 }
 
 /// The description file for `path`: the file itself, or the one kiwi would pick in a
@@ -115,9 +119,13 @@ fn find_description(path: &Path) -> stackcore::Result<PathBuf> {
     })
 }
 
-fn load(arg: &str, store: &Path) -> stackcore::Result<Description> {
+fn load(
+    arg: &str,
+    store: &Path,
+    registry: &stackcore::registry::RegistryOptions,
+) -> stackcore::Result<Description> {
     if !stackcore::image::is_path_arg(arg) {
-        return load_from_image(arg, store);
+        return load_from_image(arg, store, registry);
     }
     let file = find_description(Path::new(arg))?;
     let bytes =
@@ -134,9 +142,13 @@ fn load(arg: &str, store: &Path) -> stackcore::Result<Description> {
 
 /// Reads `image/config.xml` from an image (the one layer that holds it, not the whole tree).
 /// An image that cannot be opened or has no description is unusable input: exit 2.
-fn load_from_image(arg: &str, store: &Path) -> stackcore::Result<Description> {
+fn load_from_image(
+    arg: &str,
+    store: &Path,
+    registry: &stackcore::registry::RegistryOptions,
+) -> stackcore::Result<Description> {
     let r = stackcore::image::ImageRef::parse(arg)?;
-    let img = stackcore::image::Image::open(&r, store)
+    let img = stackcore::registry::open_image(&r, store, registry)
         .map_err(|e| Error::Usage(format!("{arg}: {e}")))?;
     let bytes = img
         .read_file(b"image/config.xml", 16 << 20)
@@ -179,11 +191,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .transpose()
         .context("--schema-version")?;
     let store = stackcore::cli::store_path(cli.store.as_deref());
-    let base = load(&cli.base, &store)?;
+    let registry = cli.registry.options(None)?;
+    let base = load(&cli.base, &store, &registry)?;
     let overlays = cli
         .overlays
         .iter()
-        .map(|o| load(o, &store))
+        .map(|o| load(o, &store, &registry))
         .collect::<stackcore::Result<Vec<_>>>()?;
     let opts = MergeOptions {
         schema_version,

@@ -62,11 +62,9 @@ pub struct Cli {
     /// `docker://`), and build from exactly what was pulled, by digest.
     #[arg(long, value_name = "URI")]
     pub from_registry: Option<String>,
-    /// Verify registry TLS certificates against the system's CA roots; false speaks plain
-    /// HTTP, for a registry on a private network.
-    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
-          num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    pub tls_verify: bool,
+    /// How to reach the registry of --from-registry.
+    #[command(flatten)]
+    pub registry: stackcore::registry::AccessArgs,
     /// The image to pull from an image index (default: linux on this machine's architecture).
     #[arg(long, value_name = "OS/ARCH[/VARIANT]", requires = "from_registry")]
     pub platform: Option<stackcore::registry::PlatformSpec>,
@@ -145,11 +143,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     {
         return Err(Error::Usage(format!("--description {}: not a directory", d.display())).into());
     }
-    let registry = stackcore::registry::RegistryOptions {
-        tls_verify: cli.tls_verify,
-        platform: cli.platform.clone(),
-        log: Some(log),
-    };
+    let registry = cli.registry.options(cli.platform.clone(), Some(log))?;
     let mut steps = Vec::new();
 
     // 1. Resolve every stash before anything is written.

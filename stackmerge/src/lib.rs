@@ -118,7 +118,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         tool: "stackmerge",
     };
     let store = store_path(cli.store.as_deref());
-    let registry = cli.registry.options(Some(log));
+    let registry = cli.registry.options(Some(log))?;
     let mut stdin_used = false;
     let sources = cli
         .sources

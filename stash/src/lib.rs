@@ -83,11 +83,9 @@ pub struct Cli {
     /// just made; without, the existing stash --container-name NAME --tag TAG.
     #[arg(long, value_name = "DEST", conflicts_with = "list")]
     pub push: Option<String>,
-    /// Verify registry TLS certificates against the system's CA roots; false speaks plain
-    /// HTTP, for a registry on a private network.
-    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
-          num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    pub tls_verify: bool,
+    /// How to reach the registry of --push.
+    #[command(flatten)]
+    pub registry: stackcore::registry::AccessArgs,
     /// Remove the stash `NAME[:TAG]` (tag default: latest) from the store; its blobs stay until
     /// --gc.
     #[arg(long, value_name = "NAME[:TAG]", conflicts_with_all = ["root", "container_name", "list", "gc", "verify", "push"])]
@@ -148,11 +146,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
         })
         .transpose()?;
-    let registry = RegistryOptions {
-        tls_verify: cli.tls_verify,
-        platform: None,
-        log: Some(log),
-    };
+    let registry: RegistryOptions = cli.registry.options(None, Some(log))?;
     let Some(root) = cli.root.clone() else {
         let dest = push_to.expect("clap requires --root unless --push or --list");
         return push_existing(&cli, &store_dir, &dest, &registry);

@@ -75,7 +75,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let text = ref_arg(&cli.image)?;
     let r = ImageRef::parse(&text)?;
     let store = store_path(cli.store.as_deref());
-    let registry = cli.registry.options(Some(log));
+    let registry = cli.registry.options(Some(log))?;
     let (img, pulled) = match &r {
         // The registry's errors name the ref already; no context line repeating it.
         ImageRef::Registry(text) => {

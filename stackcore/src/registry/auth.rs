@@ -1,24 +1,27 @@
 //! Registry credentials and challenges: auth files (containers-auth.json(5) and docker's
-//! `config.json`, which share the `auths` shape) and `WWW-Authenticate` headers (RFC 7235).
+//! `config.json`, which share the `auths` shape), the credential helpers they name, and
+//! `WWW-Authenticate` headers (RFC 7235).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
 use crate::{Error, Result};
 
-/// A user name and password for one registry, and the file they came from.
+/// A user name and password for one registry, and where they came from.
 #[derive(Clone)]
 pub struct Credentials {
     /// User name.
     pub username: String,
     /// Password or token.
     pub password: String,
-    /// The auth file they were read from (named in error messages).
-    pub source: PathBuf,
+    /// Where they came from, for error messages: an auth file's path, `--creds`, or a
+    /// credential helper and the file that named it.
+    pub source: String,
 }
 
 impl fmt::Debug for Credentials {
@@ -41,52 +44,115 @@ impl Credentials {
     }
 }
 
-/// The auth files we read, first match wins: `$REGISTRY_AUTH_FILE`,
-/// `$XDG_RUNTIME_DIR/containers/auth.json`, `~/.docker/config.json` (podman's and skopeo's
-/// order, then docker's).
-pub fn auth_files() -> Vec<PathBuf> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+/// How long a credential helper may take to answer.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The auth files we read, first match wins, in containers-auth.json(5)'s order and then
+/// docker's: `authfile` (`--authfile`) or `$REGISTRY_AUTH_FILE`;
+/// `$XDG_RUNTIME_DIR/containers/auth.json` (root without it: `/run/containers/0/auth.json`,
+/// where podman writes); `$XDG_CONFIG_HOME/containers/auth.json` (`~/.config/...`);
+/// `$DOCKER_CONFIG/config.json` (`~/.docker/config.json`); `~/.dockercfg`.
+pub fn auth_files(authfile: Option<&Path>) -> Vec<PathBuf> {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let home = var("HOME");
     let mut files = Vec::new();
-    if let Some(f) = var("REGISTRY_AUTH_FILE") {
-        files.push(PathBuf::from(f));
+    if let Some(f) = authfile
+        .map(Path::to_path_buf)
+        .or_else(|| var("REGISTRY_AUTH_FILE"))
+    {
+        files.push(f);
     }
-    if let Some(d) = var("XDG_RUNTIME_DIR") {
-        files.push(PathBuf::from(d).join("containers/auth.json"));
+    match var("XDG_RUNTIME_DIR") {
+        Some(d) => files.push(d.join("containers/auth.json")),
+        None if rustix::process::geteuid().is_root() => {
+            files.push(PathBuf::from("/run/containers/0/auth.json"));
+        }
+        None => {}
     }
-    if let Some(h) = var("HOME") {
-        files.push(PathBuf::from(h).join(".docker/config.json"));
+    if let Some(d) = var("XDG_CONFIG_HOME").or_else(|| home.as_ref().map(|h| h.join(".config"))) {
+        files.push(d.join("containers/auth.json"));
+    }
+    if let Some(d) = var("DOCKER_CONFIG").or_else(|| home.as_ref().map(|h| h.join(".docker"))) {
+        files.push(d.join("config.json"));
+    }
+    if let Some(h) = &home {
+        files.push(h.join(".dockercfg"));
     }
     files
 }
 
-/// The credentials for `host` (`HOST[:PORT]`) from the first auth file that has some.
-/// A missing file is skipped; one that cannot be read or parsed is an error, since silently
-/// going on anonymously would turn a typo into a confusing "unauthorized".
-pub fn find_credentials(host: &str, files: &[PathBuf]) -> Result<Option<Credentials>> {
+/// The credentials for `host` (`HOST[:PORT]`) and its repository `repo` (for
+/// per-namespace keys) from the first auth file that has some, through its credential
+/// helpers when it names them. A missing file is skipped; one that cannot be read or parsed
+/// is an error, since silently going on anonymously would turn a typo into a confusing
+/// "unauthorized".
+pub fn find_credentials(host: &str, repo: &str, files: &[PathBuf]) -> Result<Option<Credentials>> {
     for file in files {
         let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(Error::io(file, e)),
         };
-        if let Some((username, password)) = lookup(&text, host, file)? {
+        let found = match lookup_in(&text, host, repo, file)? {
+            Found::Nothing => continue,
+            Found::Auth(username, password) => {
+                Some((username, password, file.display().to_string()))
+            }
+            Found::Helper(name) => run_helper(&name, host, file)?.map(|(u, p)| {
+                (
+                    u,
+                    p,
+                    format!("docker-credential-{name}, named in {}", file.display()),
+                )
+            }),
+        };
+        if let Some((username, password, source)) = found {
             return Ok(Some(Credentials {
                 username,
                 password,
-                source: file.clone(),
+                source,
             }));
         }
     }
     Ok(None)
 }
 
+/// What an auth file says about a registry.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found {
+    /// Nothing.
+    Nothing,
+    /// A user name and password.
+    Auth(String, String),
+    /// Ask this credential helper (`docker-credential-NAME`).
+    Helper(String),
+}
+
 /// Finds `host` in the `auths` of an auth file's text. Keys may carry a scheme and a path
 /// (`https://index.docker.io/v1/`), as docker writes them.
 pub fn lookup(text: &str, host: &str, file: &Path) -> Result<Option<(String, String)>> {
+    Ok(match lookup_in(text, host, "", file)? {
+        Found::Auth(u, p) => Some((u, p)),
+        _ => None,
+    })
+}
+
+/// What `text` (an auth file, or docker's old `.dockercfg`, which is the `auths` map alone)
+/// says about `host` and its repository `repo`: a helper in `credHelpers` first, then the
+/// most specific `auths` key (`HOST/NS/REPO`, `HOST/NS`, `HOST`), then `credsStore`.
+pub fn lookup_in(text: &str, host: &str, repo: &str, file: &Path) -> Result<Found> {
     #[derive(serde::Deserialize)]
     struct AuthFile {
         #[serde(default)]
         auths: BTreeMap<String, Entry>,
+        #[serde(default, rename = "credHelpers")]
+        cred_helpers: BTreeMap<String, String>,
+        #[serde(default, rename = "credsStore")]
+        creds_store: Option<String>,
     }
     #[derive(serde::Deserialize)]
     struct Entry {
@@ -94,35 +160,165 @@ pub fn lookup(text: &str, host: &str, file: &Path) -> Result<Option<(String, Str
         auth: Option<String>,
     }
     let bad = |msg: String| Error::Other(format!("auth file {}: {msg}", file.display()));
-    let parsed: AuthFile = serde_json::from_str(text).map_err(|e| bad(format!("bad JSON: {e}")))?;
-    let wanted = |key: &str| {
+    let legacy = file.file_name().is_some_and(|n| n == ".dockercfg");
+    let parsed: AuthFile = if legacy {
+        AuthFile {
+            auths: serde_json::from_str(text).map_err(|e| bad(format!("bad JSON: {e}")))?,
+            cred_helpers: BTreeMap::new(),
+            creds_store: None,
+        }
+    } else {
+        serde_json::from_str(text).map_err(|e| bad(format!("bad JSON: {e}")))?
+    };
+    let is_host = |key: &str| {
         let k = normalize_key(key);
         k == host
             || (host == super::reference::DOCKER_HUB
                 && (k == "index.docker.io" || k == "registry-1.docker.io"))
     };
-    // An exact key beats a normalized one (`HOST` over `https://HOST/v1/`).
+    if let Some((_, name)) = parsed.cred_helpers.iter().find(|(k, _)| is_host(k)) {
+        return Ok(Found::Helper(name.clone()));
+    }
+    // The most specific key: HOST/NS/REPO over HOST/NS over HOST (podman's per-namespace
+    // keys), an exact HOST over a normalized one (`https://HOST/v1/`).
+    let full = format!("{host}/{repo}");
+    let specificity = |key: &str| -> Option<usize> {
+        if key.contains("://") {
+            return is_host(key).then_some(0);
+        }
+        if key == host {
+            return Some(2);
+        }
+        let k = key.trim_end_matches('/');
+        if k.contains('/') {
+            // A namespace key matches its namespace only.
+            return (!repo.is_empty() && (full == k || full.starts_with(&format!("{k}/"))))
+                .then(|| 2 + k.len());
+        }
+        is_host(key).then_some(1)
+    };
     let entry = parsed
         .auths
-        .get(host)
-        .or_else(|| parsed.auths.iter().find(|(k, _)| wanted(k)).map(|(_, v)| v));
-    let Some(auth) = entry
-        .and_then(|e| e.auth.as_deref())
-        .filter(|a| !a.is_empty())
-    else {
-        return Ok(None);
-    };
-    let decoded = STANDARD
-        .decode(auth.trim())
-        .map_err(|e| bad(format!("auths.{host}.auth: not base64: {e}")))?;
-    let decoded = String::from_utf8(decoded)
-        .map_err(|_| bad(format!("auths.{host}.auth: not UTF-8 user:password")))?;
-    let (user, pass) = decoded.split_once(':').ok_or_else(|| {
-        bad(format!(
-            "auths.{host}.auth: expected base64 of user:password"
+        .iter()
+        .filter(|(_, e)| e.auth.as_deref().is_some_and(|a| !a.is_empty()))
+        .filter_map(|(k, e)| specificity(k).map(|s| (s, k, e)))
+        .max_by_key(|(s, _, _)| *s);
+    if let Some((_, key, e)) = entry {
+        let auth = e.auth.as_deref().unwrap_or_default();
+        let decoded = STANDARD
+            .decode(auth.trim())
+            .map_err(|e| bad(format!("auths.{key}.auth: not base64: {e}")))?;
+        let decoded = String::from_utf8(decoded)
+            .map_err(|_| bad(format!("auths.{key}.auth: not UTF-8 user:password")))?;
+        let (user, pass) = decoded.split_once(':').ok_or_else(|| {
+            bad(format!(
+                "auths.{key}.auth: expected base64 of user:password"
+            ))
+        })?;
+        return Ok(Found::Auth(user.to_owned(), pass.to_owned()));
+    }
+    if let Some(store) = parsed.creds_store.filter(|s| !s.is_empty()) {
+        return Ok(Found::Helper(store));
+    }
+    Ok(Found::Nothing)
+}
+
+/// Runs `docker-credential-NAME get` with the server on stdin (the docker-credential-helpers
+/// protocol) and reads `{"Username","Secret"}` from its stdout. "Not found" is `None`; any
+/// other failure, or no answer within [`HELPER_TIMEOUT`], is one line naming the helper.
+/// What the helper prints is never logged: it is the secret.
+fn run_helper(name: &str, host: &str, file: &Path) -> Result<Option<(String, String)>> {
+    use std::io::{Read as _, Write as _};
+    use std::process::{Command, Stdio};
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(rename = "Username", default)]
+        username: String,
+        #[serde(rename = "Secret", default)]
+        secret: String,
+    }
+    let program = format!("docker-credential-{name}");
+    let fail = |msg: String| {
+        Error::Other(format!(
+            "credential helper {program} (named in {}): {msg}",
+            file.display()
         ))
-    })?;
-    Ok(Some((user.to_owned(), pass.to_owned())))
+    };
+    // Docker Hub's helpers know it by docker's old index URL.
+    let server = if host == super::reference::DOCKER_HUB {
+        "https://index.docker.io/v1/"
+    } else {
+        host
+    };
+    tracing::debug!(helper = %program, server, "asking a credential helper");
+    let mut child = Command::new(&program)
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("cannot run it: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A helper that exits without reading its stdin is judged by its exit status below.
+        let _ = stdin.write_all(server.as_bytes());
+    }
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let out = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stdout.by_ref().take(1 << 20).read_to_end(&mut b);
+        b
+    });
+    let err = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stderr.by_ref().take(1 << 16).read_to_end(&mut b);
+        b
+    });
+    let deadline = std::time::Instant::now() + HELPER_TIMEOUT;
+    let status = loop {
+        if let Some(s) = child.try_wait().map_err(|e| fail(e.to_string()))? {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            // Our own child, by its handle; reaped right after.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(fail(format!(
+                "no answer within {} s",
+                HELPER_TIMEOUT.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let out = out.join().unwrap_or_default();
+    let err = err.join().unwrap_or_default();
+    if !status.success() {
+        let said = String::from_utf8_lossy(if out.iter().any(|b| !b.is_ascii_whitespace()) {
+            &out
+        } else {
+            &err
+        })
+        .into_owned();
+        // The helpers' own words for "no such entry" (credentials.ErrCredentialsNotFound).
+        if said.to_ascii_lowercase().contains("credentials not found") {
+            return Ok(None);
+        }
+        let line = said
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or("");
+        let code = status
+            .code()
+            .map_or_else(|| "killed by a signal".to_owned(), |c| format!("exit {c}"));
+        return Err(fail(format!("{} ({code})", super::text::quote(line))));
+    }
+    let a: Answer = serde_json::from_slice(&out)
+        .map_err(|_| fail("its answer is not the JSON of the credential helper protocol".into()))?;
+    if a.secret.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((a.username, a.secret)))
 }
 
 fn normalize_key(key: &str) -> &str {
@@ -328,6 +524,43 @@ mod tests {
         Ok(())
     }
 
+    #[test]
+    fn helpers_namespaces_and_legacy_files() -> Result<()> {
+        let f = Path::new("/x/auth.json");
+        let enc = |s: &str| STANDARD.encode(s);
+        let text = format!(
+            r#"{{"auths":{{"h:9/ns":{{"auth":"{}"}},"h:1":{{"auth":"{}"}},"h:1/ns":{{"auth":"{}"}},"h:1/ns/deep/x":{{"auth":"{}"}}}},
+                "credHelpers":{{"helped.io":"pass"}},"credsStore":"desktop"}}"#,
+            enc("nine:z"),
+            enc("host:a"),
+            enc("ns:b"),
+            enc("deep:c")
+        );
+        let table = [
+            ("h:1", "other/x", Found::Auth("host".into(), "a".into())),
+            ("h:1", "ns/x", Found::Auth("ns".into(), "b".into())),
+            ("h:1", "nsx/y", Found::Auth("host".into(), "a".into())),
+            ("h:9", "other/x", Found::Helper("desktop".into())),
+            ("h:9", "ns/x", Found::Auth("nine".into(), "z".into())),
+            ("h:1", "ns/deep/x", Found::Auth("deep".into(), "c".into())),
+            ("helped.io", "ns/x", Found::Helper("pass".into())),
+            ("elsewhere.io", "ns/x", Found::Helper("desktop".into())),
+        ];
+        for (host, repo, want) in table {
+            assert_eq!(lookup_in(&text, host, repo, f)?, want, "{host}/{repo}");
+        }
+        // Docker's old ~/.dockercfg: the auths map alone.
+        let legacy = format!(
+            r#"{{"https://h:2":{{"auth":"{}","email":"e"}}}}"#,
+            enc("old:pw")
+        );
+        assert_eq!(
+            lookup_in(&legacy, "h:2", "x", Path::new("/home/u/.dockercfg"))?,
+            Found::Auth("old".into(), "pw".into())
+        );
+        Ok(())
+    }
+
     const PASSWORD: &str = "hunter2-never-printed";
 
     #[test]
@@ -343,14 +576,14 @@ mod tests {
         };
         std::fs::write(&b, entry("second")).map_err(|e| Error::io(&b, e))?;
         let missing = dir.path().join("missing.json");
-        let got =
-            find_credentials("h:1", &[missing.clone(), a.clone(), b.clone()])?.expect("found in b");
+        let got = find_credentials("h:1", "ns/x", &[missing.clone(), a.clone(), b.clone()])?
+            .expect("found in b");
         assert_eq!(
-            (got.username.as_str(), got.source.as_path()),
-            ("second", b.as_path())
+            (got.username.as_str(), got.source.as_str()),
+            ("second", b.display().to_string().as_str())
         );
         std::fs::write(&a, entry("first")).map_err(|e| Error::io(&a, e))?;
-        let got = find_credentials("h:1", &[a.clone(), b.clone()])?.expect("found in a");
+        let got = find_credentials("h:1", "ns/x", &[a.clone(), b.clone()])?.expect("found in a");
         assert_eq!(got.username, "first");
         assert_eq!(
             got.basic_header(),
@@ -358,7 +591,7 @@ mod tests {
         );
         // A word no temp directory's random name can hold (the Debug output shows the path).
         assert!(!format!("{got:?}").contains(PASSWORD));
-        assert!(find_credentials("nope:1", &[a, b])?.is_none());
+        assert!(find_credentials("nope:1", "ns/x", &[a, b])?.is_none());
         Ok(())
     }
 }

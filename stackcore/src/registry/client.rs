@@ -1,5 +1,11 @@
 //! The HTTP side: one client per registry repository, with auth (anonymous, Basic, Bearer
-//! tokens), bounded retries with backoff, and registry errors turned into one clear line.
+//! tokens), bounded retries with backoff, redirects followed by hand, deadlines, and registry
+//! errors turned into one clear line.
+//!
+//! Credentials are bound to their origin (scheme, host and port): the registry's go only to
+//! the registry, never to an upload `Location`, a redirect or a token realm elsewhere (a
+//! realm on another origin gets the credentials configured for that origin, if any, and the
+//! token it gives goes only to the registry); an https registry's http realm is refused.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -7,21 +13,27 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ureq::http::{Response, header};
+use ureq::http::{Response, Uri, header};
 
 use super::RegistryOptions;
 use super::auth::{Challenge, Credentials, auth_files, find_credentials, parse_challenges};
 use super::reference::RegistryRef;
+use super::text::{escape, quote};
+use super::timeouts::Timeouts;
 use crate::{Error, Result};
 
 /// Attempts per request (the first and the retries) on 429, 5xx and dropped connections.
 pub(crate) const MAX_ATTEMPTS: u32 = 5;
+/// Attempts per request that timed out: a peer that went quiet twice is not waited on again.
+const MAX_TIMEOUT_ATTEMPTS: u32 = 2;
 /// The first retry waits this long; each further one twice as long (0.25 s .. 2 s).
 const BACKOFF_START: Duration = Duration::from_millis(250);
 /// A `Retry-After` longer than this is not waited for: the request fails instead.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Error bodies and token answers larger than this are cut: they are only read for messages.
 const MAX_SMALL_BODY: u64 = 1 << 20;
+/// Redirects followed per request.
+const MAX_REDIRECTS: u32 = 5;
 
 /// A request body, re-creatable for each attempt.
 #[derive(Debug, Clone, Copy)]
@@ -34,17 +46,126 @@ pub(crate) enum Body<'a> {
     File(&'a Path),
 }
 
+/// Where a URL points: scheme, host and port (the default port filled in), lowercased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    /// The origin of an absolute `http(s)://` URL; `None` for anything else.
+    pub(crate) fn of(url: &str) -> Option<Origin> {
+        let u: Uri = url.parse().ok()?;
+        let scheme = u.scheme_str()?.to_ascii_lowercase();
+        let port = u.port_u16().or(match scheme.as_str() {
+            "http" => Some(80),
+            "https" => Some(443),
+            _ => None,
+        })?;
+        Some(Origin {
+            host: u.host()?.to_ascii_lowercase(),
+            scheme,
+            port,
+        })
+    }
+
+    /// `HOST[:PORT]` as auth files key it (the port left out when it is the default).
+    fn auth_key(&self) -> String {
+        let default = if self.scheme == "https" { 443 } else { 80 };
+        if self.port == default {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+    }
+}
+
+/// Resolves a `Location` against the URL it answered: absolute, scheme-relative (`//h/p`),
+/// absolute-path (`/p`) or relative (`p`, beside the last path segment).
+pub(crate) fn resolve(base: &str, location: &str) -> String {
+    let location = location.trim();
+    if location.contains("://") || location.split_once(':').is_some_and(|(s, _)| is_scheme(s)) {
+        return location.to_owned();
+    }
+    let (scheme, rest) = base.split_once("://").unwrap_or(("http", base));
+    if let Some(r) = location.strip_prefix("//") {
+        return format!("{scheme}://{r}");
+    }
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let (rel, query) = match location.find(['?', '#']) {
+        Some(i) => location.split_at(i),
+        None => (location, ""),
+    };
+    let path = if rel.starts_with('/') {
+        rel.to_owned()
+    } else {
+        let base_path = rest[authority.len()..]
+            .split(['?', '#'])
+            .next()
+            .unwrap_or("");
+        let dir = base_path.rsplit_once('/').map_or("", |(d, _)| d);
+        format!("{dir}/{rel}")
+    };
+    format!(
+        "{scheme}://{authority}{}{query}",
+        remove_dot_segments(&path)
+    )
+}
+
+/// An absolute path with `.` and `..` segments applied (RFC 3986 section 5.2.4); `..`
+/// never climbs above the root.
+fn remove_dot_segments(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    for (i, seg) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *seg {
+            "." => {
+                if last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                out.pop();
+                if last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+fn is_scheme(s: &str) -> bool {
+    s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+}
+
 /// A client for one repository of one registry.
 pub(crate) struct Client {
     agent: ureq::Agent,
     base: String,
+    origin: Origin,
     /// The ref being worked on, first in every error message.
     pub shown: String,
     creds: Option<Credentials>,
     files: Vec<PathBuf>,
     scopes: Vec<String>,
+    /// The `Authorization` value for the registry's origin, and nowhere else.
     authorization: Option<String>,
     host: String,
+    /// Connect, idle and rate limits.
+    pub timeouts: Timeouts,
     /// Where warnings go.
     pub log: Option<crate::cli::Log>,
 }
@@ -62,33 +183,48 @@ impl Client {
     /// A client for `r`'s repository. `scopes` are the token scopes its requests need
     /// (`repository:REPO:pull`, `...:pull,push`).
     pub fn new(r: &RegistryRef, opts: &RegistryOptions, scopes: Vec<String>) -> Result<Client> {
-        let files = auth_files();
-        let creds = find_credentials(&r.host, &files)?;
-        let tls = ureq::tls::TlsConfig::builder()
-            .root_certs(ureq::tls::RootCerts::PlatformVerifier)
-            .build();
+        let files = auth_files(opts.authfile.as_deref());
+        let creds = match &opts.creds {
+            Some(c) => Some(Credentials {
+                username: c.user.clone(),
+                password: c.password.clone(),
+                source: "--creds".into(),
+            }),
+            None => find_credentials(&r.host, &r.repo, &files)?,
+        };
+        let t = opts.timeouts;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .tls_config(tls)
+            .tls_config(tls_config(opts.cert_dir.as_deref())?)
             .user_agent(concat!("stackbuild/", env!("CARGO_PKG_VERSION")))
-            .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_mins(5)))
+            .timeout_connect(t.connect)
+            // The response head must arrive within one idle period; a peer that sends it a
+            // byte at a time is not waited on longer.
+            .timeout_recv_response(t.idle)
             // A stalled transfer is a dropped connection: retried, not waited on forever.
-            .timeout_per_read(Some(Duration::from_mins(2)))
-            .timeout_per_write(Some(Duration::from_mins(2)))
-            .max_redirects(5)
+            .timeout_per_read(t.idle)
+            .timeout_per_write(t.idle)
+            // Redirects are followed by hand (see `send_with`): each hop's scheme is checked
+            // and credentials stay with their origin.
+            .max_redirects(0)
+            .max_redirects_will_error(false)
             .build()
             .into();
         let scheme = if opts.tls_verify { "https" } else { "http" };
+        let base = format!("{scheme}://{}", r.api_host());
+        let origin = Origin::of(&base)
+            .ok_or_else(|| Error::Usage(format!("{r}: {base} is not a URL we can reach")))?;
         Ok(Client {
             agent,
-            base: format!("{scheme}://{}", r.api_host()),
+            base,
+            origin,
             shown: r.to_string(),
             creds,
             files,
             scopes,
             authorization: None,
             host: r.host.clone(),
+            timeouts: t,
             log: opts.log,
         })
     }
@@ -102,6 +238,16 @@ impl Client {
         } else {
             format!("{}/{path_or_url}", self.base)
         }
+    }
+
+    /// Whether `url` is on the registry's own origin (where its credentials may go).
+    fn is_registry(&self, url: &str) -> bool {
+        Origin::of(url).as_ref() == Some(&self.origin)
+    }
+
+    /// A response body as a reader, with the transfer-rate limit enforced on it.
+    pub fn reader(&self, resp: Response<ureq::Body>) -> impl Read + use<> {
+        self.timeouts.paced(resp.into_body().into_reader())
     }
 
     /// Sends a request: authenticates on a 401 challenge (once), retries 429, 5xx and dropped
@@ -128,29 +274,63 @@ impl Client {
     ) -> Result<Response<ureq::Body>> {
         let mut reauthed = false;
         let mut attempt = 1;
+        let mut timeouts = 0;
+        let mut redirects = 0;
+        let mut method = method.to_owned();
+        let mut url = url.to_owned();
+        let mut body = body;
         loop {
-            match self.send_once(method, url, headers, body) {
-                Err(e) if retryable(&e) && attempt < attempts => {
-                    std::thread::sleep(backoff(attempt));
+            match self.send_once(&method, &url, headers, body) {
+                Err(e)
+                    if retryable(&e) && attempt < attempts && timeouts < MAX_TIMEOUT_ATTEMPTS =>
+                {
+                    if is_timeout(&e) {
+                        timeouts += 1;
+                        if timeouts >= MAX_TIMEOUT_ATTEMPTS {
+                            return Err(self.transport_error(&method, &url, &e, attempt));
+                        }
+                    }
+                    let wait = backoff(attempt);
+                    self.retrying(&method, &url, &describe(&e, false), attempt, attempts, wait);
+                    std::thread::sleep(wait);
                     attempt += 1;
                 }
-                Err(e) => {
-                    return Err(self.error(
-                        None,
-                        format!(
-                            "{method} {url}: {}{}",
-                            describe(&e, self.base.starts_with("https:")),
-                            if attempt > 1 {
-                                format!(" (tried {attempt} times)")
-                            } else {
-                                String::new()
-                            }
-                        ),
-                    ));
-                }
+                Err(e) => return Err(self.transport_error(&method, &url, &e, attempt)),
                 Ok(resp) => {
                     let status = resp.status().as_u16();
-                    if status == 401 && !reauthed {
+                    if matches!(status, 301 | 302 | 303 | 307 | 308)
+                        && let Some(location) = header_str(&resp, "location")
+                    {
+                        let next = resolve(&url, location);
+                        if Origin::of(&next).is_none() {
+                            return Err(self.error(
+                                Some(status),
+                                format!(
+                                    "{method} {}: redirected to {}, which is not an http(s) URL: refused",
+                                    escape(&url),
+                                    quote(&next)
+                                ),
+                            ));
+                        }
+                        redirects += 1;
+                        if redirects > MAX_REDIRECTS {
+                            return Err(self.error(
+                                Some(status),
+                                format!(
+                                    "{method} {}: more than {MAX_REDIRECTS} redirects",
+                                    escape(&url)
+                                ),
+                            ));
+                        }
+                        tracing::debug!(from = %escape(&url), to = %escape(&next), status, "redirected");
+                        if status == 303 && method != "HEAD" {
+                            method = "GET".into();
+                            body = Body::None;
+                        }
+                        url = next;
+                        continue;
+                    }
+                    if status == 401 && !reauthed && self.is_registry(&url) {
                         reauthed = true;
                         if self.authenticate(&resp)? {
                             continue;
@@ -162,6 +342,14 @@ impl Client {
                     {
                         let wait = retry_after(&resp).unwrap_or_else(|| backoff(attempt));
                         if wait <= MAX_RETRY_AFTER {
+                            self.retrying(
+                                &method,
+                                &url,
+                                &format!("HTTP {status}"),
+                                attempt,
+                                attempts,
+                                wait,
+                            );
                             std::thread::sleep(wait);
                             attempt += 1;
                             continue;
@@ -171,6 +359,34 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// A progress line while waiting to try again, so a slow registry is never silent.
+    fn retrying(&self, method: &str, url: &str, why: &str, attempt: u32, of: u32, wait: Duration) {
+        if let Some(log) = &self.log {
+            log.step(format_args!(
+                "{method} {}: {why}; trying again in {:.1} s (attempt {} of {of})",
+                escape(url),
+                wait.as_secs_f64(),
+                attempt + 1
+            ));
+        }
+    }
+
+    fn transport_error(&self, method: &str, url: &str, e: &ureq::Error, attempt: u32) -> Error {
+        self.error(
+            None,
+            format!(
+                "{method} {}: {}{}",
+                escape(url),
+                describe(e, self.base.starts_with("https:")),
+                if attempt > 1 {
+                    format!(" (tried {attempt} times)")
+                } else {
+                    String::new()
+                }
+            ),
+        )
     }
 
     fn send_once(
@@ -184,7 +400,11 @@ impl Client {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        if let Some(a) = &self.authorization {
+        // The registry's credentials (or its token) go to the registry's origin only: never
+        // to an upload Location or redirect on another host, port or scheme.
+        if let Some(a) = &self.authorization
+            && self.is_registry(url)
+        {
             req = req.header(header::AUTHORIZATION, a);
         }
         match body {
@@ -192,7 +412,12 @@ impl Client {
             Body::Bytes(b) => self.agent.run(req.body(b)?),
             Body::File(p) => {
                 let f = File::open(p)?;
-                self.agent.run(req.body(f)?)
+                let len = f.metadata()?.len();
+                let paced = self.timeouts.paced(f);
+                self.agent.run(
+                    req.header(header::CONTENT_LENGTH, len)
+                        .body(ureq::SendBody::from_owned_reader(paced))?,
+                )
             }
         }
     }
@@ -223,8 +448,23 @@ impl Client {
         Ok(false)
     }
 
+    /// The credentials a token realm may get: the registry's own when the realm is on the
+    /// registry's origin (or is Docker Hub's token service, for Docker Hub), else those
+    /// configured for the realm's own origin, else none (an anonymous token).
+    fn realm_credentials(&self, realm: &Origin) -> Result<Option<Credentials>> {
+        if *realm == self.origin
+            || (self.host == super::reference::DOCKER_HUB
+                && realm.scheme == "https"
+                && realm.host == "auth.docker.io"
+                && realm.port == 443)
+        {
+            return Ok(self.creds.clone());
+        }
+        find_credentials(&realm.auth_key(), "", &self.files)
+    }
+
     /// Gets a Bearer token from the challenge's realm, for our scopes and the challenge's,
-    /// with our Basic credentials when we have some (anonymous otherwise).
+    /// with the credentials that realm may have (anonymous otherwise).
     fn fetch_token(&mut self, c: &Challenge) -> Result<String> {
         #[derive(serde::Deserialize)]
         struct Token {
@@ -237,12 +477,23 @@ impl Client {
                 "the registry asks for a Bearer token but names no realm to get it from".into(),
             )
         })?;
-        if !(realm.starts_with("https://") || realm.starts_with("http://")) {
+        let shown = escape(realm);
+        let Some(realm_origin) = Origin::of(realm) else {
             return Err(self.error(
                 Some(401),
-                format!("token realm {realm:?} is not an http(s) URL"),
+                format!("token realm {} is not an http(s) URL", quote(realm)),
+            ));
+        };
+        if self.origin.scheme == "https" && realm_origin.scheme == "http" {
+            return Err(self.error(
+                Some(401),
+                format!(
+                    "token realm {shown} is plain http while the registry is https: refused \
+                     (credentials and tokens would cross the network in clear text)"
+                ),
             ));
         }
+        let creds = self.realm_credentials(&realm_origin)?;
         let mut scopes = self.scopes.clone();
         if let Some(s) = c.params.get("scope") {
             scopes.extend(s.split(' ').filter(|x| !x.is_empty()).map(str::to_owned));
@@ -266,7 +517,7 @@ impl Client {
             url.push('=');
             url.push_str(&percent_encode(v));
         }
-        let basic = self.creds.as_ref().map(Credentials::basic_header);
+        let basic = creds.as_ref().map(Credentials::basic_header);
         let mut attempt = 1;
         let mut resp = loop {
             let mut req = self.agent.get(&url);
@@ -274,16 +525,36 @@ impl Client {
                 req = req.header(header::AUTHORIZATION, b);
             }
             match req.call() {
-                Err(e) if retryable(&e) && attempt < MAX_ATTEMPTS => {
-                    std::thread::sleep(backoff(attempt));
+                Err(e) if retryable(&e) && attempt < MAX_ATTEMPTS && !is_timeout(&e) => {
+                    let wait = backoff(attempt);
+                    self.retrying(
+                        "GET",
+                        realm,
+                        &describe(&e, false),
+                        attempt,
+                        MAX_ATTEMPTS,
+                        wait,
+                    );
+                    std::thread::sleep(wait);
                     attempt += 1;
                 }
-                Err(e) => return Err(self.error(None, format!("token from {realm}: {e}"))),
+                Err(e) => {
+                    return Err(self.error(
+                        None,
+                        format!(
+                            "token from {shown}: {}",
+                            describe(&e, realm_origin.scheme == "https")
+                        ),
+                    ));
+                }
                 Ok(r)
                     if (r.status().as_u16() == 429 || r.status().is_server_error())
                         && attempt < MAX_ATTEMPTS =>
                 {
-                    std::thread::sleep(backoff(attempt));
+                    let wait = backoff(attempt);
+                    let why = format!("HTTP {}", r.status().as_u16());
+                    self.retrying("GET", realm, &why, attempt, MAX_ATTEMPTS, wait);
+                    std::thread::sleep(wait);
                     attempt += 1;
                 }
                 Ok(r) => break r,
@@ -291,25 +562,32 @@ impl Client {
         };
         let status = resp.status().as_u16();
         if status == 401 || status == 403 {
-            return Err(self.unauthorized(status));
+            return Err(self.unauthorized_with(status, creds.as_ref()));
         }
         if status != 200 {
-            let msg = registry_message(&mut resp);
+            let msg = registry_message(&mut resp, &self.timeouts);
             return Err(self.error(
                 Some(status),
-                format!("token from {realm}: {msg} (HTTP {status})"),
+                format!("token from {shown}: {msg} (HTTP {status})"),
             ));
         }
-        let t: Token = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_SMALL_BODY)
-            .read_json()
-            .map_err(|e| self.error(None, format!("token from {realm}: {e}")))?;
+        let mut text = String::new();
+        self.reader(resp)
+            .take(MAX_SMALL_BODY)
+            .read_to_string(&mut text)
+            .map_err(|e| {
+                self.error(
+                    None,
+                    format!("token from {shown}: {}", escape(&e.to_string())),
+                )
+            })?;
+        let t: Token = serde_json::from_str(&text).map_err(|e| {
+            self.error(None, format!("token from {shown}: not a token answer: {e}"))
+        })?;
         t.token
             .or(t.access_token)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| self.error(None, format!("token from {realm}: no token in the answer")))
+            .ok_or_else(|| self.error(None, format!("token from {shown}: no token in the answer")))
     }
 
     /// An error on this client's ref.
@@ -323,15 +601,19 @@ impl Client {
 
     /// The error for a 401/403 that our credentials (or their absence) did not get past.
     pub fn unauthorized(&self, status: u16) -> Error {
+        self.unauthorized_with(status, self.creds.as_ref())
+    }
+
+    fn unauthorized_with(&self, status: u16, creds: Option<&Credentials>) -> Error {
         let word = if status == 403 {
             "denied"
         } else {
             "unauthorized"
         };
-        let message = match &self.creds {
+        let message = match creds {
             Some(c) => format!(
                 "{word}: wrong user name or password (credentials from {})",
-                c.source.display()
+                c.source
             ),
             None => format!(
                 "{word}: the registry wants credentials and there are none for {} (looked in {})",
@@ -352,7 +634,7 @@ impl Client {
         if status == 401 {
             return self.unauthorized(status);
         }
-        let msg = registry_message(&mut resp);
+        let msg = registry_message(&mut resp, &self.timeouts);
         if status == 403 && self.creds.is_some() {
             return self.error(
                 Some(status),
@@ -360,7 +642,7 @@ impl Client {
                     "{doing}: denied: {msg} (credentials from {})",
                     self.creds
                         .as_ref()
-                        .map(|c| c.source.display().to_string())
+                        .map(|c| c.source.clone())
                         .unwrap_or_default()
                 ),
             );
@@ -369,9 +651,93 @@ impl Client {
     }
 }
 
+/// The TLS setup: the system's CA roots, or with `--cert-dir` its `*.crt` CAs (and the
+/// system's bundle beside them), and its `*.cert` + `*.key` client certificate.
+fn tls_config(cert_dir: Option<&Path>) -> Result<ureq::tls::TlsConfig> {
+    use ureq::tls::{ClientCert, PemItem, RootCerts, TlsConfig, parse_pem};
+    let Some(dir) = cert_dir else {
+        return Ok(TlsConfig::builder()
+            .root_certs(RootCerts::PlatformVerifier)
+            .build());
+    };
+    let bad = |msg: String| Error::Usage(format!("--cert-dir {}: {msg}", dir.display()));
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| bad(e.to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    names.sort();
+    let read = |p: &Path| std::fs::read(p).map_err(|e| bad(format!("{}: {e}", p.display())));
+    let certs_in = |p: &Path| -> Result<Vec<ureq::tls::Certificate<'static>>> {
+        let bytes = read(p)?;
+        let mut out = Vec::new();
+        for item in parse_pem(&bytes) {
+            if let PemItem::Certificate(c) =
+                item.map_err(|e| bad(format!("{}: {e}", p.display())))?
+            {
+                out.push(c.to_owned());
+            }
+        }
+        Ok(out)
+    };
+    let ext = |p: &Path, e: &str| p.extension().is_some_and(|x| x == e);
+    let mut roots = Vec::new();
+    for p in names.iter().filter(|p| ext(p, "crt")) {
+        let c = certs_in(p)?;
+        if c.is_empty() {
+            return Err(bad(format!("{}: no PEM certificate in it", p.display())));
+        }
+        roots.extend(c);
+    }
+    let mut client = None;
+    // The first `*.cert` (in name order) with its `*.key` is the client certificate.
+    if let Some(cert) = names.iter().find(|p| ext(p, "cert")) {
+        let key_path = cert.with_extension("key");
+        let chain = certs_in(cert)?;
+        let key_bytes = read(&key_path).map_err(|_| {
+            bad(format!(
+                "{}: no {} beside it",
+                cert.display(),
+                key_path.display()
+            ))
+        })?;
+        let key = parse_pem(&key_bytes)
+            .filter_map(std::result::Result::ok)
+            .find_map(|i| match i {
+                PemItem::PrivateKey(k) => Some(k.to_owned()),
+                _ => None,
+            })
+            .ok_or_else(|| bad(format!("{}: no PEM private key in it", key_path.display())))?;
+        if chain.is_empty() {
+            return Err(bad(format!("{}: no PEM certificate in it", cert.display())));
+        }
+        client = Some(ClientCert::new_with_certs(&chain, key));
+    }
+    let roots = if roots.is_empty() {
+        RootCerts::PlatformVerifier
+    } else {
+        // The directory's CAs are added to the system's, as containers-certs.d(5) says: the
+        // system bundle (or $SSL_CERT_FILE) is read beside them.
+        let bundle = std::env::var_os("SSL_CERT_FILE").map_or_else(
+            || PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+            PathBuf::from,
+        );
+        if let Ok(bytes) = std::fs::read(&bundle) {
+            roots.extend(parse_pem(&bytes).filter_map(|i| match i {
+                Ok(PemItem::Certificate(c)) => Some(c.to_owned()),
+                _ => None,
+            }));
+        }
+        RootCerts::new_with_certs(&roots)
+    };
+    Ok(TlsConfig::builder()
+        .root_certs(roots)
+        .client_cert(client)
+        .build())
+}
+
 /// The message of a registry's error body (`{"errors":[{"code","message","detail"}]}`), or the
-/// start of whatever else it sent, or the status's reason.
-fn registry_message(resp: &mut Response<ureq::Body>) -> String {
+/// start of whatever else it sent, quoted and escaped on one line; or the status's reason.
+fn registry_message(resp: &mut Response<ureq::Body>, timeouts: &Timeouts) -> String {
     #[derive(serde::Deserialize)]
     struct Errors {
         errors: Vec<One>,
@@ -386,38 +752,43 @@ fn registry_message(resp: &mut Response<ureq::Body>) -> String {
         .canonical_reason()
         .unwrap_or("error")
         .to_lowercase();
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     // An unreadable error body still leaves the status to report; that is enough.
-    let _ = resp
-        .body_mut()
-        .as_reader()
+    let _ = timeouts
+        .paced(resp.body_mut().as_reader())
         .take(MAX_SMALL_BODY)
-        .read_to_string(&mut text);
+        .read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
     if let Ok(e) = serde_json::from_str::<Errors>(&text) {
         let parts: Vec<String> = e
             .errors
             .iter()
-            .map(|o| match (&o.code, &o.message) {
-                (_, Some(m)) if !m.is_empty() => m.clone(),
-                (Some(c), _) => c.to_lowercase().replace('_', " "),
-                _ => reason.clone(),
+            .filter_map(|o| match (&o.code, &o.message) {
+                (_, Some(m)) if !m.is_empty() => Some(m.clone()),
+                (Some(c), _) => Some(c.to_lowercase().replace('_', " ")),
+                _ => None,
             })
             .collect();
         return if parts.is_empty() {
             reason
         } else {
-            parts.join("; ")
+            quote(&parts.join("; "))
         };
     }
     let line = text.lines().map(str::trim).find(|l| !l.is_empty());
     match line {
-        Some(l) if l.len() <= 200 && !l.starts_with('<') => l.to_owned(),
+        Some(l) if l.len() <= 200 && !l.starts_with('<') => quote(l),
         _ => reason,
     }
 }
 
 /// Dropped or refused connections and timeouts are retried; TLS failures, bad URLs and
 /// unknown hosts are not (they do not get better by waiting).
+fn is_timeout(e: &ureq::Error) -> bool {
+    matches!(e, ureq::Error::Timeout(_))
+        || matches!(e, ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
+}
+
 fn retryable(e: &ureq::Error) -> bool {
     use std::io::ErrorKind as K;
     match e {
@@ -440,7 +811,8 @@ fn retryable(e: &ureq::Error) -> bool {
 /// A transport error for people, with a hint when TLS failed: an untrusted certificate, or
 /// TLS spoken to a plain-HTTP registry.
 fn describe(e: &ureq::Error, tls: bool) -> String {
-    let text = e.to_string();
+    // ureq's messages can carry what the peer sent (a malformed header, say).
+    let text = escape(&e.to_string());
     let tls_failed = matches!(e, ureq::Error::Tls(_) | ureq::Error::Rustls(_))
         || matches!(e, ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData);
     if !(tls && tls_failed) {
@@ -534,17 +906,22 @@ mod tests {
             (
                 404,
                 r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{"Tag":"x"}}]}"#,
-                "manifest unknown",
+                "\"manifest unknown\"",
             ),
             (
                 400,
                 r#"{"errors":[{"code":"DIGEST_INVALID","message":""},{"code":"SIZE_INVALID","message":"bad size"}]}"#,
-                "digest invalid; bad size",
+                "\"digest invalid; bad size\"",
             ),
             (
                 429,
                 "toomanyrequests: slow down\nmore",
-                "toomanyrequests: slow down",
+                "\"toomanyrequests: slow down\"",
+            ),
+            (
+                400,
+                r#"{"errors":[{"code":"X","message":"\u001b]0;owned\u0007bad\nerror: forged"}]}"#,
+                "\"\\x1b]0;owned\\x07bad\\nerror: forged\"",
             ),
             (502, "<html><body>Bad Gateway</body></html>", "bad gateway"),
             (500, "", "internal server error"),
@@ -555,7 +932,40 @@ mod tests {
                 .status(status)
                 .body(ureq::Body::builder().data(body))
                 .expect("response");
-            assert_eq!(registry_message(&mut resp), want, "{body}");
+            assert_eq!(
+                registry_message(&mut resp, &Timeouts::default()),
+                want,
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn origins_and_redirect_targets() {
+        let o = |u: &str| Origin::of(u).map(|o| o.to_string());
+        assert_eq!(
+            o("https://Reg.Example/v2/").as_deref(),
+            Some("https://reg.example:443")
+        );
+        assert_eq!(o("http://h:5000/x").as_deref(), Some("http://h:5000"));
+        assert_eq!(o("http://h/x"), o("http://h:80/y"));
+        assert_ne!(o("http://h:5000/x"), o("https://h:5000/x"));
+        assert_eq!(o("file:///etc/passwd"), None);
+        assert_eq!(o("/relative"), None);
+        let base = "http://h:5000/v2/ns/blobs/uploads/abc?x=1";
+        let table = [
+            ("https://other:1/p", "https://other:1/p"),
+            ("//other/p", "http://other/p"),
+            ("/v2/ns/blobs/sha", "http://h:5000/v2/ns/blobs/sha"),
+            ("def", "http://h:5000/v2/ns/blobs/uploads/def"),
+            ("../x?y=1/../z", "http://h:5000/v2/ns/blobs/x?y=1/../z"),
+            ("./a/./b/..", "http://h:5000/v2/ns/blobs/uploads/a/"),
+            ("/a/../../etc/./x", "http://h:5000/etc/x"),
+            ("file:///etc/passwd", "file:///etc/passwd"),
+            ("gopher:x", "gopher:x"),
+        ];
+        for (location, want) in table {
+            assert_eq!(resolve(base, location), want, "{location}");
         }
     }
 

@@ -8,6 +8,7 @@ use super::client::{Body, Client, backoff, header_str};
 use super::origins;
 use super::platform::PlatformSpec;
 use super::reference::RegistryRef;
+use super::text::{escape, quote};
 use crate::digest::Digest;
 use crate::image::{BlobSource, Image};
 use crate::oci::Store;
@@ -61,18 +62,35 @@ pub fn pull_ref(store: &Store, r: &RegistryRef, opts: &RegistryOptions) -> Resul
     opts.step(format_args!("pulling {r}"));
     let (mut media_type, mut bytes) = fetch_manifest(&mut c, r, &r.reference(), r.digest.as_ref())?;
     if media_type == media::INDEX || media_type == media::DOCKER_LIST {
-        let index: Index = serde_json::from_slice(&bytes)
-            .map_err(|e| c.error(None, format!("the image index is not valid JSON: {e}")))?;
+        let index: Index = serde_json::from_slice(&bytes).map_err(|e| {
+            c.error(
+                None,
+                format!(
+                    "the image index is not valid JSON: {}",
+                    escape(&e.to_string())
+                ),
+            )
+        })?;
         let spec = opts.platform.clone().unwrap_or_else(PlatformSpec::host);
         let child = spec.pick(&index).cloned().ok_or_else(|| {
             c.error(
                 None,
                 format!(
                     "the image index has no {spec} image (it has: {}); choose one with --platform",
-                    PlatformSpec::offered(&index)
+                    escape(&PlatformSpec::offered(&index))
                 ),
             )
         })?;
+        if child.size > MAX_JSON_BLOB {
+            return Err(c.error(
+                None,
+                format!(
+                    "manifest {}: the index says it is {} bytes, more than a manifest may be \
+                     ({MAX_JSON_BLOB}); refused before downloading it",
+                    child.digest, child.size
+                ),
+            ));
+        }
         opts.step(format_args!("{spec}: manifest {}", child.digest));
         (media_type, bytes) =
             fetch_manifest(&mut c, r, child.digest.as_str(), Some(&child.digest))?;
@@ -91,12 +109,29 @@ pub fn pull_ref(store: &Store, r: &RegistryRef, opts: &RegistryOptions) -> Resul
     if media_type != media::MANIFEST && media_type != media::DOCKER_MANIFEST {
         return Err(c.error(
             None,
-            format!("manifest media type {media_type:?} is not supported"),
+            format!(
+                "manifest media type {} is not supported",
+                quote(&media_type)
+            ),
         ));
     }
-    let manifest: Manifest = serde_json::from_slice(&bytes)
-        .map_err(|e| c.error(None, format!("the manifest is not valid JSON: {e}")))?;
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+        c.error(
+            None,
+            format!("the manifest is not valid JSON: {}", escape(&e.to_string())),
+        )
+    })?;
     check_manifest(&c, &manifest)?;
+    if manifest.config.size > MAX_JSON_BLOB {
+        return Err(c.error(
+            None,
+            format!(
+                "config {}: the manifest says it is {} bytes, more than an image config may be \
+                 ({MAX_JSON_BLOB}); refused before downloading it",
+                manifest.config.digest, manifest.config.size
+            ),
+        ));
+    }
 
     let mut out = PullOutcome {
         reference: r.to_string(),
@@ -170,7 +205,7 @@ fn fetch_manifest(
     expect: Option<&Digest>,
 ) -> Result<(String, Vec<u8>)> {
     let url = c.url(&format!("/v2/{}/manifests/{reference}", r.repo));
-    let mut resp = c.send("GET", &url, &[("Accept", MANIFEST_ACCEPT)], Body::None)?;
+    let resp = c.send("GET", &url, &[("Accept", MANIFEST_ACCEPT)], Body::None)?;
     let status = resp.status().as_u16();
     if status == 404 {
         return Err(c.status_error(resp, "not in the registry"));
@@ -183,11 +218,15 @@ fn fetch_manifest(
         .unwrap_or_default();
     let header_digest = header_str(&resp, "docker-content-digest").map(str::to_owned);
     let mut bytes = Vec::new();
-    resp.body_mut()
-        .as_reader()
+    c.reader(resp)
         .take(MAX_JSON_BLOB + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| c.error(None, format!("reading manifest {reference}: {e}")))?;
+        .map_err(|e| {
+            c.error(
+                None,
+                format!("reading manifest {reference}: {}", escape(&e.to_string())),
+            )
+        })?;
     if bytes.len() as u64 > MAX_JSON_BLOB {
         return Err(c.error(
             None,
@@ -211,7 +250,8 @@ fn fetch_manifest(
         return Err(c.error(
             None,
             format!(
-                "manifest {reference}: the registry says its digest is {h}, the content's is {digest}"
+                "manifest {reference}: the registry says its digest is {}, the content's is {digest}",
+                escape(&h)
             ),
         ));
     }
@@ -259,14 +299,18 @@ fn check_manifest(c: &Client, m: &Manifest) -> Result<()> {
         return Err(c.error(
             None,
             format!(
-                "config media type {:?} is not an image config (not a container image?)",
-                m.config.media_type
+                "config media type {} is not an image config (not a container image?)",
+                quote(&m.config.media_type)
             ),
         ));
     }
     for l in &m.layers {
-        crate::layer::read::Decoder::new(io::empty(), &l.media_type)
-            .map_err(|e| c.error(None, format!("layer {}: {e}", l.digest)))?;
+        crate::layer::read::Decoder::new(io::empty(), &l.media_type).map_err(|e| {
+            c.error(
+                None,
+                format!("layer {}: {}", l.digest, escape(&e.to_string())),
+            )
+        })?;
     }
     Ok(())
 }
@@ -311,10 +355,7 @@ fn fetch_blob(c: &mut Client, store: &Store, r: &RegistryRef, desc: &Descriptor)
             _ => return Err(c.status_error(resp, &format!("fetching blob {}", desc.digest))),
         }
         // One byte past the size is enough to tell "too long" without reading on.
-        let mut body = resp
-            .into_body()
-            .into_reader()
-            .take(desc.size.saturating_sub(have) + 1);
+        let mut body = c.reader(resp).take(desc.size.saturating_sub(have) + 1);
         let broke = loop {
             match body.read(&mut buf) {
                 Ok(0) => break None,
@@ -336,15 +377,21 @@ fn fetch_blob(c: &mut Client, store: &Store, r: &RegistryRef, desc: &Descriptor)
         if attempt >= BLOB_ATTEMPTS {
             return Err(c.error(
                 None,
-                format!("fetching blob {}: {e} (tried {attempt} times)", desc.digest),
+                format!(
+                    "fetching blob {}: {} (tried {attempt} times)",
+                    desc.digest,
+                    escape(&e.to_string())
+                ),
             ));
         }
         attempt += 1;
         std::thread::sleep(backoff(attempt - 1));
         if let Some(log) = &c.log {
             log.warn(format_args!(
-                "blob {}: transfer broke off at byte {have} of {} ({e}); resuming",
-                desc.digest, desc.size
+                "blob {}: transfer broke off at byte {have} of {} ({}); resuming",
+                desc.digest,
+                desc.size,
+                escape(&e.to_string())
             ));
         }
     }

@@ -5,9 +5,12 @@
 use std::io::Read;
 
 use super::RegistryOptions;
-use super::client::{Body, Client, MAX_ATTEMPTS, backoff, header_str, percent_encode};
+use super::client::{
+    Body, Client, MAX_ATTEMPTS, Origin, backoff, header_str, percent_encode, resolve,
+};
 use super::origins;
 use super::reference::RegistryRef;
+use super::text::{escape, quote};
 use crate::digest::Digest;
 use crate::oci::Store;
 use crate::oci::store::MAX_JSON_BLOB;
@@ -55,8 +58,9 @@ pub fn push(
     let dest = dest.with_tag(dest.tag.as_deref().unwrap_or("latest"));
     if manifest.media_type != media::MANIFEST && manifest.media_type != media::DOCKER_MANIFEST {
         return Err(Error::Other(format!(
-            "{}: cannot push a {:?}: only image manifests are pushed",
-            manifest.digest, manifest.media_type
+            "{}: cannot push a {}: only image manifests are pushed",
+            manifest.digest,
+            quote(&manifest.media_type)
         )));
     }
     if manifest.size > MAX_JSON_BLOB {
@@ -138,7 +142,8 @@ pub fn push(
         return Err(c.error(
             None,
             format!(
-                "the registry stored the manifest as {h}, not {}: it rewrote it",
+                "the registry stored the manifest as {}, not {}: it rewrote it",
+                escape(h),
                 manifest.digest
             ),
         ));
@@ -229,7 +234,19 @@ fn push_blob(
                 ),
             )
         })?;
-        let mut put = c.url(location);
+        // Relative to the URL it answered; on another origin it gets no credentials of
+        // ours (see `Client::send_once`).
+        let mut put = resolve(&uploads, location);
+        if Origin::of(&put).is_none() {
+            return Err(c.error(
+                None,
+                format!(
+                    "starting the upload of {}: the upload Location {} is not an http(s) URL",
+                    desc.digest,
+                    quote(&put)
+                ),
+            ));
+        }
         put.push(if put.contains('?') { '&' } else { '?' });
         put.push_str("digest=");
         put.push_str(&percent_encode(desc.digest.as_str()));
