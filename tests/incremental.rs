@@ -95,8 +95,12 @@ t . 1000000004
     Ok(())
 }
 
-/// The second layer's entries, in order (a snapshot: walk order, then whiteouts).
+/// The second layer's entries, in order (a snapshot: walk order, then whiteouts). The
+/// unchanged directories above them (`./`, `etc/`, `fresh/`) are there too, as buildah and
+/// docker write them: containers/storage would make each missing one 0755 root:root.
 const SECOND_LAYER: &str = "\
+./
+etc/
 etc/link
 etc/mode
 etc/mtime
@@ -106,6 +110,7 @@ etc/shared
 etc/shared-link
 etc/xadd
 etc/xdel
+fresh/
 fresh/new1
 swap-dir-to-file
 swap-file-to-dir/
