@@ -659,3 +659,64 @@ fn a_config_naming_another_diff_id_for_a_stashed_layer_is_refused() -> Result<()
     assert!(!w.path("bad").exists(), "a refused image left a target");
     Ok(())
 }
+
+#[test]
+fn a_store_inside_the_root_is_left_out_and_said_so() -> Result<()> {
+    let w = Workdir::new("store-inside")?;
+    let me = format!(
+        "{}:{}",
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw()
+    );
+    w.tree(
+        "root",
+        &format!("d etc 755 {me}\nd var/lib 755 {me}\nf etc/hostname 644 {me} box\nf var/lib/keep 644 {me} k\n"),
+    )?;
+    // The store at var/lib/kiwi-stash of the root, as `--root /` with the default store has it.
+    let stash = || {
+        output(w.bin("stash").args([
+            "--store",
+            "root/var/lib/kiwi-stash",
+            "--root",
+            "root",
+            "--container-name",
+            "inside",
+            "--json",
+        ]))
+    };
+    let first = stash()?;
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{err}");
+    assert!(
+        err.lines().any(|l| l.contains("root/var/lib/kiwi-stash")
+            && l.contains("the store, inside the root: left out")),
+        "not said: {err}"
+    );
+    // Its own blobs grew the store; the next stash sees no change.
+    let second = stash()?;
+    assert!(second.status.success());
+    assert_eq!(
+        json(&String::from_utf8_lossy(&second.stdout))?["layers_added"],
+        0
+    );
+    // The image is the tree without the store.
+    run(w.bin("unstash").args([
+        "inside",
+        "--store",
+        "root/var/lib/kiwi-stash",
+        "--to",
+        "back",
+    ]))?;
+    let want: String = dump(&w.path("root"))?
+        .lines()
+        .filter(|l| {
+            !l.split(' ')
+                .nth(1)
+                .unwrap_or("")
+                .starts_with("var/lib/kiwi-stash")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_same(&want, &dump(&w.path("back"))?)?;
+    Ok(())
+}

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use sha2::{Digest as _, Sha256};
@@ -119,6 +120,9 @@ pub struct StashOutcome {
     pub sockets_skipped: u64,
     /// Mount points kept as empty directories.
     pub mount_points: u64,
+    /// Directories left out whole: the store, when it is inside the root.
+    #[serde(skip)]
+    pub left_out: Vec<PathBuf>,
 }
 
 /// The layer a stash added.
@@ -150,7 +154,12 @@ pub fn stash(store: &Store, opts: &StashOptions) -> Result<StashOutcome> {
         )?),
         None => None,
     };
-    let walk_opts = WalkOptions::stash();
+    let mut walk_opts = WalkOptions::stash();
+    // The store inside the root (`--root /` with the default store, say) is left out: a
+    // stash holding its own store would grow with every stash. Its lock is held, so it is
+    // there for the whole walk.
+    let st = rustix::fs::stat(store.root()).map_err(|e| Error::io(store.root(), e.into()))?;
+    walk_opts.leave_out.push((st.st_dev, st.st_ino));
     let mut walked: Vec<Walked> = Vec::new();
     // The previous image's model (read from the cached layer indexes) and the walk of the
     // tree need nothing from each other: on a re-stash with no change they are most of the
@@ -197,6 +206,11 @@ pub fn stash(store: &Store, opts: &StashOptions) -> Result<StashOutcome> {
         bytes: 0,
         sockets_skipped: stats.sockets,
         mount_points: stats.mount_points,
+        left_out: stats
+            .left_out
+            .iter()
+            .map(|p| opts.root.join(std::ffi::OsStr::from_bytes(p)))
+            .collect(),
     };
     outcome.reference = format!("oci:{}:{full}", store.root().display());
 

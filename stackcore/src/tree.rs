@@ -29,6 +29,9 @@ pub struct WalkOptions {
     /// Top-level directories whose contents are left out (the directories are kept):
     /// `dev`, `proc`, `sys` for a stash, as the original plugin does.
     pub skip_contents: Vec<Vec<u8>>,
+    /// Directories left out whole, by `(st_dev, st_ino)`: the store, when it is inside the
+    /// root (a stash must not hold itself).
+    pub leave_out: Vec<(u64, u64)>,
 }
 
 impl WalkOptions {
@@ -36,6 +39,7 @@ impl WalkOptions {
     pub fn stash() -> Self {
         WalkOptions {
             skip_contents: vec![b"dev".to_vec(), b"proc".to_vec(), b"sys".to_vec()],
+            leave_out: Vec::new(),
         }
     }
 }
@@ -60,6 +64,8 @@ pub struct WalkStats {
     pub sockets: u64,
     /// Mount points kept as empty directories.
     pub mount_points: u64,
+    /// Paths of the directories left out whole ([`WalkOptions::leave_out`]).
+    pub left_out: Vec<Vec<u8>>,
 }
 
 /// Walks `root`, calling `visit` for each entry, the root itself first (path `""`).
@@ -310,6 +316,7 @@ struct Listing {
     error: Option<Error>,
     sockets: u64,
     mount_points: u64,
+    left_out: Vec<Vec<u8>>,
 }
 
 struct Item {
@@ -393,6 +400,7 @@ fn list(ctx: &Context<'_>, shared: &Shared, dir: &JobDir) -> Listing {
         error: None,
         sockets: 0,
         mount_points: 0,
+        left_out: Vec::new(),
     };
     let mut subdirs = Vec::new();
     if let Err(e) = list_into(ctx, dir, &mut listing, &mut subdirs) {
@@ -472,6 +480,12 @@ fn list_into(
         };
         if FileType::from_raw_mode(st.st_mode) == FileType::Socket {
             listing.sockets += 1;
+            continue;
+        }
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory
+            && ctx.opts.leave_out.contains(&(st.st_dev, st.st_ino))
+        {
+            listing.left_out.push(path);
             continue;
         }
         let walked = entry(source, path, &st, Xattrs::At(dirfd, name), Some(name))?;
@@ -582,6 +596,7 @@ impl Consumer<'_> {
         };
         self.stats.sockets += listing.sockets;
         self.stats.mount_points += listing.mount_points;
+        self.stats.left_out.extend(listing.left_out);
         for item in listing.items {
             self.visit(item.walked, visit)?;
             if let Some(sub) = item.sub {

@@ -245,6 +245,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             outcome.sockets_skipped
         ));
     }
+    for dir in &outcome.left_out {
+        log.warn(format_args!(
+            "{} is the store, inside the root: left out of the stash",
+            dir.display()
+        ));
+    }
     if outcome.mount_points > 0 {
         log.step(format_args!(
             "{} mount points kept as empty directories",
