@@ -1524,3 +1524,44 @@ fn a_tree_changed_between_walk_and_read_is_refused_and_nothing_outside_is_read()
     }
     Ok(())
 }
+
+#[test]
+fn a_rerun_removes_the_staging_directory_of_a_killed_unstash() -> Result<()> {
+    let w = Workdir::new("staging")?;
+    w.tree("root", "d d 755 0:0\nf d/a 644 0:0 a\n")?;
+    stash(&w, "store", "root", "st", "latest")?;
+    let unstash = || {
+        let mut c = w.bin("unstash");
+        c.args(["st", "--store", "store", "--to", "back", "--quiet"]);
+        c
+    };
+    // Killed (abort, as kill -9) with the tree written, just before the rename into place.
+    let killed = output(unstash().env("STACKBUILD_FAILPOINT", "staging-before-commit"))?;
+    ensure!(
+        !killed.status.success() && String::from_utf8_lossy(&killed.stderr).contains("failpoint"),
+        "the failpoint was not reached: {killed:?}"
+    );
+    let staging = |w: &Workdir| -> Result<Vec<String>> {
+        Ok(names(&w.root)?
+            .into_iter()
+            .filter(|n| n.starts_with(".back.stackbuild-"))
+            .collect())
+    };
+    let left = staging(&w)?;
+    ensure!(
+        left.len() == 1,
+        "want the killed run's staging dir: {left:?}"
+    );
+    ensure!(!w.path("back").exists());
+    // One of a live process (this test's) is not the rerun's to remove.
+    let live = format!(".back.stackbuild-{}", std::process::id());
+    fs::create_dir(w.path(&live))?;
+    run(&mut unstash())?;
+    ensure!(
+        staging(&w)? == vec![live],
+        "left after the rerun: {:?}",
+        staging(&w)?
+    );
+    assert_same(&dump(&w.path("root"))?, &dump(&w.path("back"))?)?;
+    Ok(())
+}

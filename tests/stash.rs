@@ -720,3 +720,115 @@ fn a_store_inside_the_root_is_left_out_and_said_so() -> Result<()> {
     assert_same(&want, &dump(&w.path("back"))?)?;
     Ok(())
 }
+
+#[test]
+fn thread_counts_above_the_limit_are_refused_or_clamped_never_a_panic() -> Result<()> {
+    let w = Workdir::new("threads")?;
+    w.tree("root", "f a 644 0:0 @3000000\nf b 644 0:0 b\n")?;
+    let stash = |name: &str, threads: Option<&str>, env: Option<&str>| {
+        let mut c = w.bin("stash");
+        c.args([
+            "--store",
+            "store",
+            "--root",
+            "root",
+            "--container-name",
+            name,
+            "--json",
+        ]);
+        if let Some(t) = threads {
+            c.args(["--threads", t]);
+        }
+        if let Some(e) = env {
+            c.env("STACKBUILD_THREADS", e);
+        }
+        output(&mut c)
+    };
+    let refused = stash("many", Some("100000"), None)?;
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("--threads"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    // The limit itself, and an environment asking for more (clamped): the same layer as one.
+    let one = stash("one", Some("1"), None)?;
+    let at_limit = stash("limit", Some("256"), None)?;
+    let env = stash("env", None, Some("100000"))?;
+    let digest = |o: &std::process::Output| -> Result<String> {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        Ok(json(&String::from_utf8_lossy(&o.stdout))?["layer"]["digest"].to_string())
+    };
+    assert_eq!(digest(&one)?, digest(&at_limit)?);
+    assert_eq!(digest(&one)?, digest(&env)?);
+    Ok(())
+}
+
+#[test]
+fn symlinked_store_and_root_are_accepted_by_readers_and_writers_alike() -> Result<()> {
+    let w = Workdir::new("symlinks")?;
+    w.tree("real-root", "f a 644 0:0 a\n")?;
+    fs::create_dir(w.path("real-store"))?;
+    std::os::unix::fs::symlink("real-store", w.path("store"))?;
+    std::os::unix::fs::symlink("real-root", w.path("root"))?;
+    // Writers.
+    run(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "root",
+        "--container-name",
+        "ln",
+    ]))?;
+    assert!(w.path("real-store/index.json").is_file());
+    run(w.bin("stash").args(["--store", "store", "--gc"]))?;
+    run(w.bin("stash").args(["--store", "store", "--verify"]))?;
+    // Readers.
+    let list = run(w.bin("stash").args(["--store", "store", "--list"]))?;
+    assert!(list.contains("ln:latest"), "{list}");
+    run(w
+        .bin("unstash")
+        .args(["ln", "--store", "store", "--to", "back"]))?;
+    assert_same(&dump(&w.path("real-root"))?, &dump(&w.path("back"))?)?;
+
+    // A symlink to a file: refused by both, with the same words.
+    fs::write(w.path("file"), "x")?;
+    std::os::unix::fs::symlink("file", w.path("file-link"))?;
+    let writer = output(w.bin("stash").args([
+        "--store",
+        "file-link",
+        "--root",
+        "root",
+        "--container-name",
+        "ln",
+    ]))?;
+    let reader = output(
+        w.bin("unstash")
+            .args(["ln", "--store", "file-link", "--to", "back2"]),
+    )?;
+    for (who, o) in [("stash", &writer), ("unstash", &reader)] {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{who}: {err}");
+        assert!(
+            err.contains("a symlink to file, which is not a directory") && err.lines().count() == 1,
+            "{who}: {err}"
+        );
+    }
+    let root = output(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "file-link",
+        "--container-name",
+        "ln",
+    ]))?;
+    let err = String::from_utf8_lossy(&root.stderr);
+    assert_eq!(root.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--root file-link: a symlink to file, which is not a directory"),
+        "{err}"
+    );
+    assert!(!w.path("back2").exists());
+    Ok(())
+}

@@ -65,8 +65,9 @@ pub struct Cli {
     /// Compression level (gzip 1-9, default 6; zstd 1-19, default 3).
     #[arg(long, value_name = "N")]
     pub compression_level: Option<i32>,
-    /// Compression threads (default: all cores; the output is the same at any count).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    /// Compression threads (default: all cores; the output is the same at any count; at most
+    /// 256).
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = threads_arg)]
     pub threads: usize,
     /// Compare file contents instead of size and mtime to find changes.
     #[arg(long)]
@@ -101,6 +102,17 @@ pub struct Cli {
     /// More detail on stderr: -v info, -vv debug (caches, plans, skipped blobs), -vvv trace.
     #[arg(long, short, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// `--threads N`: a count up to [`stackcore::layer::compress::MAX_THREADS`].
+fn threads_arg(s: &str) -> Result<usize, String> {
+    let max = stackcore::layer::compress::MAX_THREADS;
+    match s.parse::<usize>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(format!(
+            "expected a thread count from 0 (all cores) to {max}"
+        )),
+    }
 }
 
 /// Runs `stash`.
@@ -146,10 +158,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         let dest = push_to.expect("clap requires --root unless --push or --list");
         return push_existing(&cli, &store_dir, &dest, &registry);
     };
-    let meta = std::fs::symlink_metadata(&root)
-        .map_err(|e| Error::Usage(format!("--root {}: {e}", root.display())))?;
+    // A symlink to a directory is accepted as --root (as for --store); nothing below the
+    // root is followed.
+    let meta = std::fs::metadata(&root).map_err(|e| {
+        let link = std::fs::read_link(&root)
+            .map(|t| format!(" (a symlink to {})", t.display()))
+            .unwrap_or_default();
+        Error::Usage(format!("--root {}{link}: {e}", root.display()))
+    })?;
     if !meta.is_dir() {
-        return Err(Error::Usage(format!("--root {}: not a directory", root.display())).into());
+        let what = std::fs::read_link(&root).map_or_else(
+            |_| "not a directory".to_owned(),
+            |t| format!("a symlink to {}, which is not a directory", t.display()),
+        );
+        return Err(Error::Usage(format!("--root {}: {what}", root.display())).into());
     }
     if let Err(e) = std::fs::read_dir(&root) {
         return Err(Error::Usage(format!(
