@@ -832,3 +832,79 @@ fn symlinked_store_and_root_are_accepted_by_readers_and_writers_alike() -> Resul
     assert!(!w.path("back2").exists());
     Ok(())
 }
+
+#[test]
+fn a_damaged_tag_is_listed_as_damaged_and_the_rest_as_usual() -> Result<()> {
+    let w = Workdir::new("list-damaged")?;
+    w.tree("root", "f a 644 0:0 a\n")?;
+    let mut manifests = Vec::new();
+    for name in ["good", "dangling"] {
+        let r = json(&run(w.bin("stash").args([
+            "--store",
+            "store",
+            "--root",
+            "root",
+            "--container-name",
+            name,
+            "--tag",
+            "t",
+            "--json",
+        ]))?)?;
+        manifests.push(r["manifest"].as_str().unwrap().to_owned());
+    }
+    // Both name the same manifest: give `dangling` one of its own that is then lost.
+    w.tree("root", "f b 644 0:0 b\n")?;
+    let r = json(&run(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "root",
+        "--container-name",
+        "dangling",
+        "--tag",
+        "t",
+        "--json",
+    ]))?)?;
+    let lost = r["manifest"].as_str().unwrap().to_owned();
+    assert_ne!(lost, manifests[0]);
+    fs::remove_file(
+        w.path("store/blobs/sha256")
+            .join(lost.strip_prefix("sha256:").unwrap()),
+    )?;
+
+    let text = output(w.bin("stash").args(["--store", "store", "--list"]))?;
+    let (out, err) = (
+        String::from_utf8_lossy(&text.stdout),
+        String::from_utf8_lossy(&text.stderr),
+    );
+    assert!(text.status.success(), "{err}");
+    let line = |n: &str| {
+        out.lines()
+            .find(|l| l.starts_with(n))
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert!(!line("good:t").contains("DAMAGED"), "{out}");
+    assert!(line("dangling:t").contains("DAMAGED: "), "{out}");
+    assert!(err.contains("dangling:t is damaged"), "{err}");
+
+    let v = json(&run(w
+        .bin("stash")
+        .args(["--store", "store", "--list", "--json"]))?)?;
+    let rows = v["stashes"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{v}");
+    for r in rows {
+        match r["name"].as_str().unwrap() {
+            "good" => {
+                assert!(r.get("damaged").is_none(), "{r}");
+                assert_eq!(r["layers"], 1);
+            }
+            _ => {
+                assert!(r["damaged"].as_str().is_some_and(|d| !d.is_empty()), "{r}");
+                assert_eq!(r["digest"], lost.as_str());
+                assert_eq!(r["layers"], 0);
+            }
+        }
+    }
+    Ok(())
+}

@@ -347,18 +347,42 @@ fn list(store_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
             let Some(full) = desc.ref_name().map(str::to_owned) else {
                 continue;
             };
-            let img = Image::from_descriptor(BlobSource::Layout(store.clone()), desc, full.clone())
-                .with_context(|| format!("reading stash {full}"))?;
             let (name, tag) = stackcore::image::split_tag(&full);
-            rows.push(StashRow {
-                reference: format!("oci:{}:{full}", store.root().display()),
-                name: name.to_owned(),
-                tag: tag.to_owned(),
-                digest: img.digest().to_string(),
-                size: img.size(),
-                layers: img.manifest.layers.len() as u64,
-                created: img.config.created.clone(),
-            });
+            let reference = format!("oci:{}:{full}", store.root().display());
+            let (digest, size) = (desc.digest.to_string(), desc.size);
+            // One damaged tag is listed as such; the rest are listed as usual.
+            let row = match Image::from_descriptor(
+                BlobSource::Layout(store.clone()),
+                desc,
+                full.clone(),
+            ) {
+                Ok(img) => StashRow {
+                    reference,
+                    name: name.to_owned(),
+                    tag: tag.to_owned(),
+                    digest: img.digest().to_string(),
+                    size: img.size(),
+                    layers: img.manifest.layers.len() as u64,
+                    created: img.config.created.clone(),
+                    damaged: None,
+                },
+                Err(e) => {
+                    eprintln!(
+                        "stash: warning: {full} is damaged: {e} (stash --verify checks the store)"
+                    );
+                    StashRow {
+                        reference,
+                        name: name.to_owned(),
+                        tag: tag.to_owned(),
+                        digest,
+                        size,
+                        layers: 0,
+                        created: None,
+                        damaged: Some(e.to_string()),
+                    }
+                }
+            };
+            rows.push(row);
         }
     }
     let legacy = legacy_stashes();
@@ -403,13 +427,16 @@ fn table(out: &mut String, rows: &[StashRow]) {
             .digest
             .strip_prefix("sha256:")
             .map_or(r.digest.as_str(), |h| &h[..12]);
+        let created = match &r.damaged {
+            Some(why) => format!("DAMAGED: {why}"),
+            None => r.created.clone().unwrap_or_else(|| "-".to_owned()),
+        };
         let _ = writeln!(
             out,
-            "{:<40} sha256:{short} {:>12} {:>6}  {}",
+            "{:<40} sha256:{short} {:>12} {:>6}  {created}",
             format!("{}:{}", r.name, r.tag),
             r.size,
             r.layers,
-            r.created.as_deref().unwrap_or("-")
         );
     }
 }
@@ -469,6 +496,7 @@ fn legacy_stashes() -> Vec<StashRow> {
                 size: img.size(),
                 layers: img.manifest.layers.len() as u64,
                 created: img.config.created.clone(),
+                damaged: None,
             });
         }
     }
