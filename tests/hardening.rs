@@ -1421,7 +1421,7 @@ fn stash_with_swap(w: &Workdir, root: &str, point: &str, script: &str) -> Result
     let start = Instant::now();
     // A watchdog against a hang, not a timing assertion: any finite time passes.
     while child.try_wait()?.is_none() {
-        if start.elapsed() > Duration::from_secs(300) {
+        if start.elapsed() > Duration::from_mins(5) {
             let _ = child.kill();
             let _ = child.wait();
             bail!("stash blocked on the swapped-in entry (killed after 300 s)");

@@ -894,16 +894,13 @@ fn a_damaged_tag_is_listed_as_damaged_and_the_rest_as_usual() -> Result<()> {
     let rows = v["stashes"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{v}");
     for r in rows {
-        match r["name"].as_str().unwrap() {
-            "good" => {
-                assert!(r.get("damaged").is_none(), "{r}");
-                assert_eq!(r["layers"], 1);
-            }
-            _ => {
-                assert!(r["damaged"].as_str().is_some_and(|d| !d.is_empty()), "{r}");
-                assert_eq!(r["digest"], lost.as_str());
-                assert_eq!(r["layers"], 0);
-            }
+        if r["name"] == "good" {
+            assert!(r.get("damaged").is_none(), "{r}");
+            assert_eq!(r["layers"], 1);
+        } else {
+            assert!(r["damaged"].as_str().is_some_and(|d| !d.is_empty()), "{r}");
+            assert_eq!(r["digest"], lost.as_str());
+            assert_eq!(r["layers"], 0);
         }
     }
     Ok(())

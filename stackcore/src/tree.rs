@@ -622,6 +622,7 @@ impl Consumer<'_> {
 }
 
 /// Where an entry's extended attributes are read from.
+#[derive(Clone, Copy)]
 enum Xattrs<'a> {
     /// An open descriptor (the root).
     Fd(BorrowedFd<'a>),
