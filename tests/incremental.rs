@@ -538,3 +538,83 @@ fn privileged_podman_sees_a_second_stash_as_we_stashed_it() -> Result<()> {
     assert_same(&dump_with(&w.path("back"), opts)?, &dump_with(&mnt, opts)?)?;
     Ok(())
 }
+
+#[test]
+fn privileged_podman_sees_a_second_stash_of_debian_as_our_unstash() -> Result<()> {
+    if !is_root() {
+        skip!("needs root (podman image mount on overlay, a Debian root's owners)");
+    }
+    if !have("podman") {
+        skip!("podman not installed");
+    }
+    let w = Workdir::new("podman-debian")?;
+    let root = w.path("root");
+    crate::util::copy_tree(&crate::util::debian_minbase()?, &root)?;
+    // A stash leaves out the contents of dev/ (and proc/, sys/): so does this tree, so that
+    // it compares whole.
+    for sub in ["dev", "proc", "sys"] {
+        for e in fs::read_dir(root.join(sub))? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                fs::remove_dir_all(e.path())?;
+            } else {
+                fs::remove_file(e.path())?;
+            }
+        }
+    }
+    let stash = || {
+        run(w.bin("stash").args([
+            "--store",
+            "store",
+            "--root",
+            "root",
+            "--container-name",
+            "deb",
+            "--json",
+        ]))
+    };
+    stash()?;
+    // Contents changed deep in directories that keep their metadata, one file deleted (its
+    // directory's mtime put back), one directory of another owner added.
+    let keep = fs::symlink_metadata(root.join("usr/share/doc/dpkg"))?;
+    fs::write(root.join("root/.bashrc"), "# changed\n")?;
+    fs::write(root.join("etc/debian_version"), "12.99\n")?;
+    let doc = fs::read_dir(root.join("usr/share/doc/dpkg"))?
+        .filter_map(std::result::Result::ok)
+        .find(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .expect("a file in usr/share/doc/dpkg");
+    fs::remove_file(doc.path())?;
+    let t = rustix::fs::Timespec {
+        tv_sec: std::os::unix::fs::MetadataExt::mtime(&keep),
+        tv_nsec: std::os::unix::fs::MetadataExt::mtime_nsec(&keep) as _,
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        root.join("usr/share/doc/dpkg"),
+        &rustix::fs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        rustix::fs::AtFlags::empty(),
+    )?;
+    build_tree(
+        &root,
+        "d var/lib/app 750 1234:5678\nf var/lib/app/state 640 1234:5678 s\n",
+    )?;
+    let second = json(&stash()?)?;
+    assert_eq!(second["layers_added"], 1, "{second}");
+
+    run(w
+        .bin("unstash")
+        .args(["deb", "--store", "store", "--to", "back"]))?;
+    assert_same(&dump(&root)?, &dump(&w.path("back"))?)?;
+    let mut podman = Podman::new(&w)?;
+    let mnt = podman.pull_and_mount(&format!("oci:{}:deb:latest", w.path("store").display()))?;
+    // Every attribute of every entry, but the mount point itself (containers/storage's).
+    let opts = DumpOpts {
+        no_root: true,
+        ..DumpOpts::default()
+    };
+    assert_same(&dump_with(&w.path("back"), opts)?, &dump_with(&mnt, opts)?)?;
+    Ok(())
+}

@@ -905,3 +905,26 @@ fn a_damaged_tag_is_listed_as_damaged_and_the_rest_as_usual() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn the_description_is_not_read_through_a_symlink_out_of_the_root() -> Result<()> {
+    let w = Workdir::new("desc-link")?;
+    w.tree("root", "d image 755 0:0\nf a 644 0:0 a\n")?;
+    fs::write(
+        w.path("outside.xml"),
+        r#"<image schemaversion="7.4" name="leaked"><description type="system"><author>x</author></description></image>"#,
+    )?;
+    std::os::unix::fs::symlink(w.path("outside.xml"), w.path("root/image/config.xml"))?;
+    let out = output(w.bin("stash").args(["--store", "store", "--root", "root"]))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("image/config.xml: a symlink") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert!(
+        !w.path("store/index.json").exists()
+            || !run(w.bin("stash").args(["--store", "store", "--list"]))?.contains("leaked")
+    );
+    Ok(())
+}

@@ -719,3 +719,52 @@ fn read_xattrs_of(path: &Path, target: &XattrTarget<'_>) -> Result<Vec<(Vec<u8>,
     out.sort();
     Ok(out)
 }
+
+/// Reads the regular file at `rel` (names below `root`, e.g. `["image", "config.xml"]`) the
+/// way the walk reads: each name opened relative to its directory without following a
+/// symlink or blocking. `None` when it is absent; an error when it is a symlink, not a
+/// regular file, or larger than `max` bytes.
+pub fn read_beneath(root: &Path, rel: &[&str], max: u64) -> Result<Option<Vec<u8>>> {
+    use std::io::Read as _;
+    let mut dir = open_root(root)?;
+    let mut shown = root.to_path_buf();
+    for (i, name) in rel.iter().enumerate() {
+        shown.push(name);
+        let last = i + 1 == rel.len();
+        let mut flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        if !last {
+            flags |= OFlags::DIRECTORY;
+        }
+        let fd = match rustix::fs::openat(&dir, *name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
+                return Err(Error::Other(format!(
+                    "{}: a symlink or not a directory; stash reads nothing through a link",
+                    shown.display()
+                )));
+            }
+            Err(e) => return Err(Error::io(&shown, e.into())),
+        };
+        dir = fd;
+    }
+    let st = rustix::fs::fstat(&dir).map_err(|e| Error::io(&shown, e.into()))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(Error::Other(format!(
+            "{}: not a regular file",
+            shown.display()
+        )));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::from(dir)
+        .take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(&shown, e))?;
+    if bytes.len() as u64 > max {
+        return Err(Error::Other(format!(
+            "{}: larger than {max} bytes",
+            shown.display()
+        )));
+    }
+    Ok(Some(bytes))
+}

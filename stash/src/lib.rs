@@ -182,13 +182,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .into());
     }
     let desc_path = root.join("image/config.xml");
-    let facts = match std::fs::read(&desc_path) {
-        Ok(xml) => Some(stackcore::description::facts(
+    // Read as the tree is: nothing below the root through a symlink.
+    let facts = match stackcore::tree::read_beneath(&root, &["image", "config.xml"], 16 << 20)? {
+        Some(xml) => Some(stackcore::description::facts(
             &xml,
             &desc_path.display().to_string(),
         )?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(Error::io(&desc_path, e).into()),
+        None => None,
     };
     let name = match (&cli.container_name, &facts) {
         (Some(n), _) => n.clone(),
