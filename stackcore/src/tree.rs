@@ -89,7 +89,6 @@ pub fn walk(
     };
     let shared = Shared::default();
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS));
-    let root_fd = Arc::new(root_fd);
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| {
@@ -111,7 +110,7 @@ pub fn walk(
                 None,
             )?;
             let job = shared.submit(vec![JobDir {
-                parent: root_fd.clone(),
+                parent: Parent::Root(root_fd),
                 name: Vec::new(),
                 rel: Vec::new(),
                 source: root.to_path_buf(),
@@ -300,14 +299,22 @@ struct Job {
     dir: JobDir,
 }
 
-/// A directory to list: `name` in the open directory `parent` (the parent itself when `name`
-/// is empty: the root), which the walk saw as `inode`.
+/// A directory to list: `name` in the open directory `parent`, which the walk saw as `inode`;
+/// or, for the root, its descriptor (`open`), opened and checked already.
 struct JobDir {
-    parent: Arc<OwnedFd>,
+    parent: Parent,
     name: Vec<u8>,
     rel: Vec<u8>,
     source: PathBuf,
     inode: (u64, u64),
+}
+
+enum Parent {
+    /// A listed directory, shared by the jobs of its subdirectories (the stream's own
+    /// descriptor: no second open of the same directory).
+    Dir(Arc<rustix::fs::Dir>),
+    /// The root itself.
+    Root(OwnedFd),
 }
 
 /// One directory's entries in name order, up to its first error.
@@ -371,6 +378,15 @@ impl Drop for PanicGuard<'_> {
 
 /// A worker: lists directories until the walk is over.
 fn work(ctx: &Context<'_>, shared: &Shared) {
+    // The working directory to go back to after each listing (a command this thread runs,
+    // a failpoint's, starts there).
+    let home = rustix::fs::open(
+        ".",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok();
+    let own_cwd = home.is_some() && private_cwd();
     loop {
         let job = {
             let mut st = shared.lock();
@@ -387,14 +403,17 @@ fn work(ctx: &Context<'_>, shared: &Shared) {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
         };
-        let listing = list(ctx, shared, &job.dir);
+        let listing = list(ctx, shared, job.dir, own_cwd);
+        if let (true, Some(home)) = (own_cwd, &home) {
+            let _ = rustix::process::fchdir(home);
+        }
         shared.lock().listed.insert(job.id, listing);
         shared.changed.notify_all();
     }
 }
 
 /// Lists one directory: every entry's metadata, and a job for each subdirectory to walk.
-fn list(ctx: &Context<'_>, shared: &Shared, dir: &JobDir) -> Listing {
+fn list(ctx: &Context<'_>, shared: &Shared, dir: JobDir, own_cwd: bool) -> Listing {
     let mut listing = Listing {
         items: Vec::new(),
         error: None,
@@ -403,7 +422,7 @@ fn list(ctx: &Context<'_>, shared: &Shared, dir: &JobDir) -> Listing {
         left_out: Vec::new(),
     };
     let mut subdirs = Vec::new();
-    if let Err(e) = list_into(ctx, dir, &mut listing, &mut subdirs) {
+    if let Err(e) = list_into(ctx, dir, own_cwd, &mut listing, &mut subdirs) {
         listing.error = Some(e);
     }
     let (items, dirs): (Vec<usize>, Vec<_>) = subdirs.into_iter().unzip();
@@ -415,7 +434,8 @@ fn list(ctx: &Context<'_>, shared: &Shared, dir: &JobDir) -> Listing {
 
 fn list_into(
     ctx: &Context<'_>,
-    job: &JobDir,
+    job: JobDir,
+    own_cwd: bool,
     listing: &mut Listing,
     subdirs: &mut Vec<(usize, JobDir)>,
 ) -> Result<()> {
@@ -425,22 +445,17 @@ fn list_into(
     // Relative to the parent's descriptor, no symlink followed, and still the directory the
     // parent's listing saw: a directory swapped for a link (or another directory) since is
     // an error, never a way out of the tree.
-    let fd = if job.name.is_empty() {
-        let st = rustix::fs::fstat(&*job.parent).map_err(|e| Error::io(dir, e.into()))?;
-        if (st.st_dev, st.st_ino) != job.inode {
-            return Err(changed(dir, "replaced by another directory"));
-        }
-        Arc::clone(&job.parent)
-    } else {
-        Arc::new(open_checked(
-            job.parent.as_fd(),
+    let fd = match job.parent {
+        Parent::Root(fd) => fd,
+        Parent::Dir(parent) => open_checked(
+            parent.fd().map_err(|e| Error::io(dir, e.into()))?,
             &job.name,
             dir,
             FileType::Directory,
             job.inode,
-        )?)
+        )?,
     };
-    let mut reader = rustix::fs::Dir::read_from(&*fd).map_err(|e| Error::io(dir, e.into()))?;
+    let mut reader = rustix::fs::Dir::new(fd).map_err(|e| Error::io(dir, e.into()))?;
     let mut names: Vec<Vec<u8>> = Vec::new();
     while let Some(item) = reader.read() {
         let item = item.map_err(|e| Error::io(dir, e.into()))?;
@@ -450,8 +465,11 @@ fn list_into(
         }
     }
     names.sort_unstable();
-    drop(reader);
-    let dirfd = fd.as_fd();
+    let reader = Arc::new(reader);
+    let dirfd = reader.fd().map_err(|e| Error::io(dir, e.into()))?;
+    // In this very directory (the descriptor, not its path): its entries' extended
+    // attributes are then read by their bare names.
+    let in_dir = own_cwd && rustix::process::fchdir(dirfd).is_ok();
     for name in names {
         let name = OsStr::from_bytes(&name);
         let source = dir.join(name);
@@ -488,7 +506,12 @@ fn list_into(
             listing.left_out.push(path);
             continue;
         }
-        let walked = entry(source, path, &st, Xattrs::At(dirfd, name), Some(name))?;
+        let xattrs = if in_dir {
+            Xattrs::Cwd(dirfd, name)
+        } else {
+            Xattrs::At(dirfd, name)
+        };
+        let walked = entry(source, path, &st, xattrs, Some(name))?;
         let descend = walked.entry.kind == Kind::Dir
             && !(rel.is_empty() && ctx.opts.skip_contents.iter().any(|s| s == name.as_bytes()))
             && {
@@ -500,7 +523,7 @@ fn list_into(
             };
         if descend {
             let sub = JobDir {
-                parent: Arc::clone(&fd),
+                parent: Parent::Dir(Arc::clone(&reader)),
                 name: name.as_bytes().to_vec(),
                 rel: walked.entry.path.clone(),
                 source: walked.source.clone(),
@@ -541,7 +564,7 @@ fn entry(
     match kind {
         Kind::File => e.size = st.st_size as u64,
         Kind::Symlink => {
-            let (Xattrs::At(dirfd, _), Some(name)) = (&xattrs, name) else {
+            let (Xattrs::At(dirfd, _) | Xattrs::Cwd(dirfd, _), Some(name)) = (&xattrs, name) else {
                 return Err(changed(&source, "the root is a symlink"));
             };
             e.link = rustix::fs::readlinkat(dirfd, name, Vec::new())
@@ -556,6 +579,7 @@ fn entry(
     }
     e.xattrs = match xattrs {
         Xattrs::Fd(fd) => read_xattrs_of(&source, &XattrTarget::Fd(fd))?,
+        Xattrs::Cwd(_, name) => read_xattrs_of(&source, &XattrTarget::Path(Path::new(name)))?,
         Xattrs::At(dirfd, name) => match proc_fd_path(dirfd, name) {
             Some(p) => read_xattrs_of(&source, &XattrTarget::Path(&p))?,
             None => read_xattrs(&source)?,
@@ -628,6 +652,22 @@ enum Xattrs<'a> {
     Fd(BorrowedFd<'a>),
     /// A name in an open directory.
     At(BorrowedFd<'a>, &'a OsStr),
+    /// A name in an open directory that is also this thread's working directory.
+    Cwd(BorrowedFd<'a>, &'a OsStr),
+}
+
+/// Gives the calling thread a working directory of its own (`unshare(CLONE_FS)`), so that a
+/// walk worker can `fchdir` into the directory it lists and read its entries' extended
+/// attributes by bare name: no `*xattrat` calls before Linux 6.13, and a full path could
+/// lead through a directory swapped for a symlink since. Other threads' working directory
+/// is untouched. `false` where it is not allowed (a seccomp filter): then
+/// `/proc/self/fd/DIRFD/NAME` is used, which costs a few microseconds more per entry.
+fn private_cwd() -> bool {
+    // Deprecated only because CLONE_FILES could hide descriptors from other threads; this is
+    // CLONE_FS alone (working directory, root, umask), which cannot.
+    #[allow(deprecated)]
+    let r = rustix::thread::unshare(rustix::thread::UnshareFlags::FS);
+    r.is_ok()
 }
 
 /// `/proc/self/fd/DIRFD/NAME`: the kernel resolves `DIRFD` to the open directory itself, not
