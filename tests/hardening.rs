@@ -1347,3 +1347,221 @@ fn gc_killed_midway_leaves_a_good_store_and_finishes_next_time() -> Result<()> {
     verify_ok(&w, "store")?;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------
+// A tree that changes under stash: made deterministic with the failpoint hooks
+// (`STACKBUILD_FAILPOINT_RUN` runs a command at the named point, which then goes on).
+
+/// A secret no stash may read: a mode-600 file outside the root, under the names the swaps
+/// below point into.
+const SECRET: &[u8] = b"TOP-SECRET-4f1c9a-outside-the-root";
+
+/// Every file below `dir` (recursively) whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Result<Vec<PathBuf>> {
+    let mut hits = Vec::new();
+    if !dir.exists() {
+        return Ok(hits);
+    }
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let p = e.path();
+        let t = e.file_type()?;
+        if t.is_dir() {
+            hits.extend(files_containing(&p, needle)?);
+        } else if t.is_file() {
+            let bytes = fs::read(&p)?;
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                hits.push(p);
+            }
+        }
+    }
+    Ok(hits)
+}
+
+/// Every file of `dir` with its contents (the store before and after a refused stash),
+/// but the empty lock files a stash leaves for its name.
+fn snapshot(dir: &Path) -> Result<BTreeMap<PathBuf, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d)? {
+            let e = e?;
+            if e.path().ends_with(".stackbuild/locks") {
+                continue;
+            }
+            if e.file_type()?.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.insert(e.path(), fs::read(e.path()).unwrap_or_default());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Stashes `root` with `STACKBUILD_FAILPOINT=point` running `script` there (in the work
+/// directory), uncompressed so that a leaked secret would show in the blob as it is. Fails
+/// the test, instead of hanging it, if stash blocks (a FIFO opened for reading would).
+fn stash_with_swap(w: &Workdir, root: &str, point: &str, script: &str) -> Result<(i32, String)> {
+    let mut cmd = w.bin("stash");
+    cmd.args([
+        "--store",
+        "store",
+        "--root",
+        root,
+        "--container-name",
+        "raced",
+        "--compression",
+        "none",
+        "--quiet",
+    ])
+    .env("STACKBUILD_FAILPOINT", point)
+    .env("STACKBUILD_FAILPOINT_RUN", script);
+    let mut child = spawn(&mut cmd)?;
+    let start = Instant::now();
+    // A watchdog against a hang, not a timing assertion: any finite time passes.
+    while child.try_wait()?.is_none() {
+        if start.elapsed() > Duration::from_mins(5) {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("stash blocked on the swapped-in entry (killed after 300 s)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[test]
+fn a_tree_changed_between_walk_and_read_is_refused_and_nothing_outside_is_read() -> Result<()> {
+    // (case, failpoint, the path it fires at, the swap)
+    let cases = [
+        (
+            "a directory swapped for a symlink to outside, before its file is read",
+            "stash-before-open",
+            "d/f",
+            "mv R/d R/d.moved && ln -s \"$PWD/outside\" R/d",
+        ),
+        (
+            "a directory swapped for a symlink to outside, before a subdirectory is listed",
+            "walk-before-list",
+            "d/sub",
+            "mv R/d R/d.moved && ln -s \"$PWD/outside\" R/d",
+        ),
+        (
+            "a file swapped for a symlink to the secret",
+            "stash-before-open",
+            "d/f",
+            "rm R/d/f && ln -s \"$PWD/outside/f\" R/d/f",
+        ),
+        (
+            "a file swapped for a FIFO (a blocking open would hang stash)",
+            "stash-before-open",
+            "d/f",
+            "rm R/d/f && mkfifo R/d/f",
+        ),
+        (
+            "a file swapped for another file of the same size",
+            "stash-before-open",
+            "d/f",
+            "printf 'INSIDE-2' > R/other && mv R/other R/d/f",
+        ),
+    ];
+    for (i, (what, point, at, swap)) in cases.iter().enumerate() {
+        let w = Workdir::new(&format!("swap{i}"))?;
+        let spec = "d . 755 0:0\nd d 755 0:0\nf d/f 644 0:0 INSIDE-1\nd d/sub 755 0:0\n\
+                    f d/sub/f 644 0:0 inside-sub\n";
+        w.tree("root", spec)?;
+        // The same layout outside, holding the secret (mode 600) where the swaps point.
+        fs::create_dir_all(w.path("outside/sub"))?;
+        for f in ["outside/f", "outside/sub/f"] {
+            fs::write(w.path(f), SECRET)?;
+            fs::set_permissions(w.path(f), fs::Permissions::from_mode(0o600))?;
+        }
+        // A store that already holds a stash, to show it is left exactly as it was.
+        w.tree("first", "f a 644 0:0 a\n")?;
+        stash(&w, "store", "first", "first", "latest")?;
+        let before = snapshot(&w.path("store"))?;
+
+        let script = format!(
+            "[ \"$STACKBUILD_FAILPOINT_ARG\" = {at} ] || exit 0; {}",
+            swap.replace("R/", "root/")
+        );
+        let (code, stderr) = stash_with_swap(&w, "root", point, &script)?;
+        ensure!(code == 1, "{what}: exit {code}, want 1: {stderr}");
+        ensure!(
+            stderr.lines().count() == 1 && stderr.contains("changed while being stashed"),
+            "{what}: want one line saying the tree changed: {stderr:?}"
+        );
+        let after = snapshot(&w.path("store"))?;
+        ensure!(
+            after == before,
+            "{what}: the store changed: {:?}",
+            after
+                .keys()
+                .filter(|k| before.get(*k) != after.get(*k))
+                .collect::<Vec<_>>()
+        );
+        let leaked = files_containing(&w.path("store"), SECRET)?;
+        ensure!(leaked.is_empty(), "{what}: the secret is in {leaked:?}");
+        // Once the tree is still, the same stash goes through.
+        run(w.bin("stash").args([
+            "--store",
+            "store",
+            "--root",
+            "root",
+            "--container-name",
+            "quiet",
+            "--quiet",
+        ]))?;
+        ensure!(
+            files_containing(&w.path("store"), SECRET)?.is_empty(),
+            "{what}: a later stash read the secret"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_rerun_removes_the_staging_directory_of_a_killed_unstash() -> Result<()> {
+    let w = Workdir::new("staging")?;
+    w.tree("root", "d d 755 0:0\nf d/a 644 0:0 a\n")?;
+    stash(&w, "store", "root", "st", "latest")?;
+    let unstash = || {
+        let mut c = w.bin("unstash");
+        c.args(["st", "--store", "store", "--to", "back", "--quiet"]);
+        c
+    };
+    // Killed (abort, as kill -9) with the tree written, just before the rename into place.
+    let killed = output(unstash().env("STACKBUILD_FAILPOINT", "staging-before-commit"))?;
+    ensure!(
+        !killed.status.success() && String::from_utf8_lossy(&killed.stderr).contains("failpoint"),
+        "the failpoint was not reached: {killed:?}"
+    );
+    let staging = |w: &Workdir| -> Result<Vec<String>> {
+        Ok(names(&w.root)?
+            .into_iter()
+            .filter(|n| n.starts_with(".back.stackbuild-"))
+            .collect())
+    };
+    let left = staging(&w)?;
+    ensure!(
+        left.len() == 1,
+        "want the killed run's staging dir: {left:?}"
+    );
+    ensure!(!w.path("back").exists());
+    // One of a live process (this test's) is not the rerun's to remove.
+    let live = format!(".back.stackbuild-{}", std::process::id());
+    fs::create_dir(w.path(&live))?;
+    run(&mut unstash())?;
+    ensure!(
+        staging(&w)? == vec![live],
+        "left after the rerun: {:?}",
+        staging(&w)?
+    );
+    assert_same(&dump(&w.path("root"))?, &dump(&w.path("back"))?)?;
+    Ok(())
+}

@@ -683,3 +683,272 @@ fn a_config_naming_another_diff_id_for_a_stashed_layer_is_refused() -> Result<()
     assert!(!w.path("bad").exists(), "a refused image left a target");
     Ok(())
 }
+
+#[test]
+fn a_store_inside_the_root_is_left_out_and_said_so() -> Result<()> {
+    let w = Workdir::new("store-inside")?;
+    let me = format!(
+        "{}:{}",
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw()
+    );
+    w.tree(
+        "root",
+        &format!("d etc 755 {me}\nd var/lib 755 {me}\nf etc/hostname 644 {me} box\nf var/lib/keep 644 {me} k\n"),
+    )?;
+    // The store at var/lib/kiwi-stash of the root, as `--root /` with the default store has it.
+    let stash = || {
+        output(w.bin("stash").args([
+            "--store",
+            "root/var/lib/kiwi-stash",
+            "--root",
+            "root",
+            "--container-name",
+            "inside",
+            "--json",
+        ]))
+    };
+    let first = stash()?;
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{err}");
+    assert!(
+        err.lines().any(|l| l.contains("root/var/lib/kiwi-stash")
+            && l.contains("the store, inside the root: left out")),
+        "not said: {err}"
+    );
+    // Its own blobs grew the store; the next stash sees no change.
+    let second = stash()?;
+    assert!(second.status.success());
+    assert_eq!(
+        json(&String::from_utf8_lossy(&second.stdout))?["layers_added"],
+        0
+    );
+    // The image is the tree without the store.
+    run(w.bin("unstash").args([
+        "inside",
+        "--store",
+        "root/var/lib/kiwi-stash",
+        "--to",
+        "back",
+    ]))?;
+    let want: String = dump(&w.path("root"))?
+        .lines()
+        .filter(|l| {
+            !l.split(' ')
+                .nth(1)
+                .unwrap_or("")
+                .starts_with("var/lib/kiwi-stash")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_same(&want, &dump(&w.path("back"))?)?;
+    Ok(())
+}
+
+#[test]
+fn thread_counts_above_the_limit_are_refused_or_clamped_never_a_panic() -> Result<()> {
+    let w = Workdir::new("threads")?;
+    w.tree("root", "f a 644 0:0 @3000000\nf b 644 0:0 b\n")?;
+    let stash = |name: &str, threads: Option<&str>, env: Option<&str>| {
+        let mut c = w.bin("stash");
+        c.args([
+            "--store",
+            "store",
+            "--root",
+            "root",
+            "--container-name",
+            name,
+            "--json",
+        ]);
+        if let Some(t) = threads {
+            c.args(["--threads", t]);
+        }
+        if let Some(e) = env {
+            c.env("STACKBUILD_THREADS", e);
+        }
+        output(&mut c)
+    };
+    let refused = stash("many", Some("100000"), None)?;
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("--threads"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    // The limit itself, and an environment asking for more (clamped): the same layer as one.
+    let one = stash("one", Some("1"), None)?;
+    let at_limit = stash("limit", Some("256"), None)?;
+    let env = stash("env", None, Some("100000"))?;
+    let digest = |o: &std::process::Output| -> Result<String> {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        Ok(json(&String::from_utf8_lossy(&o.stdout))?["layer"]["digest"].to_string())
+    };
+    assert_eq!(digest(&one)?, digest(&at_limit)?);
+    assert_eq!(digest(&one)?, digest(&env)?);
+    Ok(())
+}
+
+#[test]
+fn symlinked_store_and_root_are_accepted_by_readers_and_writers_alike() -> Result<()> {
+    let w = Workdir::new("symlinks")?;
+    w.tree("real-root", "f a 644 0:0 a\n")?;
+    fs::create_dir(w.path("real-store"))?;
+    std::os::unix::fs::symlink("real-store", w.path("store"))?;
+    std::os::unix::fs::symlink("real-root", w.path("root"))?;
+    // Writers.
+    run(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "root",
+        "--container-name",
+        "ln",
+    ]))?;
+    assert!(w.path("real-store/index.json").is_file());
+    run(w.bin("stash").args(["--store", "store", "--gc"]))?;
+    run(w.bin("stash").args(["--store", "store", "--verify"]))?;
+    // Readers.
+    let list = run(w.bin("stash").args(["--store", "store", "--list"]))?;
+    assert!(list.contains("ln:latest"), "{list}");
+    run(w
+        .bin("unstash")
+        .args(["ln", "--store", "store", "--to", "back"]))?;
+    assert_same(&dump(&w.path("real-root"))?, &dump(&w.path("back"))?)?;
+
+    // A symlink to a file: refused by both, with the same words.
+    fs::write(w.path("file"), "x")?;
+    std::os::unix::fs::symlink("file", w.path("file-link"))?;
+    let writer = output(w.bin("stash").args([
+        "--store",
+        "file-link",
+        "--root",
+        "root",
+        "--container-name",
+        "ln",
+    ]))?;
+    let reader = output(
+        w.bin("unstash")
+            .args(["ln", "--store", "file-link", "--to", "back2"]),
+    )?;
+    for (who, o) in [("stash", &writer), ("unstash", &reader)] {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{who}: {err}");
+        assert!(
+            err.contains("a symlink to file, which is not a directory") && err.lines().count() == 1,
+            "{who}: {err}"
+        );
+    }
+    let root = output(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "file-link",
+        "--container-name",
+        "ln",
+    ]))?;
+    let err = String::from_utf8_lossy(&root.stderr);
+    assert_eq!(root.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--root file-link: a symlink to file, which is not a directory"),
+        "{err}"
+    );
+    assert!(!w.path("back2").exists());
+    Ok(())
+}
+
+#[test]
+fn a_damaged_tag_is_listed_as_damaged_and_the_rest_as_usual() -> Result<()> {
+    let w = Workdir::new("list-damaged")?;
+    w.tree("root", "f a 644 0:0 a\n")?;
+    let mut manifests = Vec::new();
+    for name in ["good", "dangling"] {
+        let r = json(&run(w.bin("stash").args([
+            "--store",
+            "store",
+            "--root",
+            "root",
+            "--container-name",
+            name,
+            "--tag",
+            "t",
+            "--json",
+        ]))?)?;
+        manifests.push(r["manifest"].as_str().unwrap().to_owned());
+    }
+    // Both name the same manifest: give `dangling` one of its own that is then lost.
+    w.tree("root", "f b 644 0:0 b\n")?;
+    let r = json(&run(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "root",
+        "--container-name",
+        "dangling",
+        "--tag",
+        "t",
+        "--json",
+    ]))?)?;
+    let lost = r["manifest"].as_str().unwrap().to_owned();
+    assert_ne!(lost, manifests[0]);
+    fs::remove_file(
+        w.path("store/blobs/sha256")
+            .join(lost.strip_prefix("sha256:").unwrap()),
+    )?;
+
+    let text = output(w.bin("stash").args(["--store", "store", "--list"]))?;
+    let (out, err) = (
+        String::from_utf8_lossy(&text.stdout),
+        String::from_utf8_lossy(&text.stderr),
+    );
+    assert!(text.status.success(), "{err}");
+    let line = |n: &str| {
+        out.lines()
+            .find(|l| l.starts_with(n))
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert!(!line("good:t").contains("DAMAGED"), "{out}");
+    assert!(line("dangling:t").contains("DAMAGED: "), "{out}");
+    assert!(err.contains("dangling:t is damaged"), "{err}");
+
+    let v = json(&run(w
+        .bin("stash")
+        .args(["--store", "store", "--list", "--json"]))?)?;
+    let rows = v["stashes"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{v}");
+    for r in rows {
+        if r["name"] == "good" {
+            assert!(r.get("damaged").is_none(), "{r}");
+            assert_eq!(r["layers"], 1);
+        } else {
+            assert!(r["damaged"].as_str().is_some_and(|d| !d.is_empty()), "{r}");
+            assert_eq!(r["digest"], lost.as_str());
+            assert_eq!(r["layers"], 0);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_description_is_not_read_through_a_symlink_out_of_the_root() -> Result<()> {
+    let w = Workdir::new("desc-link")?;
+    w.tree("root", "d image 755 0:0\nf a 644 0:0 a\n")?;
+    fs::write(
+        w.path("outside.xml"),
+        r#"<image schemaversion="7.4" name="leaked"><description type="system"><author>x</author></description></image>"#,
+    )?;
+    std::os::unix::fs::symlink(w.path("outside.xml"), w.path("root/image/config.xml"))?;
+    let out = output(w.bin("stash").args(["--store", "store", "--root", "root"]))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("image/config.xml: a symlink") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert!(
+        !w.path("store/index.json").exists()
+            || !run(w.bin("stash").args(["--store", "store", "--list"]))?.contains("leaked")
+    );
+    Ok(())
+}

@@ -137,7 +137,9 @@ impl Staging {
         let name = dest
             .file_name()
             .map_or_else(|| "target".into(), |n| n.to_string_lossy().into_owned());
-        let path = parent.join(format!(".{name}.stackbuild-{}", std::process::id()));
+        let prefix = format!(".{name}.stackbuild-");
+        remove_dead_staging(parent, &prefix);
+        let path = parent.join(format!("{prefix}{}", std::process::id()));
         if path.exists() {
             // A leftover of an earlier run of ours with the same pid: ours to remove.
             remove_path(&path)?;
@@ -159,6 +161,7 @@ impl Staging {
 
     /// Renames the staging directory to the target.
     pub fn commit(mut self) -> Result<PathBuf> {
+        crate::failpoint::hit("staging-before-commit");
         if self.dest.is_dir() {
             // An empty directory: rename(2) replaces it atomically.
             fs::rename(&self.path, &self.dest).at(&self.dest)?;
@@ -176,6 +179,37 @@ impl Drop for Staging {
             // Best effort: a leftover staging directory is named after us and removed by the
             // next run with our pid; it is never mistaken for the target.
             let _ = remove_path(&self.path);
+        }
+    }
+}
+
+/// Removes the staging directories `PARENT/PREFIXPID` of runs that were killed (their pid is
+/// gone: the rule the store's temp files follow), so a rerun into the same target cleans up
+/// after a killed one. Best effort: one that cannot be removed stays, and is never the target.
+fn remove_dead_staging(parent: &Path, prefix: &str) {
+    let Ok(items) = fs::read_dir(parent) else {
+        return;
+    };
+    for item in items.flatten() {
+        let name = item.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() as i32
+            && !crate::oci::maint::alive(pid)
+            && item.file_type().is_ok_and(|t| t.is_dir())
+        {
+            match remove_path(&item.path()) {
+                Ok(()) => tracing::info!(
+                    "removed {}, left by a killed run (pid {pid})",
+                    item.path().display()
+                ),
+                Err(e) => tracing::warn!("{e}"),
+            }
         }
     }
 }

@@ -208,6 +208,10 @@ pub struct StashRow {
     pub layers: u64,
     /// The config's `created` time (RFC 3339), if any.
     pub created: Option<String>,
+    /// Present when the stash cannot be read (its manifest or config is missing or damaged):
+    /// why. `digest` and `size` are then the tag's own descriptor's, `layers` 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 /// `stash --remove NAME[:TAG] --json`.

@@ -9,9 +9,8 @@
 //! none, since the new entry replaces what was there.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use sha2::{Digest as _, Sha256};
@@ -27,7 +26,7 @@ use crate::oci::Store;
 use crate::oci::types::{
     Descriptor, History, ImageConfig, Manifest, RootFs, RunConfig, host_arch, media,
 };
-use crate::tree::{WalkOptions, Walked, walk};
+use crate::tree::{Opener, WalkOptions, Walked, walk};
 use crate::{Error, Result};
 
 /// The label naming the maintainer (the description's `<author>`), as the original plugin sets it.
@@ -122,6 +121,9 @@ pub struct StashOutcome {
     pub sockets_skipped: u64,
     /// Mount points kept as empty directories.
     pub mount_points: u64,
+    /// Directories left out whole: the store, when it is inside the root.
+    #[serde(skip)]
+    pub left_out: Vec<PathBuf>,
 }
 
 /// The layer a stash added.
@@ -153,7 +155,12 @@ pub fn stash(store: &Store, opts: &StashOptions) -> Result<StashOutcome> {
         )?),
         None => None,
     };
-    let walk_opts = WalkOptions::stash();
+    let mut walk_opts = WalkOptions::stash();
+    // The store inside the root (`--root /` with the default store, say) is left out: a
+    // stash holding its own store would grow with every stash. Its lock is held, so it is
+    // there for the whole walk.
+    let st = rustix::fs::stat(store.root()).map_err(|e| Error::io(store.root(), e.into()))?;
+    walk_opts.leave_out.push((st.st_dev, st.st_ino));
     let mut walked: Vec<Walked> = Vec::new();
     // The previous image's model (read from the cached layer indexes) and the walk of the
     // tree need nothing from each other: on a re-stash with no change they are most of the
@@ -186,7 +193,17 @@ pub fn stash(store: &Store, opts: &StashOptions) -> Result<StashOutcome> {
         .as_ref()
         .map(|p| WholeSecondLayers::of(&p.manifest))
         .unwrap_or_default();
-    let decision = decide(&walked, &model, &walk_opts, opts.checksum, &rounded)?;
+    // From here on files are opened relative to their directories' descriptors, each
+    // directory and file checked to be the one the walk saw.
+    let mut opener = Opener::new(&opts.root, &walked)?;
+    let decision = decide(
+        &walked,
+        &model,
+        &walk_opts,
+        opts.checksum,
+        &rounded,
+        &mut opener,
+    )?;
     let mut outcome = StashOutcome {
         reference: String::new(),
         store: store.root().to_path_buf(),
@@ -203,6 +220,11 @@ pub fn stash(store: &Store, opts: &StashOptions) -> Result<StashOutcome> {
         bytes: 0,
         sockets_skipped: stats.sockets,
         mount_points: stats.mount_points,
+        left_out: stats
+            .left_out
+            .iter()
+            .map(|p| opts.root.join(std::ffi::OsStr::from_bytes(p)))
+            .collect(),
     };
     outcome.reference = format!("oci:{}:{full}", store.root().display());
 
@@ -249,7 +271,7 @@ pub fn stash(store: &Store, opts: &StashOptions) -> Result<StashOutcome> {
             1,
         );
         if entry.kind == Kind::File {
-            let mut f = open_nofollow(&w.source)?;
+            let mut f = opener.open(w)?;
             layer.put(entry, Some(&mut f))?;
         } else {
             layer.put(entry, None)?;
@@ -338,14 +360,6 @@ pub fn stash(store: &Store, opts: &StashOptions) -> Result<StashOutcome> {
     Ok(outcome)
 }
 
-fn open_nofollow(path: &std::path::Path) -> Result<File> {
-    File::options()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)
-        .map_err(|e| Error::io(path, e))
-}
-
 struct Decision {
     /// Walk index → the entry to write (hardlink groups rewritten with their first name as
     /// the data carrier).
@@ -362,6 +376,7 @@ fn decide(
     walk_opts: &WalkOptions,
     checksum: bool,
     rounded: &WholeSecondLayers,
+    opener: &mut Opener<'_>,
 ) -> Result<Decision> {
     let mut d = Decision {
         emit: BTreeMap::new(),
@@ -402,8 +417,8 @@ fn decide(
                     model,
                     &model_groups,
                     &by_path,
-                    checksum,
                     rounded,
+                    checksum.then_some(&mut *opener),
                 )?;
                 if unchanged {
                     continue;
@@ -453,6 +468,31 @@ fn decide(
             d.whiteouts.push(p.clone());
         }
     }
+
+    // Every directory above what the layer holds, with its current metadata, as buildah and
+    // docker write their layers: containers/storage and containerd apply a layer into an
+    // empty directory and make a parent the layer lacks 0755 root:root with the current
+    // time, which overlayfs then shows in place of the real one (a 0700 /root readable by
+    // all). Not counted as changed; unchanged trees still get no layer.
+    let mut parents: Vec<usize> = Vec::new();
+    let mut climbed: HashSet<&[u8]> = HashSet::new();
+    let emitted = d.emit.values().map(|e| e.path.as_slice());
+    for path in emitted.chain(d.whiteouts.iter().map(Vec::as_slice)) {
+        let mut p = path;
+        while !p.is_empty() {
+            p = parent(p);
+            if !climbed.insert(p) {
+                break; // its ancestors are in already
+            }
+            match by_path.get(p) {
+                Some(&i) if walked[i].entry.kind == Kind::Dir => parents.push(i),
+                _ => {}
+            }
+        }
+    }
+    for i in parents {
+        d.emit.entry(i).or_insert_with(|| walked[i].entry.clone());
+    }
     Ok(d)
 }
 
@@ -490,8 +530,8 @@ fn group_unchanged(
     model: &Model,
     model_groups: &HashMap<u64, Vec<Vec<u8>>>,
     by_path: &HashMap<&[u8], usize>,
-    checksum: bool,
     rounded: &WholeSecondLayers,
+    checksum: Option<&mut Opener<'_>>,
 ) -> Result<bool> {
     let Some(old) = model.nodes.get(&leader.entry.path) else {
         return Ok(false);
@@ -521,11 +561,11 @@ fn group_unchanged(
     if old_members != new_members {
         return Ok(false);
     }
-    if checksum {
+    if let Some(opener) = checksum {
         let Some(want) = &old.digest else {
             return Ok(false);
         };
-        let mut f = open_nofollow(&leader.source)?;
+        let mut f = opener.open(leader)?;
         let mut hash = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {

@@ -73,8 +73,9 @@ pub struct Cli {
     /// Compression level (gzip 1-9, default 6; zstd 1-19, default 3).
     #[arg(long, value_name = "N")]
     pub compression_level: Option<i32>,
-    /// Compression threads (default: all cores; the output is the same at any count).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    /// Compression threads (default: all cores; the output is the same at any count; at most
+    /// 256).
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = threads_arg)]
     pub threads: usize,
     /// Compare file contents instead of size and mtime to find changes.
     #[arg(long)]
@@ -107,6 +108,17 @@ pub struct Cli {
     /// More detail on stderr: -v info, -vv debug (caches, plans, skipped blobs), -vvv trace.
     #[arg(long, short, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// `--threads N`: a count up to [`stackcore::layer::compress::MAX_THREADS`].
+fn threads_arg(s: &str) -> Result<usize, String> {
+    let max = stackcore::layer::compress::MAX_THREADS;
+    match s.parse::<usize>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(format!(
+            "expected a thread count from 0 (all cores) to {max}"
+        )),
+    }
 }
 
 /// Runs `stash`.
@@ -151,10 +163,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         let dest = push_to.expect("clap requires --root unless --push or --list");
         return push_existing(&cli, &store_dir, &dest, &registry);
     };
-    let meta = std::fs::symlink_metadata(&root)
-        .map_err(|e| Error::Usage(format!("--root {}: {e}", root.display())))?;
+    // A symlink to a directory is accepted as --root (as for --store); nothing below the
+    // root is followed.
+    let meta = std::fs::metadata(&root).map_err(|e| {
+        let link = std::fs::read_link(&root)
+            .map(|t| format!(" (a symlink to {})", t.display()))
+            .unwrap_or_default();
+        Error::Usage(format!("--root {}{link}: {e}", root.display()))
+    })?;
     if !meta.is_dir() {
-        return Err(Error::Usage(format!("--root {}: not a directory", root.display())).into());
+        let what = std::fs::read_link(&root).map_or_else(
+            |_| "not a directory".to_owned(),
+            |t| format!("a symlink to {}, which is not a directory", t.display()),
+        );
+        return Err(Error::Usage(format!("--root {}: {what}", root.display())).into());
     }
     if let Err(e) = std::fs::read_dir(&root) {
         return Err(Error::Usage(format!(
@@ -165,13 +187,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .into());
     }
     let desc_path = root.join("image/config.xml");
-    let facts = match std::fs::read(&desc_path) {
-        Ok(xml) => Some(stackcore::description::facts(
+    // Read as the tree is: nothing below the root through a symlink.
+    let facts = match stackcore::tree::read_beneath(&root, &["image", "config.xml"], 16 << 20)? {
+        Some(xml) => Some(stackcore::description::facts(
             &xml,
             &desc_path.display().to_string(),
         )?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(Error::io(&desc_path, e).into()),
+        None => None,
     };
     let name = match (&cli.container_name, &facts) {
         (Some(n), _) => n.clone(),
@@ -260,6 +282,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             outcome.sockets_skipped
         ));
     }
+    for dir in &outcome.left_out {
+        log.warn(format_args!(
+            "{} is the store, inside the root: left out of the stash",
+            dir.display()
+        ));
+    }
     if outcome.mount_points > 0 {
         log.step(format_args!(
             "{} mount points kept as empty directories",
@@ -334,18 +362,42 @@ fn list(store_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
             let Some(full) = desc.ref_name().map(str::to_owned) else {
                 continue;
             };
-            let img = Image::from_descriptor(BlobSource::Layout(store.clone()), desc, full.clone())
-                .with_context(|| format!("reading stash {full}"))?;
             let (name, tag) = stackcore::image::split_tag(&full);
-            rows.push(StashRow {
-                reference: format!("oci:{}:{full}", store.root().display()),
-                name: name.to_owned(),
-                tag: tag.to_owned(),
-                digest: img.digest().to_string(),
-                size: img.size(),
-                layers: img.manifest.layers.len() as u64,
-                created: img.config.created.clone(),
-            });
+            let reference = format!("oci:{}:{full}", store.root().display());
+            let (digest, size) = (desc.digest.to_string(), desc.size);
+            // One damaged tag is listed as such; the rest are listed as usual.
+            let row = match Image::from_descriptor(
+                BlobSource::Layout(store.clone()),
+                desc,
+                full.clone(),
+            ) {
+                Ok(img) => StashRow {
+                    reference,
+                    name: name.to_owned(),
+                    tag: tag.to_owned(),
+                    digest: img.digest().to_string(),
+                    size: img.size(),
+                    layers: img.manifest.layers.len() as u64,
+                    created: img.config.created.clone(),
+                    damaged: None,
+                },
+                Err(e) => {
+                    eprintln!(
+                        "stash: warning: {full} is damaged: {e} (stash --verify checks the store)"
+                    );
+                    StashRow {
+                        reference,
+                        name: name.to_owned(),
+                        tag: tag.to_owned(),
+                        digest,
+                        size,
+                        layers: 0,
+                        created: None,
+                        damaged: Some(e.to_string()),
+                    }
+                }
+            };
+            rows.push(row);
         }
     }
     let home = stackcore::legacy::home();
@@ -409,9 +461,13 @@ fn table(out: &mut String, rows: &[StashRow]) {
             .digest
             .strip_prefix("sha256:")
             .map_or(r.digest.as_str(), |h| &h[..12]);
+        let created = match &r.damaged {
+            Some(why) => format!("DAMAGED: {why}"),
+            None => r.created.clone().unwrap_or_else(|| "-".to_owned()),
+        };
         let _ = writeln!(
             out,
-            "{:<40} sha256:{short} {:>12} {:>6}  {}",
+            "{:<40} sha256:{short} {:>12} {:>6}  {created}",
             if r.tag.is_empty() {
                 r.name.clone() // a whole ref
             } else {
@@ -419,7 +475,6 @@ fn table(out: &mut String, rows: &[StashRow]) {
             },
             r.size,
             r.layers,
-            r.created.as_deref().unwrap_or("-")
         );
     }
 }
@@ -434,6 +489,7 @@ fn legacy_row(s: &stackcore::legacy::LegacyStash) -> StashRow {
         size: s.image.size(),
         layers: s.image.manifest.layers.len() as u64,
         created: s.image.config.created.clone(),
+        damaged: None,
     }
 }
 

@@ -89,13 +89,15 @@ impl<W: Write + Send + 'static> std::fmt::Debug for Compressor<W> {
 }
 
 impl<W: Write + Send + 'static> Compressor<W> {
-    /// A compressor using `threads` worker threads (0 = all cores).
+    /// A compressor using `threads` worker threads (0 = all cores; at most [`MAX_THREADS`],
+    /// more are not started: the output is the same at any count).
     pub fn new(out: W, c: Compression, threads: usize) -> io::Result<Self> {
         let threads = if threads == 0 {
             available_threads()
         } else {
             threads
-        };
+        }
+        .min(MAX_THREADS);
         Ok(match c {
             Compression::Gzip(level) => Compressor::Gzip(ParGzip::new(out, level, threads)?),
             Compression::Zstd(level) => {
@@ -221,6 +223,10 @@ impl<W: Write + Send + 'static> Drop for Offload<W> {
     }
 }
 
+/// The most compression threads a layer uses: more only queue for the same cores, and each
+/// costs a few MiB of buffers (`--threads` above it is refused).
+pub const MAX_THREADS: usize = 256;
+
 /// The number of threads to use when not told: `$STACKBUILD_THREADS`, else all cores.
 pub fn available_threads() -> usize {
     std::env::var("STACKBUILD_THREADS")
@@ -278,7 +284,11 @@ impl<W: Write> ParGzip<W> {
     fn new(mut out: W, level: u32, threads: usize) -> io::Result<Self> {
         // Fixed header: no name, mtime 0, OS 255 (unknown), so nothing varies between runs.
         out.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255])?;
-        let pool = (threads > 1).then(|| Pool::start(threads, level));
+        let pool = if threads > 1 {
+            Some(Pool::start(threads, level)?)
+        } else {
+            None
+        };
         Ok(ParGzip {
             out,
             level,
@@ -379,7 +389,7 @@ impl<W: Write> Write for ParGzip<W> {
 }
 
 impl Pool {
-    fn start(threads: usize, level: u32) -> Pool {
+    fn start(threads: usize, level: u32) -> io::Result<Pool> {
         let (jobs_tx, jobs_rx) = sync_channel::<Job>(threads * 2);
         let (res_tx, res_rx) = sync_channel(threads * 4);
         let jobs_rx = Arc::new(Mutex::new(jobs_rx));
@@ -387,7 +397,8 @@ impl Pool {
             .map(|_| {
                 let rx = Arc::clone(&jobs_rx);
                 let tx = res_tx.clone();
-                std::thread::spawn(move || {
+                // A thread the system will not give is an error, not a panic.
+                std::thread::Builder::new().spawn(move || {
                     loop {
                         let Ok(Ok(job)) = rx.lock().map(|r| r.recv()) else {
                             return;
@@ -399,14 +410,17 @@ impl Pool {
                     }
                 })
             })
-            .collect();
-        Pool {
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|e| {
+                io::Error::other(format!("starting {threads} compression threads: {e}"))
+            })?;
+        Ok(Pool {
             jobs: Some(jobs_tx),
             results: res_rx,
             threads: handles,
             in_flight: 0,
             max_in_flight: threads * 3,
-        }
+        })
     }
 
     fn recv(&mut self) -> io::Result<(u64, Vec<u8>)> {

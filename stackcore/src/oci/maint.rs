@@ -474,7 +474,7 @@ pub fn clean_stale_temps(store: &Store) -> Result<(u64, u64)> {
 }
 
 /// Whether process `pid` exists (a process of another user counts: `EPERM`).
-fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
     if pid == std::process::id() as i32 {
         return true;
     }

@@ -61,6 +61,9 @@ impl Store {
     /// Opens an existing layout for reading.
     pub fn open(path: &Path) -> Result<Store> {
         let root = absolute(path)?;
+        if fs::symlink_metadata(&root).is_ok_and(|m| m.file_type().is_symlink()) {
+            store_dir_meta(&root)?; // the same words as a writer's for a link to elsewhere
+        }
         let layout = root.join("oci-layout");
         let text = read_small(&layout).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
@@ -106,13 +109,7 @@ impl Store {
             Err(e) => return Err(Error::io(&root, e)),
             Ok(_) => {}
         }
-        let meta = fs::symlink_metadata(&root).at(&root)?;
-        if !meta.is_dir() {
-            return Err(Error::Usage(format!(
-                "store {}: exists and is not a directory",
-                root.display()
-            )));
-        }
+        let meta = store_dir_meta(&root)?;
         check_writable_by_us_only(&root, &meta)?;
         if !root.join("oci-layout").exists() {
             if !only_an_unfinished_layout(&root)? {
@@ -147,19 +144,14 @@ impl Store {
     /// and holds no `writers` lock (gc takes that exclusively itself).
     pub fn open_for_maintenance(path: &Path) -> Result<Store> {
         let root = absolute(path)?;
-        let meta = fs::symlink_metadata(&root).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
+        if let Err(e) = fs::symlink_metadata(&root) {
+            return Err(if e.kind() == io::ErrorKind::NotFound {
                 Error::Usage(format!("store {}: does not exist", root.display()))
             } else {
                 Error::io(&root, e)
-            }
-        })?;
-        if !meta.is_dir() {
-            return Err(Error::Usage(format!(
-                "store {}: exists and is not a directory",
-                root.display()
-            )));
+            });
         }
+        let meta = store_dir_meta(&root)?;
         let store = Store::open(&root)?;
         check_writable_by_us_only(&root, &meta)?;
         fs::create_dir_all(store.tmp_dir()).at(store.tmp_dir())?;
@@ -614,6 +606,38 @@ fn check_owned(root: &Path, path: &Path, meta: &fs::Metadata) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The metadata of an existing store directory. A symlink to a directory is accepted, by
+/// readers and writers alike (the directory it points to is the store, and is what a writer
+/// checks); a symlink to anything else, or to nothing, is refused saying so.
+fn store_dir_meta(root: &Path) -> Result<fs::Metadata> {
+    let meta = fs::symlink_metadata(root).at(root)?;
+    if meta.file_type().is_symlink() {
+        let target = fs::read_link(root).at(root)?;
+        return match fs::metadata(root) {
+            Ok(m) if m.is_dir() => Ok(m),
+            Ok(_) => Err(Error::Usage(format!(
+                "store {}: a symlink to {}, which is not a directory (a store may be a symlink \
+                 to a directory)",
+                root.display(),
+                target.display()
+            ))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::Usage(format!(
+                "store {}: a symlink to {}, which does not exist",
+                root.display(),
+                target.display()
+            ))),
+            Err(e) => Err(Error::io(root, e)),
+        };
+    }
+    if !meta.is_dir() {
+        return Err(Error::Usage(format!(
+            "store {}: exists and is not a directory",
+            root.display()
+        )));
+    }
+    Ok(meta)
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {
