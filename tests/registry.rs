@@ -188,17 +188,8 @@ t etc/os-release 1700000000.5
 ";
 
 fn plain_tree(w: &Workdir, rel: &str) -> Result<PathBuf> {
-    let spec = if is_root() {
-        PLAIN.to_owned()
-    } else {
-        // Owners as the running user: chown to 0 needs root.
-        let (u, g) = (
-            rustix::process::geteuid().as_raw(),
-            rustix::process::getegid().as_raw(),
-        );
-        PLAIN.replace(" 0:0", &format!(" {u}:{g}"))
-    };
-    w.tree(rel, &spec)
+    // Owners become the running user's where it is not root (util::owner_as_run).
+    w.tree(rel, PLAIN)
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -1607,7 +1598,7 @@ fn registry_stackbuild_from_registry_stacks_exactly_what_it_pulled() -> Result<(
         "base",
         "--quiet",
     ]))?;
-    let out = run(w.bin("stackbuild").args([
+    let out = crate::util::run_prepare_only(w.bin("stackbuild").args([
         "--store",
         "store",
         "--stash",

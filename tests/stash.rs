@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 
 use anyhow::Result;
 
@@ -182,11 +183,14 @@ fn dev_proc_sys_contents_are_left_out() -> Result<()> {
     let w = Workdir::new("devprocsys")?;
     let root = w.tree(
         "root",
-        "d dev 755 0:0\nd proc 555 0:0\nd sys 555 0:0\nd etc 755 0:0\n",
+        "d dev 755 0:0\nd proc 755 0:0\nd sys 755 0:0\nd etc 755 0:0\n",
     )?;
-    let _ = root;
     for f in ["dev/fake", "proc/1", "sys/kernel", "etc/kept"] {
-        fs::write(w.path("root").join(f), b"x")?;
+        fs::write(root.join(f), b"x")?;
+    }
+    // Read-only, as on a live system (after the files: an ordinary user could not add them).
+    for d in ["proc", "sys"] {
+        fs::set_permissions(root.join(d), fs::Permissions::from_mode(0o555))?;
     }
     run(w.bin("stash").args([
         "--store",
