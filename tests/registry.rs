@@ -897,7 +897,9 @@ fn registry_damaged_blob_is_refused_and_nothing_is_named() -> Result<()> {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
-        err.contains(&format!("blob {layer}: content has digest")),
+        err.contains(&format!(
+            "blob {layer} (damaged or tampered with in transit): digest mismatch"
+        )),
         "{err}"
     );
     // Nothing under the layer's digest, no name for the image, no tree.

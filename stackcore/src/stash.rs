@@ -9,13 +9,12 @@
 //! none, since the new entry replaces what was there.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use sha2::{Digest as _, Sha256};
 
+use crate::apply::open_nofollow;
 use crate::digest::Digest;
 use crate::entry::{Entry, Kind, parent};
 use crate::image::{BlobSource, Image};
@@ -88,10 +87,9 @@ pub struct StashOptions {
 }
 
 /// What a stash did.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct StashOutcome {
     /// `oci:STORE:NAME:TAG`.
-    #[serde(rename = "ref")]
     pub reference: String,
     /// The store.
     pub store: PathBuf,
@@ -124,7 +122,7 @@ pub struct StashOutcome {
 }
 
 /// The layer a stash added.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct LayerOutcome {
     /// Blob digest.
     pub digest: Digest,
@@ -210,10 +208,7 @@ pub fn stash(store: &Store, opts: &StashOptions) -> Result<StashOutcome> {
 
     // Refuse what no reader would take back before writing anything.
     for e in decision.emit.values() {
-        crate::tar::check_limits(e).map_err(|err| match err {
-            Error::Other(m) => Error::Other(format!("{}/{m}", opts.root.display())),
-            other => other,
-        })?;
+        crate::tar::check_limits(e, &opts.root)?;
     }
     let total: u64 = decision
         .emit
@@ -329,14 +324,6 @@ pub fn stash(store: &Store, opts: &StashOptions) -> Result<StashOutcome> {
         tar_size: written.tar_size,
     });
     Ok(outcome)
-}
-
-fn open_nofollow(path: &std::path::Path) -> Result<File> {
-    File::options()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)
-        .map_err(|e| Error::io(path, e))
 }
 
 struct Decision {

@@ -227,9 +227,16 @@ fn pax_body(pax: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
 /// ([`super::limits`]), so that nothing is stashed that could not be unstashed: the
 /// path (with a directory's `/`), the link target, and the PAX extended header, which
 /// carries the xattrs (a tmpfs holds more than 1 MiB of them on one file).
-pub fn check_limits(e: &Entry) -> Result<()> {
+///
+/// Messages name the entry as `root` joined with its path.
+pub fn check_limits(e: &Entry, root: &std::path::Path) -> Result<()> {
     use super::limits;
-    let show = || String::from_utf8_lossy(&e.path).into_owned();
+    use std::os::unix::ffi::OsStrExt;
+    let show = || {
+        root.join(std::ffi::OsStr::from_bytes(&e.path))
+            .display()
+            .to_string()
+    };
     let name_len = e.path.len().max(1) + usize::from(e.kind == Kind::Dir);
     if name_len > limits::PATH || e.link.len() > limits::PATH {
         return Err(Error::Other(format!(
@@ -343,18 +350,23 @@ mod limit_tests {
     #[test]
     fn check_limits_matches_what_readers_refuse() {
         let mut e = Entry::new(b"f".to_vec(), Kind::File);
-        assert!(check_limits(&e).is_ok());
+        assert!(check_limits(&e, std::path::Path::new("")).is_ok());
         // 16 xattrs of 64 KiB: 1 MiB of values alone, over the limit with their records.
         e.xattrs = (0..16)
             .map(|i| (format!("user.x{i:02}").into_bytes(), vec![b'v'; 64 << 10]))
             .collect();
-        let err = check_limits(&e).unwrap_err().to_string();
+        let err = check_limits(&e, std::path::Path::new(""))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("over the 1048576-byte limit"), "{err}");
         e.xattrs.truncate(15);
-        assert!(check_limits(&e).is_ok());
+        assert!(check_limits(&e, std::path::Path::new("")).is_ok());
         let mut deep = Entry::new(vec![b'a'; 4096], Kind::Dir);
-        assert!(check_limits(&deep).is_err(), "4096 bytes and a '/'");
+        assert!(
+            check_limits(&deep, std::path::Path::new("")).is_err(),
+            "4096 bytes and a '/'"
+        );
         deep.kind = Kind::File;
-        assert!(check_limits(&deep).is_ok());
+        assert!(check_limits(&deep, std::path::Path::new("")).is_ok());
     }
 }
