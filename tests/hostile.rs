@@ -7,7 +7,7 @@
 //! outside is noticed).
 //!
 //! Ported from containerd `pkg/archive/tar_test.go` (`TestBreakouts`), umoci
-//! `oci/layer/tar_extract_test.go` and the CVE list in RESEARCH.md §6. Paths a case aims
+//! `oci/layer/tar_extract_test.go` and published tar-extraction CVEs. Paths a case aims
 //! at `/etc` in the original aim at the absolute canary here, so a failing test damages a
 //! scratch directory, not the host.
 

@@ -1086,7 +1086,7 @@ fn kiwimerge_stash_exports_vm_overlay() -> Result<()> {
     }
     let overlay = examples_dir().join("01-container-stash-to-vm/overlay.xml");
     // What kiwi wrote into <root>/image/config.xml, with the selection the root was built
-    // for (corpus/SOURCES.md), as stackbuild would call kiwimerge (SPEC §11).
+    // for (corpus/SOURCES.md), as stackbuild would call kiwimerge.
     let cases: &[(&str, &[&str])] = &[
         ("02-docker.image-config.xml", &[]),
         (

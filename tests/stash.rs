@@ -345,7 +345,7 @@ fn privileged_umoci_and_skopeo_read_our_stash() -> Result<()> {
     extras(&root)?;
     let store = w.path("store");
     run(w.bin("stash").args(["--store", "store", "--root", "root"]))?;
-    // umoci unpack --image STORE:NAME:TAG, as DESIGN.md promises.
+    // umoci unpack --image STORE:NAME:TAG, as README.md promises.
     run(w
         .cmd("umoci")
         .args(["unpack", "--image"])

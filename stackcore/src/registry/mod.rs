@@ -47,8 +47,8 @@ pub use pull::{PullOutcome, pull, pull_ref};
 pub use push::{PushOutcome, push};
 pub use reference::RegistryRef;
 
-/// The registry flags of every tool that reads refs (`unstash`, `stackmerge`,
-/// `stackbuild`): flatten it into a clap `Cli` with `#[command(flatten)]`.
+/// The registry flags of the tools that read refs (`unstash`, `stackmerge`): flatten it
+/// into a clap `Cli` with `#[command(flatten)]`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RegistryArgs {
     /// Verify registry TLS certificates against the system's CA roots; false speaks plain
