@@ -663,3 +663,61 @@ fn a_config_naming_another_diff_id_for_a_stashed_layer_is_refused() -> Result<()
     assert!(!w.path("bad").exists(), "a refused image left a target");
     Ok(())
 }
+
+/// Names that are not UTF-8 are written into PAX as raw bytes, without
+/// `hdrcharset=BINARY`; GNU tar and our own unstash both give the same bytes back.
+#[test]
+fn non_utf8_names_round_trip_without_hdrcharset() -> Result<()> {
+    use std::ffi::OsStr;
+    if !have("tar") {
+        skip!("GNU tar not installed");
+    }
+    let w = Workdir::new("non-utf8")?;
+    let root = w.tree("root", "d . 755 0:0\n")?;
+    let dir = root.join(OsStr::from_bytes(b"d\xff\xfe"));
+    fs::create_dir(&dir)?;
+    fs::write(dir.join(OsStr::from_bytes(b"f\xe9\x80name")), b"x")?;
+    std::os::unix::fs::symlink(
+        OsStr::from_bytes(b"tgt\xff"),
+        root.join(OsStr::from_bytes(b"ln\xc3")),
+    )?;
+    run(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "root",
+        "--container-name",
+        "raw",
+        "-q",
+    ]))?;
+    run(w
+        .bin("unstash")
+        .args(["raw", "--store", "store", "--output", "raw.tar", "-q"]))?;
+    let tar = fs::read(w.path("raw.tar"))?;
+    assert!(
+        !tar.windows(10).any(|x| x == b"hdrcharset"),
+        "no hdrcharset record"
+    );
+    let raw: &[u8] = b"path=d\xff\xfe/f\xe9\x80name\n";
+    assert!(
+        tar.windows(raw.len()).any(|x| x == raw),
+        "the raw name in PAX"
+    );
+    let want = dump(&root)?;
+    for locale in ["C", "C.UTF-8"] {
+        let to = w.path(&format!("gnu-{locale}"));
+        fs::create_dir(&to)?;
+        run(w
+            .cmd("tar")
+            .env("LC_ALL", locale)
+            .arg("-xpf")
+            .arg(w.path("raw.tar"))
+            .arg("-C")
+            .arg(&to))?;
+        assert_same(&want, &dump(&to)?)?;
+    }
+    run(w
+        .bin("unstash")
+        .args(["raw", "--store", "store", "--to", "ours", "-q"]))?;
+    assert_same(&want, &dump(&w.path("ours"))?)
+}

@@ -129,10 +129,9 @@ pub fn write_header(out: &mut Vec<u8>, e: &Entry) {
 
     let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let needs_pax_name = |n: &[u8]| n.len() > 100 || !n.is_ascii();
-    let binary = std::str::from_utf8(&name).is_err() || std::str::from_utf8(&e.link).is_err();
-    if binary && (needs_pax_name(&name) || needs_pax_name(&e.link)) {
-        pax.push((b"hdrcharset".to_vec(), b"BINARY".to_vec()));
-    }
+    // Names that are not UTF-8 go into PAX as their raw bytes, without `hdrcharset=BINARY`:
+    // GNU tar 1.34 (in C, POSIX and UTF-8 locales), Go's archive/tar and our reader all
+    // take the bytes as they are (tests/stash.rs checks GNU tar and ours).
     if needs_pax_name(&name) {
         pax.push((b"path".to_vec(), name.clone()));
     }
