@@ -130,8 +130,9 @@ pub fn write_header(out: &mut Vec<u8>, e: &Entry) {
     let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let needs_pax_name = |n: &[u8]| n.len() > 100 || !n.is_ascii();
     // Names that are not UTF-8 go into PAX as their raw bytes, without `hdrcharset=BINARY`:
-    // GNU tar 1.34 (in C, POSIX and UTF-8 locales), Go's archive/tar and our reader all
-    // take the bytes as they are (tests/stash.rs checks GNU tar and ours).
+    // GNU tar 1.34 (in C, POSIX and UTF-8 locales) and our reader take the bytes as they
+    // are (tests/stash.rs checks both); Go's archive/tar keeps PAX values as byte strings
+    // and does not read hdrcharset.
     if needs_pax_name(&name) {
         pax.push((b"path".to_vec(), name.clone()));
     }
