@@ -130,7 +130,7 @@ impl Error {
     }
 
     /// This error as an `io::Error` (kind `InvalidData` unless it is one), to travel
-    /// through a `Read`; [`From<io::Error>`] takes it back out whole.
+    /// through a `Read`; `From<io::Error>` takes it back out whole.
     pub fn into_io(self) -> std::io::Error {
         match self {
             Error::Stream(e) => e,

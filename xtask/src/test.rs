@@ -7,9 +7,9 @@
 //! from the passed count.
 //!
 //! `--as-user` runs the built test executables as an ordinary user (uid 65534, `nobody`,
-//! unless given) through `setpriv`, with a fresh `HOME`: every test must then pass or skip,
-//! and the ones that need root are named `privileged_*` and skip. Doc tests are left out of
-//! that mode (they build nothing that depends on the user).
+//! unless given) through `setpriv`, with a fresh `HOME` and `XDG_RUNTIME_DIR`: every test
+//! must then pass or skip, and the ones that need root are named `privileged_*` and skip.
+//! Doc tests are left out of that mode (they build nothing that depends on the user).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -207,9 +207,17 @@ fn run_as_user(uid: u32, scratch: &Path, log: &Path, totals: &mut Totals) -> Res
     if uid == 0 {
         bail!("--as-user: uid 0 is root; name an ordinary user's uid");
     }
+    // What a login session gives a user: a home and a private runtime directory (skopeo
+    // looks for auth.json under $XDG_RUNTIME_DIR, else in root's /run/containers).
     let home = scratch.join("home");
+    let runtime = scratch.join("run");
     std::fs::create_dir_all(&home)?;
-    for p in [scratch, &home, log] {
+    std::fs::create_dir_all(&runtime)?;
+    std::fs::set_permissions(
+        &runtime,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
+    for p in [scratch, &home, &runtime, log] {
         std::os::unix::fs::chown(p, Some(uid), Some(uid))
             .with_context(|| format!("chown {}", p.display()))?;
     }
@@ -223,6 +231,7 @@ fn run_as_user(uid: u32, scratch: &Path, log: &Path, totals: &mut Totals) -> Res
             .arg(&t.exe)
             .current_dir(&t.dir)
             .env("HOME", &home)
+            .env("XDG_RUNTIME_DIR", &runtime)
             .env("CARGO_MANIFEST_DIR", &t.dir)
             .env(SKIP_LOG, log);
         ok &= run_counted(&mut c, totals)?;
