@@ -1,9 +1,9 @@
 //! `kiwimerge` through its binary: the six worked examples byte for byte, exit codes,
-//! hostile XML, and the corpus checked against kiwi itself (SPEC §12).
+//! hostile XML, and a corpus of real descriptions checked against kiwi itself.
 //!
-//! The kiwi cross-checks need `python3 -m pip install kiwi==11.1.6`; without it they say
-//! "skipped" on stderr (not captured) and pass. The corpus lives outside the project in
-//! `../shared/kiwimerge/corpus` and is never copied in.
+//! The kiwi cross-checks need `python3 -m pip install kiwi==11.1.6`; without it they record
+//! a skip (see `util::record_skip`). The corpus is not part of the repository: it is used
+//! where a checkout has it beside the workspace (see `shared_dir`), else those tests skip.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -63,10 +63,10 @@ fn shared_dir() -> Option<PathBuf> {
     d.join("corpus").is_dir().then_some(d)
 }
 
-/// Prints a skip notice that `cargo test` does not swallow (direct writes to stderr are
-/// not captured, unlike `eprintln!`).
-fn skip(test: &str, why: &str) {
-    let _ = writeln!(std::io::stderr(), "{test}: skipped: {why}");
+/// Records that `test` skipped a part of itself, or (`whole`) all of it: the caller then
+/// returns. `cargo xtask test` counts whole skips as skipped and notes partial ones.
+fn skip(why: &str, whole: bool) {
+    crate::util::record_skip(whole, why);
 }
 
 fn have_kiwi() -> bool {
@@ -768,8 +768,8 @@ fn kiwimerge_refuses_hostile_xml_quickly() -> Result<()> {
 fn kiwimerge_expected_outputs_load_in_kiwi() -> Result<()> {
     if !have_kiwi() {
         skip(
-            "kiwimerge_expected_outputs_load_in_kiwi",
             "python3 cannot import kiwi (pip install kiwi==11.1.6)",
+            true,
         );
         return Ok(());
     }
@@ -842,10 +842,7 @@ fn declared_profiles(xml: &str) -> Vec<String> {
 #[test]
 fn kiwimerge_corpus_normalisation_matches_kiwi() -> Result<()> {
     let Some(shared) = shared_dir() else {
-        skip(
-            "kiwimerge_corpus_normalisation_matches_kiwi",
-            "corpus not found",
-        );
+        skip("corpus not found", true);
         return Ok(());
     };
     let corpus = shared.join("corpus");
@@ -867,8 +864,8 @@ fn kiwimerge_corpus_normalisation_matches_kiwi() -> Result<()> {
     let kiwi = have_kiwi();
     if !kiwi {
         skip(
-            "kiwimerge_corpus_normalisation_matches_kiwi",
             "python3 cannot import kiwi: oracle comparison not run",
+            false,
         );
     }
     let bases = corpus_bases(&corpus)?;
@@ -912,16 +909,15 @@ fn kiwimerge_corpus_normalisation_matches_kiwi() -> Result<()> {
 
 #[test]
 fn kiwimerge_corpus_self_merge_is_idempotent_and_kiwi_equivalent() -> Result<()> {
-    let name = "kiwimerge_corpus_self_merge_is_idempotent_and_kiwi_equivalent";
     let Some(shared) = shared_dir() else {
-        skip(name, "corpus not found");
+        skip("corpus not found", true);
         return Ok(());
     };
     let kiwi = have_kiwi();
     if !kiwi {
         skip(
-            name,
             "python3 cannot import kiwi: kiwi equivalence not checked",
+            false,
         );
     }
     let tmp = tempfile::tempdir()?;
@@ -971,15 +967,15 @@ fn kiwimerge_corpus_self_merge_is_idempotent_and_kiwi_equivalent() -> Result<()>
 #[test]
 fn kiwimerge_corpus_vm_overlay_smoke() -> Result<()> {
     let Some(shared) = shared_dir() else {
-        skip("kiwimerge_corpus_vm_overlay_smoke", "corpus not found");
+        skip("corpus not found", true);
         return Ok(());
     };
     let overlay = examples_dir().join("01-container-stash-to-vm/overlay.xml");
     let kiwi = have_kiwi();
     if !kiwi {
         skip(
-            "kiwimerge_corpus_vm_overlay_smoke",
             "python3 cannot import kiwi: kiwi cross-checks not run",
+            false,
         );
     }
     let tmp = tempfile::tempdir()?;
@@ -1079,19 +1075,18 @@ fn kiwimerge_corpus_vm_overlay_smoke() -> Result<()> {
 
 #[test]
 fn kiwimerge_stash_exports_vm_overlay() -> Result<()> {
-    let name = "kiwimerge_stash_exports_vm_overlay";
     let Some(shared) = shared_dir() else {
-        skip(name, "shared kiwimerge material not found");
+        skip("shared kiwimerge material not found", true);
         return Ok(());
     };
     let exports = shared.join("fixtures/root-exports");
     if !exports.is_dir() {
-        skip(name, "fixtures/root-exports not found");
+        skip("fixtures/root-exports not found", true);
         return Ok(());
     }
     let overlay = examples_dir().join("01-container-stash-to-vm/overlay.xml");
     // What kiwi wrote into <root>/image/config.xml, with the selection the root was built
-    // for (corpus/SOURCES.md), as stackbuild would call kiwimerge (SPEC §11).
+    // for (corpus/SOURCES.md), as stackbuild would call kiwimerge.
     let cases: &[(&str, &[&str])] = &[
         ("02-docker.image-config.xml", &[]),
         (
@@ -1145,8 +1140,8 @@ fn kiwimerge_stash_exports_vm_overlay() -> Result<()> {
     }
     if !have_kiwi() {
         skip(
-            name,
             "python3 cannot import kiwi: kiwi verdicts not checked",
+            true,
         );
         return Ok(());
     }

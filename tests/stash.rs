@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 
 use anyhow::Result;
 
@@ -182,11 +183,14 @@ fn dev_proc_sys_contents_are_left_out() -> Result<()> {
     let w = Workdir::new("devprocsys")?;
     let root = w.tree(
         "root",
-        "d dev 755 0:0\nd proc 555 0:0\nd sys 555 0:0\nd etc 755 0:0\n",
+        "d dev 755 0:0\nd proc 755 0:0\nd sys 755 0:0\nd etc 755 0:0\n",
     )?;
-    let _ = root;
     for f in ["dev/fake", "proc/1", "sys/kernel", "etc/kept"] {
-        fs::write(w.path("root").join(f), b"x")?;
+        fs::write(root.join(f), b"x")?;
+    }
+    // Read-only, as on a live system (after the files: an ordinary user could not add them).
+    for d in ["proc", "sys"] {
+        fs::set_permissions(root.join(d), fs::Permissions::from_mode(0o555))?;
     }
     run(w.bin("stash").args([
         "--store",
@@ -341,7 +345,7 @@ fn privileged_umoci_and_skopeo_read_our_stash() -> Result<()> {
     extras(&root)?;
     let store = w.path("store");
     run(w.bin("stash").args(["--store", "store", "--root", "root"]))?;
-    // umoci unpack --image STORE:NAME:TAG, as DESIGN.md promises.
+    // umoci unpack --image STORE:NAME:TAG, as README.md promises.
     run(w
         .cmd("umoci")
         .args(["unpack", "--image"])
@@ -951,4 +955,62 @@ fn the_description_is_not_read_through_a_symlink_out_of_the_root() -> Result<()>
             || !run(w.bin("stash").args(["--store", "store", "--list"]))?.contains("leaked")
     );
     Ok(())
+}
+
+/// Names that are not UTF-8 are written into PAX as raw bytes, without
+/// `hdrcharset=BINARY`; GNU tar and our own unstash both give the same bytes back.
+#[test]
+fn non_utf8_names_round_trip_without_hdrcharset() -> Result<()> {
+    use std::ffi::OsStr;
+    if !have("tar") {
+        skip!("GNU tar not installed");
+    }
+    let w = Workdir::new("non-utf8")?;
+    let root = w.tree("root", "d . 755 0:0\n")?;
+    let dir = root.join(OsStr::from_bytes(b"d\xff\xfe"));
+    fs::create_dir(&dir)?;
+    fs::write(dir.join(OsStr::from_bytes(b"f\xe9\x80name")), b"x")?;
+    std::os::unix::fs::symlink(
+        OsStr::from_bytes(b"tgt\xff"),
+        root.join(OsStr::from_bytes(b"ln\xc3")),
+    )?;
+    run(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "root",
+        "--container-name",
+        "raw",
+        "-q",
+    ]))?;
+    run(w
+        .bin("unstash")
+        .args(["raw", "--store", "store", "--output", "raw.tar", "-q"]))?;
+    let tar = fs::read(w.path("raw.tar"))?;
+    assert!(
+        !tar.windows(10).any(|x| x == b"hdrcharset"),
+        "no hdrcharset record"
+    );
+    let raw: &[u8] = b"path=d\xff\xfe/f\xe9\x80name\n";
+    assert!(
+        tar.windows(raw.len()).any(|x| x == raw),
+        "the raw name in PAX"
+    );
+    let want = dump(&root)?;
+    for locale in ["C", "C.UTF-8"] {
+        let to = w.path(&format!("gnu-{locale}"));
+        fs::create_dir(&to)?;
+        run(w
+            .cmd("tar")
+            .env("LC_ALL", locale)
+            .arg("-xpf")
+            .arg(w.path("raw.tar"))
+            .arg("-C")
+            .arg(&to))?;
+        assert_same(&want, &dump(&to)?)?;
+    }
+    run(w
+        .bin("unstash")
+        .args(["raw", "--store", "store", "--to", "ours", "-q"]))?;
+    assert_same(&want, &dump(&w.path("ours"))?)
 }

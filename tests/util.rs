@@ -30,19 +30,65 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// The owner a test tree gets for a spec's `uid:gid`: as asked when we run as root, else
+/// the running user's own (an ordinary user cannot give files away).
+pub fn owner_as_run(uid: u32, gid: u32) -> (u32, u32) {
+    if is_root() {
+        (uid, gid)
+    } else {
+        (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        )
+    }
+}
+
 /// Whether a program is on PATH.
 pub fn have(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
-/// Skips a test with a visible message.
+/// Skips the rest of a test: says why on stderr and records the skip (see [`record_skip`]),
+/// so `cargo xtask test` counts it as skipped, not passed.
 #[macro_export]
 macro_rules! skip {
     ($($arg:tt)*) => {{
-        eprintln!("SKIPPED: {}", format!($($arg)*));
+        $crate::util::record_skip(true, &format!($($arg)*));
         return Ok(());
     }};
+}
+
+/// The environment variable naming the file where skips are recorded, one line each
+/// (`cargo xtask test` sets it and counts them in its closing summary).
+pub const SKIP_LOG: &str = "STACK_SKIP_LOG";
+
+/// Records that the running test skipped all of itself (`whole`) or a part of it, with the
+/// reason: a line on stderr (written directly, so `cargo test` does not capture it), and a
+/// line `skip|part TEST REASON` appended to the file `$STACK_SKIP_LOG` names, if set.
+pub fn record_skip(whole: bool, why: &str) {
+    // libtest runs each test on a thread named after it.
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("unnamed-test")
+        .to_owned();
+    let what = if whole { "skip" } else { "part" };
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED{}: {name}: {why}",
+        if whole { "" } else { " part" }
+    );
+    if let Some(log) = std::env::var_os(SKIP_LOG) {
+        let line = format!("{what} {name} {}\n", why.replace('\n', " "));
+        let res = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = res {
+            panic!("recording a skip in {}: {e}", Path::new(&log).display());
+        }
+    }
 }
 
 /// A fresh directory for one test, removed afterwards (kept with `KEEP_TEST_DIRS=1`).
@@ -128,20 +174,52 @@ pub fn run(c: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs a `stackbuild --prepare-only` command and returns its stdout. With kiwi-ng on PATH
+/// it must exit 0; without, it prepares the root all the same but exits 1 and says so
+/// (README: stackbuild), so that is what is checked there instead.
+pub fn run_prepare_only(c: &mut Command) -> Result<String> {
+    if have("kiwi-ng") {
+        return run(c);
+    }
+    let out = output(c)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() != Some(1) || !stderr.contains("kiwi-ng is not on PATH") {
+        bail!(
+            "{c:?} without kiwi-ng: want exit 1 and a note, got {}:\nstderr: {stderr}",
+            out.status
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Runs `c` and returns its whole output, whatever the exit status.
 pub fn output(c: &mut Command) -> Result<Output> {
     c.output().with_context(|| format!("running {c:?}"))
 }
 
-/// Runs `c` with `input` on stdin.
+/// Runs `c` with `input` on stdin. The input is written on its own thread while this one
+/// drains stdout and stderr, so a child that writes before it has read everything cannot
+/// deadlock against us. A child that exits without reading all of it is not an error here
+/// (the caller checks its status and output).
 pub fn pipe(c: &mut Command, input: &[u8]) -> Result<Output> {
     let mut child = c
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()?;
-    child.stdin.take().expect("stdin").write_all(input)?;
-    Ok(child.wait_with_output()?)
+        .spawn()
+        .with_context(|| format!("running {c:?}"))?;
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || match stdin.write_all(&input) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    });
+    let out = child.wait_with_output()?;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the stdin writer panicked"))?
+        .context("writing the child's stdin")?;
+    Ok(out)
 }
 
 /// Builds a tree from a spec, one entry per line:
@@ -157,6 +235,10 @@ pub fn pipe(c: &mut Command, input: &[u8]) -> Result<Output> {
 /// x  PATH NAME VALUE                       xattr (VALUE "0x.." for hex)
 /// t  PATH SECONDS.NANOS                    mtime (after everything else)
 /// ```
+///
+/// Run by an ordinary user, every `UID:GID` becomes the running user's own (see
+/// [`owner_as_run`]): tests where owners are the point need root and are named
+/// `privileged_*`; the others compare trees with each other, which holds either way.
 pub fn build_tree(dir: &Path, spec: &str) -> Result<()> {
     fs::create_dir_all(dir)?;
     let mut times = Vec::new();
@@ -173,7 +255,7 @@ pub fn build_tree(dir: &Path, spec: &str) -> Result<()> {
         };
         let owner = |s: &str| -> Result<(u32, u32)> {
             let (u, g) = s.split_once(':').context("UID:GID")?;
-            Ok((u.parse()?, g.parse()?))
+            Ok(owner_as_run(u.parse()?, g.parse()?))
         };
         let mode = |s: &str| u32::from_str_radix(s, 8).context("octal mode");
         match parts[0] {

@@ -157,31 +157,6 @@ fn load_from_image(
     kiwi::load_description(&bytes, &format!("{arg}:image/config.xml"), None)
 }
 
-/// Writes `data` to `path` via a temporary file in the same directory and a rename, so a
-/// reader never sees partial output.
-fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .with_context(|| format!("{}: not a file name", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.kiwimerge-{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = std::fs::write(&tmp, data)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .with_context(|| format!("writing {}", path.display()));
-    if result.is_err() {
-        // Best effort: the error above is what matters; a leftover temp file would only add noise.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 /// Runs `kiwimerge`.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let schema_version = cli
@@ -220,7 +195,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         let _ = writeln!(err, "kiwimerge: {d}");
     }
     if let Some(path) = &cli.output {
-        write_atomic(path, out.xml.as_bytes())?;
+        // Via a temporary file and a rename: a reader never sees partial output.
+        stackcore::atomic::write(path, out.xml.as_bytes())?;
     } else {
         let mut stdout = std::io::stdout().lock();
         stdout

@@ -170,7 +170,8 @@ fn put_inode(
     Ok(())
 }
 
-fn open_nofollow(path: &Path) -> Result<File> {
+/// Opens `path` for reading without following a symlink in its last component.
+pub(crate) fn open_nofollow(path: &Path) -> Result<File> {
     File::options()
         .read(true)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
@@ -245,10 +246,9 @@ pub fn write(sources: &[&Source], model: &Model, target: &mut Target, early: Ear
                     while let Some(h) = stream
                         .tar
                         .next_header()
-                        .map_err(|e| crate::layer::read::layer_error(&digest, &e))?
+                        .map_err(|e| Error::layer(&digest, e))?
                     {
-                        let change = classify(h.entry)
-                            .map_err(|e| crate::layer::read::layer_error(&digest, &e))?;
+                        let change = classify(h.entry).map_err(|e| Error::layer(&digest, e))?;
                         if let Change::Put(e, _) = change
                             && e.kind != Kind::Dir
                             && let Some(inode) = inodes.get(&(s, l, i))
@@ -300,7 +300,7 @@ pub fn sequential(img: &Image, target: &mut Target, mut first: Option<LayerStrea
             _ => img.open_layer(l)?,
         };
         let digest = stream.digest.clone();
-        let err = |e: io::Error| crate::layer::read::layer_error(&digest, &e);
+        let err = |e: io::Error| Error::layer(&digest, e);
         let mut seen = crate::layer::index::DuplicateCheck::default();
         while let Some(h) = stream.tar.next_header().map_err(err)? {
             let change = classify(h.entry).map_err(err)?;
@@ -315,7 +315,7 @@ pub fn sequential(img: &Image, target: &mut Target, mut first: Option<LayerStrea
 }
 
 /// What an unstash did.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct UnstashOutcome {
     /// Where the tree is (absent for a tar output).
     pub dest: Option<PathBuf>,
@@ -422,7 +422,7 @@ pub fn unstash_to_tar(
 }
 
 /// One source in a stack's report.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct SourceReport {
     /// How the user named it (a ref or a path).
     pub name: String,
@@ -438,7 +438,7 @@ pub struct SourceReport {
 }
 
 /// One conflict in a stack's report.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct ConflictReport {
     /// The path, relative to the target (`/` for the root).
     pub path: String,
@@ -453,7 +453,7 @@ pub struct ConflictReport {
 }
 
 /// Totals of a stack's report.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct StackTotals {
     /// Sources stacked.
     pub sources: usize,
@@ -462,7 +462,6 @@ pub struct StackTotals {
     /// Conflicts of every kind.
     pub conflicts: u64,
     /// Type conflicts.
-    #[serde(rename = "type")]
     pub type_: u64,
     /// Content conflicts.
     pub content: u64,
@@ -474,10 +473,9 @@ pub struct StackTotals {
 }
 
 /// What a stack did.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct StackOutcome {
     /// The target.
-    #[serde(rename = "into")]
     pub dest: PathBuf,
     /// Each source, lowest first.
     pub sources: Vec<SourceReport>,

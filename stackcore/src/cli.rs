@@ -1,6 +1,6 @@
 //! The edge every binary shares: parse flags, run, print the error chain, map the exit code.
 //!
-//! Exit codes (DESIGN.md): 0 done, 1 failed, 2 bad usage or unusable input.
+//! Exit codes (README.md "Exit status"): 0 done, 1 failed, 2 bad usage or unusable input.
 //! A broken pipe anywhere in the chain is success: `stash --list | head -1` must not complain.
 
 use std::io::{self, BufRead, Write};

@@ -162,10 +162,12 @@ impl Verifier {
         if let Some(size) = self.size
             && self.len > size
         {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: expected {size} bytes, found more", self.what),
-            ));
+            return Err(Error::SizeMismatch {
+                what: self.what.clone(),
+                expected: size,
+                found: None,
+            }
+            .into_io());
         }
         Ok(())
     }
@@ -178,20 +180,21 @@ impl Verifier {
         if let Some(size) = self.size
             && size != self.len
         {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: expected {size} bytes, found {}", self.what, self.len),
-            ));
+            return Err(Error::SizeMismatch {
+                what: self.what.clone(),
+                expected: size,
+                found: Some(self.len),
+            }
+            .into_io());
         }
         let got = Digest::from_hash(self.hash.clone().finalize().into());
         if got != self.expected {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{}: digest mismatch: expected {}, found {got}",
-                    self.what, self.expected
-                ),
-            ));
+            return Err(Error::DigestMismatch {
+                what: self.what.clone(),
+                expected: self.expected.clone(),
+                found: got,
+            }
+            .into_io());
         }
         self.checked = true;
         Ok(())

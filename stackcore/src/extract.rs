@@ -37,7 +37,7 @@ pub struct ExtractOptions {
 }
 
 /// What was written and what could not be restored (reported once, not per file).
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct ExtractStats {
     /// Regular files written.
     pub files: u64,

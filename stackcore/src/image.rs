@@ -137,7 +137,7 @@ pub fn split_tag(s: &str) -> (&str, &str) {
     }
 }
 
-/// Whether a SOURCE argument is a path rather than an image ref (DESIGN.md "Image
+/// Whether a SOURCE argument is a path rather than an image ref (README.md "Image
 /// references"): it starts with `/`, `./` or `../`, or names an existing path.
 pub fn is_path_arg(s: &str) -> bool {
     s.starts_with('/')
@@ -468,12 +468,17 @@ impl Image {
     /// reported instead (a damaged blob makes the decompressor or the tar reader fail
     /// first, with a message about the symptom).
     ///
-    /// Only the layers the message names are checked (layer errors say `layer DIGEST:`):
-    /// a failure of the target (a full disk, a refused hardlink) costs no re-reading.
+    /// The layers the error names ([`Error::blob_digests`]) are checked; an error naming
+    /// none is checked against every layer, unless it is an I/O error on a path (a full
+    /// disk costs no re-reading).
     pub fn explain(&self, e: Error) -> Error {
-        let text = e.to_string();
+        // The layers the error names; where it names none and is not an error on a path of
+        // ours (a full disk, say), any of them may be behind it.
+        let named = e.blob_digests();
+        let suspect =
+            |d: &Digest| named.contains(&d) || (named.is_empty() && !matches!(e, Error::Io { .. }));
         for desc in &self.manifest.layers {
-            if !text.contains(desc.digest.as_str()) {
+            if !suspect(&desc.digest) {
                 continue;
             }
             let damaged = self
@@ -622,7 +627,7 @@ impl Image {
         let (_, layer, index) = node.data_origin;
         let mut stream = self.open_layer(layer as usize)?;
         let digest = stream.digest.clone();
-        let err = |e: io::Error| crate::layer::read::layer_error(&digest, &e);
+        let err = |e: io::Error| Error::layer(&digest, e);
         let mut i = 0u32;
         let mut found = None;
         while let Some(_h) = stream.tar.next_header().map_err(err)? {

@@ -6,6 +6,7 @@
 //! | module | what it owns |
 //! |---|---|
 //! | [`apply`] | writing an image or a stack of sources into a directory, once per entry |
+//! | [`atomic`] | output files that appear whole or not at all (temporary file, then rename) |
 //! | [`cli`] | `run_main`: error printing, exit codes, reading a ref from stdin |
 //! | [`error`] | the typed [`Error`] and [`Result`] |
 //! | [`digest`] | `sha256:` digests, hashing writers, verifying readers |
@@ -29,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod apply;
+pub mod atomic;
 pub mod cli;
 pub mod description;
 pub mod digest;

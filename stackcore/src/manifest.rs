@@ -653,7 +653,7 @@ pub struct MergeTotals {
 }
 
 /// A unit enum's serde name (`type`, `lower-content-kept`...).
-fn serde_name(v: &impl Serialize) -> String {
+pub fn serde_name(v: &impl Serialize) -> String {
     serde_json::to_value(v)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))

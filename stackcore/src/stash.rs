@@ -88,10 +88,9 @@ pub struct StashOptions {
 }
 
 /// What a stash did.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct StashOutcome {
     /// `oci:STORE:NAME:TAG`.
-    #[serde(rename = "ref")]
     pub reference: String,
     /// The store.
     pub store: PathBuf,
@@ -122,12 +121,11 @@ pub struct StashOutcome {
     /// Mount points kept as empty directories.
     pub mount_points: u64,
     /// Directories left out whole: the store, when it is inside the root.
-    #[serde(skip)]
     pub left_out: Vec<PathBuf>,
 }
 
 /// The layer a stash added.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct LayerOutcome {
     /// Blob digest.
     pub digest: Digest,
@@ -239,10 +237,7 @@ pub fn stash(store: &Store, opts: &StashOptions) -> Result<StashOutcome> {
 
     // Refuse what no reader would take back before writing anything.
     for e in decision.emit.values() {
-        crate::tar::check_limits(e).map_err(|err| match err {
-            Error::Other(m) => Error::Other(format!("{}/{m}", opts.root.display())),
-            other => other,
-        })?;
+        crate::tar::check_limits(e, &opts.root)?;
     }
     let total: u64 = decision
         .emit

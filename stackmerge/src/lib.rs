@@ -159,10 +159,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         log.step(format_args!(
             "  conflict {}: {} ({} over {}, {})",
             c.path,
-            serde_plain(&c.kind),
+            stackcore::manifest::serde_name(&c.kind),
             c.upper,
             c.lower,
-            serde_plain(&c.resolution)
+            stackcore::manifest::serde_name(&c.resolution)
         ));
     }
     let t = &outcome.totals;
@@ -203,12 +203,4 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         print_json(&report)?;
     }
     Ok(())
-}
-
-/// A unit enum's serde name (`type`, `lower-content-kept`...).
-fn serde_plain(v: &impl serde::Serialize) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }

@@ -124,17 +124,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let dir = output
                 .parent()
                 .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf);
-            let (file, tmp) = stackcore::oci::store::temp_file(&dir, ".unstash-tar")?;
-            let guard = TempGuard(Some(tmp.clone()));
+            // Whole or not at all: a failed run leaves no partial archive behind.
+            let file = stackcore::atomic::AtomicFile::create(&output)?;
             let mut w = std::io::BufWriter::new(file);
             let outcome = unstash_to_tar(img, &mut w, &dir, opts)
                 .with_context(|| format!("unstashing {r}"))?;
             let file = w
                 .into_inner()
-                .map_err(|e| Error::io(&tmp, e.into_error()))?;
-            file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-            std::fs::rename(&tmp, &output).map_err(|e| Error::io(&output, e))?;
-            std::mem::forget(guard);
+                .map_err(|e| Error::io(&output, e.into_error()))?;
+            file.commit()?;
             outcome
         }
     };
@@ -158,15 +156,4 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         print_json(&report)?;
     }
     Ok(())
-}
-
-/// Removes a temp file unless forgotten.
-struct TempGuard(Option<PathBuf>);
-
-impl Drop for TempGuard {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p); // best effort: a failed run's partial output
-        }
-    }
 }

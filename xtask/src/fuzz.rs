@@ -12,7 +12,7 @@ use anyhow::{Result, bail};
 use crate::{root, sh};
 
 /// The targets, in `fuzz/Cargo.toml`.
-const TARGETS: &[&str] = &["tar_entries", "oci_json", "kiwi_xml"];
+const TARGETS: &[&str] = &["tar_entries", "oci_json", "kiwi_xml", "gzip_members"];
 
 /// Options of `cargo xtask fuzz`.
 #[derive(Debug, clap::Args)]

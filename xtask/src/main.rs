@@ -14,6 +14,7 @@ mod bench;
 mod demo;
 mod e2e;
 mod fuzz;
+mod test;
 
 /// Project tasks.
 #[derive(Debug, Parser)]
@@ -27,8 +28,13 @@ struct Cli {
 enum Task {
     /// Everything CI checks: fmt, clippy -D warnings, schema drift, all tests, docs.
     Ci,
-    /// Build the binaries, then run every test.
-    Test,
+    /// Build the binaries, then run every test; the last line counts passed, failed, skipped.
+    Test {
+        /// Run the test executables as this ordinary user (uid; 65534, nobody, if no value):
+        /// every test must pass or skip there; those that need root are `privileged_*`.
+        #[arg(long, value_name = "UID", num_args = 0..=1, default_missing_value = "65534")]
+        as_user: Option<u32>,
+    },
     /// Build the tools and run the main job on a sample root tree.
     Demo,
     /// Time our tools against the ones users would otherwise use, side by side.
@@ -51,7 +57,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.task {
         Task::Ci => ci(),
-        Task::Test => test(),
+        Task::Test { as_user } => test::run(as_user),
         Task::Demo => demo::run(),
         Task::Bench(args) => bench::run(&args),
         Task::Dist => dist(),
@@ -95,7 +101,7 @@ pub fn sh(c: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn show(c: &Command) -> String {
+pub fn show(c: &Command) -> String {
     std::iter::once(c.get_program().to_string_lossy().into_owned())
         .chain(c.get_args().map(|a| a.to_string_lossy().into_owned()))
         .collect::<Vec<_>>()
@@ -114,16 +120,11 @@ fn ci() -> Result<()> {
         "warnings",
     ]))?;
     schema(true)?;
-    test()?;
+    test::run(None)?;
     sh(cargo()
         .args(["doc", "--workspace", "--no-deps", "--all-features"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
     Ok(())
-}
-
-fn test() -> Result<()> {
-    sh(cargo().args(["build", "--workspace", "--all-features", "--bins"]))?;
-    sh(cargo().args(["test", "--workspace", "--all-features", "--no-fail-fast"]))
 }
 
 /// Every tool's clap definition, for man pages and completions.

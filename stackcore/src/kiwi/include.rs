@@ -1,4 +1,4 @@
-//! `<include from="…"/>` resolution (SPEC §6): textual, top level only, one level deep,
+//! `<include from="…"/>` resolution: textual, top level only, one level deep,
 //! exactly as kiwi's `include.xsl` does it.
 
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! Lints over the merged tree (SPEC §8). They mirror the kiwi runtime checks that a merge
+//! Lints over the merged tree. They mirror the kiwi runtime checks that a merge
 //! can break, so a problem shows up here rather than half way through a build.
 
 use std::collections::{BTreeMap, BTreeSet};

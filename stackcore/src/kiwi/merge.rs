@@ -1,4 +1,4 @@
-//! Applying one overlay to the base tree (SPEC §5): `km:reset`, the `<image>` attributes,
+//! Applying one overlay to the base tree: `km:reset`, the `<image>` attributes,
 //! then the children by kind (section, container, atomic, textset, setreplace), and at the
 //! end the `primary` fix-up.
 //!
@@ -136,7 +136,7 @@ fn replace_at(children: &mut Vec<Node>, idx: usize, new: Element, comments: &[St
     }
 }
 
-/// Where a new child named `name` goes in `parent` (SPEC §5.1, insert position).
+/// Where a new child named `name` goes in `parent` (the insert position).
 fn insert_pos(parent: &Element, name: &str, top_level: bool) -> usize {
     let ch = &parent.children;
     if let Some(i) = ch
@@ -676,7 +676,7 @@ impl<'d> Merger<'d> {
     }
 }
 
-/// The `requires` closure of every declared profile (SPEC §5.4, §8 E1).
+/// The `requires` closure of every declared profile.
 pub fn profile_closures(root: &Element) -> HashMap<String, BTreeSet<String>> {
     let mut requires: HashMap<String, Vec<String>> = HashMap::new();
     for ps in root.elements().filter(|e| e.name == "profiles") {
@@ -727,7 +727,7 @@ fn intersects(a: &BTreeSet<String>, b: &BTreeSet<String>) -> bool {
     a.iter().any(|x| b.contains(x))
 }
 
-/// Whether two preferences sections can be active in the same build (SPEC §5.4).
+/// Whether two preferences sections can be active in the same build.
 pub fn co_active<S: std::hash::BuildHasher>(
     a: &Scope,
     b: &Scope,
@@ -746,7 +746,7 @@ pub fn co_active<S: std::hash::BuildHasher>(
     arch_ok && prof_ok
 }
 
-/// SPEC §5.4: a `primary="true"` that came from an overlay clears `primary` on every other
+/// A `primary="true"` that came from an overlay clears `primary` on every other
 /// type that can be co-active with it, so kiwi's "first primary" is the overlay's.
 pub fn primary_fixup(root: &mut Element, diags: &mut Vec<Diag>) {
     let closures = profile_closures(root);

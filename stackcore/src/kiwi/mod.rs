@@ -1,5 +1,5 @@
-//! KIWI image description merging: the library behind `kiwimerge`
-//! (`/work/shared/kiwimerge/SPEC.md`).
+//! KIWI image description merging: the library behind `kiwimerge` (its behaviour for users:
+//! README.md, section kiwimerge).
 //!
 //! kiwi itself never merges descriptions; it reads every active section in document order
 //! and the first occurrence wins. To let an overlay win, kiwimerge edits the base in place
@@ -58,7 +58,7 @@ pub enum Level {
 pub struct Diag {
     /// Warning or error.
     pub level: Level,
-    /// The SPEC §8 id (`E1`, `W4`, …), or empty for general notices.
+    /// The lint id (`E1`, `W4`, …), or empty for general notices.
     pub code: &'static str,
     /// What happened, naming the input.
     pub message: String,
@@ -162,7 +162,7 @@ fn version_of(d: &Description) -> Result<Option<Version>> {
         .transpose()
 }
 
-/// Merges `overlays` onto `base`, left to right, following the pipeline of SPEC §2.
+/// Merges `overlays` onto `base`, left to right, following the kiwimerge pipeline.
 /// Input errors are [`Error::Usage`]; lint findings are in the returned diagnostics.
 pub fn merge(
     mut base: Description,

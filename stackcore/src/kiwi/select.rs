@@ -1,4 +1,4 @@
-//! Materialising a stash base for one arch, profile selection and type (SPEC §9).
+//! Materialising a stash base for one arch, profile selection and type.
 //!
 //! A stash description keeps every profile of the original, but the root was built for one
 //! selection. Reducing the base to that selection first lets an overlay target it without

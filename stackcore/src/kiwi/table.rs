@@ -1,4 +1,4 @@
-//! The semantics table of SPEC §5.2: for an element under a given parent, its merge kind
+//! The merge semantics table: for an element under a given parent, its merge kind
 //! and the key that identifies it. Everything the merge knows about KIWI's vocabulary is
 //! here, so a schema change is a table change.
 
@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use super::xml::Element;
 
-/// How an element merges (SPEC §5.2).
+/// How an element merges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// S: a section; all base sections with the same key form a group (G5).
@@ -26,7 +26,7 @@ pub enum Kind {
 enum Part {
     /// An attribute compared as an exact string (absent is its own value).
     Attr(&'static str),
-    /// A comma-list attribute compared as a token set (SPEC §4).
+    /// A comma-list attribute compared as a token set.
     Set(&'static str),
     /// `alias` if set, else `source/@path` (repositories).
     RepoId,
@@ -81,7 +81,7 @@ pub const PREF_SCALARS: &[&str] = &[
     "rpm-excludedocs",
 ];
 
-/// Kinds that the schema requires to have at least one element child (SPEC §5.3).
+/// Kinds that the schema requires to have at least one element child.
 pub const NEEDS_CHILD: &[&str] = &[
     "users",
     "drivers",
@@ -97,7 +97,7 @@ pub const NEEDS_CHILD: &[&str] = &[
     "luksformat",
 ];
 
-/// The canonical order of `<image>` children, used to place a new top-level kind (SPEC §5.1).
+/// The canonical order of `<image>` children, used to place a new top-level kind.
 pub const TOP_ORDER: &[&str] = &[
     "include",
     "description",
@@ -115,7 +115,7 @@ pub const TOP_ORDER: &[&str] = &[
 
 /// The semantics of `child` under the element named `parent`, or `None` for an element the
 /// table does not know.
-#[allow(clippy::match_same_arms)] // rows are grouped by parent, as in the SPEC table, not by result
+#[allow(clippy::match_same_arms)] // rows are grouped by parent, as in the merge table, not by result
 pub fn lookup(parent: &str, child: &Element) -> Option<Spec> {
     use Kind::{Atomic as A, Container as C, Section as S, SetReplace as R, TextSet as T};
     let name = child.name.as_str();

@@ -1,4 +1,4 @@
-//! Schema versions and the 7.4 → 8.5 upgrade (SPEC §7): the seven mechanical rules of
+//! Schema versions and the 7.4 → 8.5 upgrade: the seven mechanical rules of
 //! kiwi's `convert*.xsl` chain, each applied only when the upgrade crosses its version.
 
 use std::fmt;

@@ -1,6 +1,5 @@
 //! A small XML tree that keeps what a KIWI description author cares about: element and
-//! attribute order, comments, and byte-exact text. Parsing and canonical serialisation
-//! (SPEC §3).
+//! attribute order, comments, and byte-exact text. Parsing and canonical serialisation.
 //!
 //! Hostile input is refused rather than tamed: a `DOCTYPE` is an error (so there is no
 //! internal subset and no entity can ever be expanded), unknown entity references are
@@ -14,7 +13,7 @@ use quick_xml::reader::NsReader;
 
 use crate::{Error, Result};
 
-/// The namespace of kiwimerge directives (SPEC §5.5). Recognised by URI, never by prefix.
+/// The namespace of kiwimerge directives. Recognised by URI, never by prefix.
 pub const KM_NS: &str = "urn:kiwimerge:1";
 
 /// Largest input accepted. The biggest real description we know (the `AlmaLinux` export) is
@@ -73,7 +72,7 @@ pub struct Element {
     pub attrs: Vec<Attr>,
     /// Children in document order.
     pub children: Vec<Node>,
-    /// Set on a `<type>` whose `primary="true"` came from an overlay (SPEC §5.4); never
+    /// Set on a `<type>` whose `primary="true"` came from an overlay; never
     /// serialised.
     pub overlay_primary: bool,
 }
@@ -476,7 +475,7 @@ fn close(el: Element, stack: &mut [Element], root: &mut Option<Element>) {
     }
 }
 
-/// Serialises `doc` in the canonical format of SPEC §3.3. `km:` attributes and the directive
+/// Serialises `doc` in the canonical format of kiwimerge. `km:` attributes and the directive
 /// namespace declaration are never written.
 pub fn serialize(doc: &Document) -> String {
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n");
@@ -549,7 +548,7 @@ fn write_element(out: &mut String, el: &Element, level: usize) {
     }
 }
 
-/// Text escaping of SPEC §3.3: only what XML requires, so non-ASCII and quotes stay as written.
+/// Text escaping of kiwimerge: only what XML requires, so non-ASCII and quotes stay as written.
 fn escape_text(out: &mut String, s: &str) {
     for c in s.chars() {
         match c {
@@ -561,7 +560,7 @@ fn escape_text(out: &mut String, s: &str) {
     }
 }
 
-/// Attribute escaping of SPEC §3.3. Whitespace characters are escaped so that attribute
+/// Attribute escaping of kiwimerge. Whitespace characters are escaped so that attribute
 /// value normalisation on re-reading gives back the same value. `'` is not escaped (unlike
 /// `quick_xml::escape::escape`) because values are always double-quoted.
 fn escape_attr(out: &mut String, s: &str) {

@@ -96,7 +96,7 @@ impl LayerIndex {
     /// Reads a whole layer stream (verifying it) into an index.
     pub fn read(mut layer: super::read::LayerStream) -> Result<LayerIndex> {
         let digest = layer.digest.clone();
-        let err = |e: io::Error| super::read::layer_error(&digest, &e);
+        let err = |e: io::Error| Error::layer(&digest, e);
         let mut changes = Vec::new();
         let mut seen = DuplicateCheck::default();
         let mut buf = vec![0u8; 256 << 10];
@@ -211,12 +211,6 @@ pub fn layer_index(
         index.save_cached(&store.cache_dir(), &store.tmp_dir(), digest, &diff_id);
     }
     Ok(index)
-}
-
-impl From<io::Error> for Error {
-    fn from(e: io::Error) -> Self {
-        Error::Other(e.to_string())
-    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
@@ -26,7 +25,7 @@ use crate::{Error, Result};
 const MAX_DEPTH: usize = 8;
 
 /// One thing wrong with a store.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     /// The blob (`sha256:...`), or the file, that is wrong.
     pub blob: String,
@@ -35,12 +34,11 @@ pub struct Problem {
     /// The tags whose images need it.
     pub refs: Vec<String>,
     /// Whether what the blob references is unknown, so gc cannot tell garbage from data.
-    #[serde(skip)]
     pub blocks_gc: bool,
 }
 
 /// What [`verify`] found.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct VerifyReport {
     /// Blob files hashed.
     pub blobs: u64,
@@ -53,7 +51,7 @@ pub struct VerifyReport {
 }
 
 /// What [`gc`] removed.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct GcReport {
     /// Blobs kept (referenced).
     pub blobs_kept: u64,

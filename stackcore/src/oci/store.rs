@@ -178,11 +178,11 @@ impl Store {
         let path = self.blob_path(&desc.digest);
         let file = open_regular(&path).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
-                Error::Other(format!(
-                    "blob {} missing from {}",
-                    desc.digest,
-                    self.root.display()
-                ))
+                Error::NotFound {
+                    what: "blob",
+                    name: desc.digest.to_string(),
+                    place: Some(self.root.clone()),
+                }
             } else {
                 Error::io(&path, e)
             }
@@ -436,14 +436,18 @@ impl BlobWriter {
         let out = self.out.as_ref().expect("not committed twice");
         let (digest, size) = out.peek();
         if size != want_size {
-            return Err(Error::Other(format!(
-                "blob {want}: expected {want_size} bytes, got {size}"
-            )));
+            return Err(Error::SizeMismatch {
+                what: format!("blob {want}"),
+                expected: want_size,
+                found: Some(size),
+            });
         }
         if &digest != want {
-            return Err(Error::Other(format!(
-                "blob {want}: content has digest {digest}: damaged or tampered with in transit"
-            )));
+            return Err(Error::DigestMismatch {
+                what: format!("blob {want} (damaged or tampered with in transit)"),
+                expected: want.clone(),
+                found: digest,
+            });
         }
         self.commit().map(|_| ())
     }
@@ -472,7 +476,9 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Creates a new temp file `DIR/PREFIX-PID-N` (`O_EXCL`), mode 0644. The pid in the name is
 /// how a later writer or gc tells a killed run's leftovers from a live run's files (see
-/// [`temp_owner`]).
+/// [`temp_owner`]); that crash-cleanup protocol is why the store makes its own temporary
+/// files rather than `tempfile`'s randomly named ones (output files outside a store go
+/// through [`crate::atomic`]).
 pub fn temp_file(dir: &Path, prefix: &str) -> Result<(File, PathBuf)> {
     loop {
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -642,4 +648,185 @@ fn store_dir_meta(root: &Path) -> Result<fs::Metadata> {
 
 fn absolute(path: &Path) -> Result<PathBuf> {
     std::path::absolute(path).at(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::types::{Index, media};
+
+    fn fresh() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_for_write(&dir.path().join("store")).expect("new store");
+        (dir, store)
+    }
+
+    fn read_all(store: &Store, desc: &Descriptor) -> Result<Vec<u8>> {
+        let mut r = store.open_blob(desc)?;
+        let mut out = Vec::new();
+        r.read_to_end(&mut out)?;
+        r.finish()?;
+        Ok(out)
+    }
+
+    #[test]
+    fn a_new_store_is_a_layout_that_opens() {
+        let (_dir, store) = fresh();
+        let root = store.root().to_path_buf();
+        assert_eq!(
+            fs::read_to_string(root.join("oci-layout")).unwrap(),
+            "{\"imageLayoutVersion\":\"1.0.0\"}\n"
+        );
+        assert_eq!(fs::read(root.join("index.json")).unwrap(), EMPTY_INDEX);
+        let again = Store::open(&root).unwrap();
+        let index: Index = again.read_index().unwrap();
+        assert!(index.manifests.is_empty());
+    }
+
+    #[test]
+    fn blobs_are_named_by_their_digest_and_read_back_verified() {
+        let (_dir, store) = fresh();
+        let d = store.write_blob(b"hello").unwrap();
+        assert_eq!(d, Digest::of(b"hello"));
+        assert!(store.has_blob(&d));
+        assert_eq!(fs::read(store.blob_path(&d)).unwrap(), b"hello");
+        // Writing it again changes nothing.
+        assert_eq!(store.write_blob(b"hello").unwrap(), d);
+        let desc = Descriptor::new("application/octet-stream", d, 5);
+        assert_eq!(read_all(&store, &desc).unwrap(), b"hello");
+        // Nothing is left in the temp directory.
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn damage_is_a_typed_error_naming_the_blob() {
+        let (_dir, store) = fresh();
+        let d = store.write_blob(b"hello").unwrap();
+        let path = store.blob_path(&d);
+        let mut perms = fs::metadata(&path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+        fs::set_permissions(&path, perms).unwrap();
+        fs::write(&path, b"jello").unwrap();
+        let desc = Descriptor::new("application/octet-stream", d.clone(), 5);
+        match read_all(&store, &desc).unwrap_err() {
+            Error::DigestMismatch {
+                expected, found, ..
+            } => {
+                assert_eq!(expected, d);
+                assert_eq!(found, Digest::of(b"jello"));
+            }
+            other => panic!("want a digest mismatch, got {other:?}"),
+        }
+        let short = Descriptor::new("application/octet-stream", d.clone(), 4);
+        let err = read_all(&store, &short).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::SizeMismatch {
+                    expected: 4,
+                    found: None,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        fs::remove_file(&path).unwrap();
+        let err = store.open_blob(&desc).unwrap_err();
+        assert!(
+            matches!(&err, Error::NotFound { what: "blob", name, .. } if *name == d.to_string()),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("missing from"), "{err}");
+    }
+
+    #[test]
+    fn an_unverified_blob_never_enters_the_store() {
+        let (_dir, store) = fresh();
+        let want = Digest::of(b"right");
+        let mut w = store.blob_writer().unwrap();
+        w.write_all(b"wrong").unwrap();
+        let err = w.commit_verified(&want, 5).unwrap_err();
+        assert!(
+            matches!(&err, Error::DigestMismatch { expected, .. } if *expected == want),
+            "{err:?}"
+        );
+        let mut w = store.blob_writer().unwrap();
+        w.write_all(b"right!").unwrap();
+        let err = w.commit_verified(&want, 5).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::SizeMismatch {
+                    expected: 5,
+                    found: Some(6),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // A writer dropped half way leaves nothing either.
+        let mut w = store.blob_writer().unwrap();
+        w.write_all(b"half").unwrap();
+        drop(w);
+        assert!(!store.has_blob(&want));
+        assert_eq!(
+            fs::read_dir(store.root().join("blobs/sha256"))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn refs_are_set_replaced_and_removed_under_their_names() {
+        let (_dir, store) = fresh();
+        let a = Descriptor::new(media::MANIFEST, store.write_blob(b"{}").unwrap(), 2);
+        let b = Descriptor::new(media::MANIFEST, store.write_blob(b"[]").unwrap(), 2);
+        store.set_ref("os:latest", &a).unwrap();
+        store.set_ref("app:1", &b).unwrap();
+        assert_eq!(
+            store.resolve("os:latest").unwrap().unwrap().digest,
+            a.digest
+        );
+        store.set_ref("os:latest", &b).unwrap();
+        let index = store.read_index().unwrap();
+        assert_eq!(index.manifests.len(), 2, "replaced, not added");
+        // Sorted by name, so the file is the same whatever order refs came in.
+        let names: Vec<_> = index
+            .manifests
+            .iter()
+            .filter_map(|d| d.ref_name())
+            .collect();
+        assert_eq!(names, ["app:1", "os:latest"]);
+        assert_eq!(
+            store.resolve("os:latest").unwrap().unwrap().digest,
+            b.digest
+        );
+        assert!(store.remove_ref("app:1").unwrap());
+        assert!(!store.remove_ref("app:1").unwrap());
+        assert!(store.resolve("app:1").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_directory_that_is_not_a_layout_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("precious"), b"x").unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("not an OCI image layout"), "{err}");
+        assert!(Store::open_for_write(dir.path()).is_err());
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["precious"]);
+    }
+
+    #[test]
+    fn temp_names_carry_the_writer_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_f, path) = temp_file(dir.path(), "blob").unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(temp_owner(&name), Some(std::process::id() as i32));
+    }
 }

@@ -26,10 +26,9 @@ const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 const BLOB_ATTEMPTS: u32 = 5;
 
 /// What a pull did.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct PullOutcome {
     /// The `docker://` ref pulled.
-    #[serde(rename = "ref")]
     pub reference: String,
     /// The manifest now in the store (one platform's, when the ref named an index).
     pub descriptor: Descriptor,

@@ -18,10 +18,9 @@ use crate::oci::types::{Descriptor, Manifest, media};
 use crate::{Error, Result};
 
 /// What a push did.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct PushOutcome {
     /// `docker://HOST/REPO:TAG`.
-    #[serde(rename = "ref")]
     pub reference: String,
     /// The manifest digest, the same in the store and in the registry.
     pub digest: Digest,

@@ -1,9 +1,13 @@
 //! The tar codec: PAX headers out, PAX/ustar/GNU headers in.
 //!
-//! We do not use a tar crate's extraction (RESEARCH.md §0.1): this module only turns
+//! We do not use a tar crate's reader or extraction: this module turns
 //! [`Entry`](crate::entry::Entry) values into header bytes and header bytes back into
 //! entries, strictly, refusing the parser differentials that hostile layers use (PAX `size`
-//! disagreeing with the header, unknown types, sparse entries, trailing garbage).
+//! disagreeing with the header, unknown types, sparse entries, trailing garbage). The
+//! `tar` crate's [`tar::Header`] is the typed view of each 512-byte block, both ways;
+//! numbers are parsed by our own strict parser, PAX records by our own length-based one
+//! (`tar::PaxExtensions` splits records at newlines, which binary xattr values contain),
+//! and the checksum is written as GNU tar writes it, so layer bytes stay as they were.
 
 mod read;
 mod write;

@@ -86,11 +86,15 @@ impl<R: Read> TarReader<R> {
                 return Ok(None);
             }
             verify_checksum(&block)?;
-            let typeflag = block[156];
-            let size =
-                parse_number(&block[124..136]).map_err(|e| bad(format!("tar header size: {e}")))?;
-            match typeflag {
-                b'x' | b'g' => {
+            // The block's fields through `tar`'s typed header; their numbers are parsed by
+            // our `parse_number`, which reads what Go and GNU tar read (blank fields are 0,
+            // base-256 too) and refuses negative or overflowing base-256.
+            let header = tar::Header::from_byte_slice(&block);
+            let old = header.as_old();
+            let typeflag = old.linkflag[0];
+            let size = parse_number(&old.size).map_err(|e| bad(format!("tar header size: {e}")))?;
+            match header.entry_type() {
+                tar::EntryType::XHeader | tar::EntryType::XGlobalHeader => {
                     if size > limits::PAX_HEADER {
                         return Err(bad(format!(
                             "tar: PAX header of {size} bytes exceeds the {} byte limit",
@@ -98,7 +102,7 @@ impl<R: Read> TarReader<R> {
                         )));
                     }
                     let body = self.read_body(size)?;
-                    if typeflag == b'g' {
+                    if header.entry_type() == tar::EntryType::XGlobalHeader {
                         continue; // global headers (git archive's comment) carry nothing we apply
                     }
                     pending_meta = true;
@@ -128,7 +132,7 @@ impl<R: Read> TarReader<R> {
                         }
                     }
                 }
-                b'L' | b'K' => {
+                tar::EntryType::GNULongName | tar::EntryType::GNULongLink => {
                     if size > limits::PATH as u64 + 1 {
                         return Err(bad(format!(
                             "tar: GNU long name of {size} bytes is too long"
@@ -139,46 +143,42 @@ impl<R: Read> TarReader<R> {
                         body.pop();
                     }
                     pending_meta = true;
-                    if typeflag == b'L' {
+                    if header.entry_type() == tar::EntryType::GNULongName {
                         gnu_path = Some(body);
                     } else {
                         gnu_link = Some(body);
                     }
                 }
-                _ => {
-                    let kind = match typeflag {
-                        b'0' | 0 | b'7' => Kind::File,
-                        b'1' => Kind::Hardlink,
-                        b'2' => Kind::Symlink,
-                        b'3' => Kind::Char,
-                        b'4' => Kind::Block,
-                        b'5' => Kind::Dir,
-                        b'6' => Kind::Fifo,
-                        b'S' => return Err(bad("tar: GNU sparse entries are not supported")),
-                        t => {
+                entry_type => {
+                    let kind = match entry_type {
+                        tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File,
+                        tar::EntryType::Link => Kind::Hardlink,
+                        tar::EntryType::Symlink => Kind::Symlink,
+                        tar::EntryType::Char => Kind::Char,
+                        tar::EntryType::Block => Kind::Block,
+                        tar::EntryType::Directory => Kind::Dir,
+                        tar::EntryType::Fifo => Kind::Fifo,
+                        tar::EntryType::GNUSparse => {
+                            return Err(bad("tar: GNU sparse entries are not supported"));
+                        }
+                        _ => {
                             return Err(bad(format!(
                                 "tar: unknown entry type {:?}",
-                                char::from(t).escape_default().to_string()
+                                char::from(typeflag).escape_default().to_string()
                             )));
                         }
                     };
-                    let posix = &block[257..263] == b"ustar\0";
-                    let path = pax_path.or(gnu_path).unwrap_or_else(|| {
-                        let name = field_bytes(&block[0..100]);
-                        let prefix = if posix {
-                            field_bytes(&block[345..500])
-                        } else {
-                            &[]
-                        };
-                        if prefix.is_empty() {
-                            name.to_vec()
-                        } else {
-                            [prefix, b"/", name].concat()
-                        }
+                    // The ustar name with its prefix (POSIX ustar only: GNU's old format
+                    // keeps other fields there), unless PAX or a GNU long name gave one.
+                    let path = pax_path
+                        .or(gnu_path)
+                        .unwrap_or_else(|| header.path_bytes().into_owned());
+                    let link = pax_link.or(gnu_link).unwrap_or_else(|| {
+                        header
+                            .link_name_bytes()
+                            .map(std::borrow::Cow::into_owned)
+                            .unwrap_or_default()
                     });
-                    let link = pax_link
-                        .or(gnu_link)
-                        .unwrap_or_else(|| field_bytes(&block[157..257]).to_vec());
                     // A writer puts the size in PAX and 0 in the header only when it does
                     // not fit the 11 octal digits (Go's archive/tar). A smaller PAX size over
                     // a 0 is a parser differential: a reader that ignores PAX would take
@@ -223,14 +223,14 @@ impl<R: Read> TarReader<R> {
                             ))
                         })
                     };
-                    let mode = num(&block[100..108], "mode")? as u32 & 0o7777;
+                    let mode = num(&old.mode, "mode")? as u32 & 0o7777;
                     let uid = match pax_uid {
                         Some(u) => u,
-                        None => num(&block[108..116], "uid")?,
+                        None => num(&old.uid, "uid")?,
                     };
                     let gid = match pax_gid {
                         Some(g) => g,
-                        None => num(&block[116..124], "gid")?,
+                        None => num(&old.gid, "gid")?,
                     };
                     // Owners are 32-bit, and (uid_t)-1 tells chown "leave it": a larger
                     // number would silently become another owner (2^32 is root).
@@ -247,7 +247,7 @@ impl<R: Read> TarReader<R> {
                     let mtime = match pax_mtime {
                         Some(t) => t,
                         None => Mtime {
-                            sec: i64::try_from(num(&block[136..148], "mtime")?).map_err(|_| {
+                            sec: i64::try_from(num(&old.mtime, "mtime")?).map_err(|_| {
                                 bad(format!(
                                     "tar: {}: mtime out of range",
                                     String::from_utf8_lossy(&path)
@@ -264,13 +264,18 @@ impl<R: Read> TarReader<R> {
                             ))
                         })
                     };
-                    let (dev_major, dev_minor) = if matches!(kind, Kind::Char | Kind::Block) {
-                        (
-                            dev(&block[329..337], "devmajor")?,
-                            dev(&block[337..345], "devminor")?,
-                        )
-                    } else {
-                        (0, 0)
+                    // Device numbers exist in ustar and GNU headers (a v7 header has no
+                    // such fields: 0, as Go's reader has it).
+                    let (dev_major, dev_minor) = match (kind, header.as_ustar(), header.as_gnu()) {
+                        (Kind::Char | Kind::Block, Some(u), _) => (
+                            dev(&u.dev_major, "devmajor")?,
+                            dev(&u.dev_minor, "devminor")?,
+                        ),
+                        (Kind::Char | Kind::Block, None, Some(g)) => (
+                            dev(&g.dev_major, "devmajor")?,
+                            dev(&g.dev_minor, "devminor")?,
+                        ),
+                        _ => (0, 0),
                     };
                     xattrs.sort();
                     if xattrs.windows(2).any(|w| w[0].0 == w[1].0) {
@@ -384,27 +389,21 @@ fn read_block(r: &mut impl Read, block: &mut [u8; 512]) -> io::Result<bool> {
     Ok(true)
 }
 
+/// Checks the header checksum, taken as unsigned or (as some old writers summed it)
+/// signed bytes; `tar::Header::cksum` knows only the first and no base-256. The sum
+/// counts the checksum field itself as eight spaces.
 fn verify_checksum(block: &[u8; 512]) -> io::Result<()> {
-    let stored =
-        parse_number(&block[148..156]).map_err(|_| bad("tar: header checksum field unreadable"))?;
-    let mut unsigned: u64 = 0;
-    let mut signed: i64 = 0;
-    for (i, &b) in block.iter().enumerate() {
-        let b = if (148..156).contains(&i) { b' ' } else { b };
-        unsigned += u64::from(b);
-        signed += i64::from(b as i8);
-    }
+    let field = &tar::Header::from_byte_slice(block).as_old().cksum;
+    let stored = parse_number(field).map_err(|_| bad("tar: header checksum field unreadable"))?;
+    let spaces = 8 * u64::from(b' ');
+    let unsigned = |bytes: &[u8]| bytes.iter().map(|&b| u64::from(b)).sum::<u64>();
+    let signed = |bytes: &[u8]| bytes.iter().map(|&b| i64::from(b as i8)).sum::<i64>();
+    let unsigned = unsigned(block) - unsigned(field) + spaces;
+    let signed = signed(block) - signed(field) + spaces as i64;
     if stored == unsigned || stored as i64 == signed {
         Ok(())
     } else {
         Err(bad("tar: header checksum mismatch (not a tar, or damaged)"))
-    }
-}
-
-fn field_bytes(f: &[u8]) -> &[u8] {
-    match f.iter().position(|&b| b == 0) {
-        Some(i) => &f[..i],
-        None => f,
     }
 }
 

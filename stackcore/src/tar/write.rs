@@ -129,10 +129,10 @@ pub fn write_header(out: &mut Vec<u8>, e: &Entry) {
 
     let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let needs_pax_name = |n: &[u8]| n.len() > 100 || !n.is_ascii();
-    let binary = std::str::from_utf8(&name).is_err() || std::str::from_utf8(&e.link).is_err();
-    if binary && (needs_pax_name(&name) || needs_pax_name(&e.link)) {
-        pax.push((b"hdrcharset".to_vec(), b"BINARY".to_vec()));
-    }
+    // Names that are not UTF-8 go into PAX as their raw bytes, without `hdrcharset=BINARY`:
+    // GNU tar 1.34 (in C, POSIX and UTF-8 locales) and our reader take the bytes as they
+    // are (tests/stash.rs checks both); Go's archive/tar keeps PAX values as byte strings
+    // and does not read hdrcharset.
     if needs_pax_name(&name) {
         pax.push((b"path".to_vec(), name.clone()));
     }
@@ -164,7 +164,7 @@ pub fn write_header(out: &mut Vec<u8>, e: &Entry) {
 
     if !pax.is_empty() {
         let body = pax_body(&pax);
-        let mut h = ustar(
+        let h = ustar(
             b"PaxHeader",
             0o644,
             0,
@@ -176,7 +176,6 @@ pub fn write_header(out: &mut Vec<u8>, e: &Entry) {
             0,
             0,
         );
-        checksum(&mut h);
         out.extend_from_slice(&h);
         out.extend_from_slice(&body);
         out.resize(out.len() + padding(body.len() as u64), 0);
@@ -201,7 +200,7 @@ pub fn write_header(out: &mut Vec<u8>, e: &Entry) {
     } else {
         &e.link
     };
-    let mut h = ustar(
+    let h = ustar(
         short_name,
         u64::from(e.mode & 0o7777),
         e.uid.min(MAX_OCTAL_7),
@@ -213,7 +212,6 @@ pub fn write_header(out: &mut Vec<u8>, e: &Entry) {
         e.dev_major,
         e.dev_minor,
     );
-    checksum(&mut h);
     out.extend_from_slice(&h);
 }
 
@@ -229,9 +227,16 @@ fn pax_body(pax: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
 /// ([`super::limits`]), so that nothing is stashed that could not be unstashed: the
 /// path (with a directory's `/`), the link target, and the PAX extended header, which
 /// carries the xattrs (a tmpfs holds more than 1 MiB of them on one file).
-pub fn check_limits(e: &Entry) -> Result<()> {
+///
+/// Messages name the entry as `root` joined with its path.
+pub fn check_limits(e: &Entry, root: &std::path::Path) -> Result<()> {
     use super::limits;
-    let show = || String::from_utf8_lossy(&e.path).into_owned();
+    use std::os::unix::ffi::OsStrExt;
+    let show = || {
+        root.join(std::ffi::OsStr::from_bytes(&e.path))
+            .display()
+            .to_string()
+    };
     let name_len = e.path.len().max(1) + usize::from(e.kind == Kind::Dir);
     if name_len > limits::PATH || e.link.len() > limits::PATH {
         return Err(Error::Other(format!(
@@ -243,12 +248,10 @@ pub fn check_limits(e: &Entry) -> Result<()> {
     }
     let mut header = Vec::new();
     write_header(&mut header, e);
-    if header.len() > 512 && header[156] == b'x' {
-        // The PAX header's own size field, as a reader sees it.
-        let field = &header[124..135];
-        let pax = field.iter().fold(0u64, |acc, &d| {
-            acc * 8 + u64::from(d.wrapping_sub(b'0') & 7)
-        });
+    let first = tar::Header::from_byte_slice(&header[..512]);
+    if header.len() > 512 && first.entry_type() == tar::EntryType::XHeader {
+        // The PAX header's own size, as a reader sees it (we wrote it in plain octal).
+        let pax = first.entry_size().expect("our own octal size field");
         if pax > limits::PAX_HEADER {
             let xattrs: usize = e.xattrs.iter().map(|(k, v)| k.len() + v.len()).sum();
             return Err(Error::Other(format!(
@@ -278,6 +281,10 @@ fn pax_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     out.push(b'\n');
 }
 
+/// One ustar header block, its fields set through `tar::Header`. Every value fits its field
+/// in octal here ([`write_header`] clamps and carries the real value in PAX), so `tar` writes
+/// the same zero-padded, NUL-terminated octal that layers have always had; device numbers
+/// only for devices; then the checksum ([`checksum`]).
 #[allow(clippy::too_many_arguments)] // the ustar header has these fields; a struct adds nothing
 fn ustar(
     name: &[u8],
@@ -291,40 +298,33 @@ fn ustar(
     major: u32,
     minor: u32,
 ) -> [u8; 512] {
-    let mut h = [0u8; 512];
-    h[..name.len()].copy_from_slice(name);
-    octal(&mut h[100..108], mode);
-    octal(&mut h[108..116], uid);
-    octal(&mut h[116..124], gid);
-    octal(&mut h[124..136], size);
-    octal(&mut h[136..148], mtime);
-    h[156] = typeflag;
-    h[157..157 + link.len()].copy_from_slice(link);
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[263..265].copy_from_slice(b"00");
+    let mut h = tar::Header::new_ustar();
+    let old = h.as_old_mut();
+    old.name[..name.len()].copy_from_slice(name);
+    old.linkname[..link.len()].copy_from_slice(link);
+    h.set_mode(mode as u32);
+    h.set_uid(uid);
+    h.set_gid(gid);
+    h.set_size(size);
+    h.set_mtime(mtime);
+    h.set_entry_type(tar::EntryType::new(typeflag));
     if matches!(typeflag, b'3' | b'4') {
-        octal(&mut h[329..337], u64::from(major));
-        octal(&mut h[337..345], u64::from(minor));
+        // A ustar header always has these fields.
+        h.set_device_major(major).expect("ustar header");
+        h.set_device_minor(minor).expect("ustar header");
     }
-    h
+    checksum(&mut h);
+    *h.as_bytes()
 }
 
-/// Zero-padded octal with a NUL terminator, filling the field.
-fn octal(field: &mut [u8], v: u64) {
-    let digits = field.len() - 1;
-    let s = format!("{v:0digits$o}");
-    let s = s.as_bytes();
-    // Values that do not fit are clamped by the callers (PAX carries the real value).
-    let s = &s[s.len().saturating_sub(digits)..];
-    field[..digits].copy_from_slice(s);
-    field[digits] = 0;
-}
-
-fn checksum(h: &mut [u8; 512]) {
-    h[148..156].fill(b' ');
-    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-    let s = format!("{sum:06o}\0 ");
-    h[148..156].copy_from_slice(s.as_bytes());
+/// The checksum as GNU tar writes it: six octal digits, NUL, space (`tar::Header::set_cksum`
+/// writes seven digits and a NUL, which would change every layer's bytes and digest).
+fn checksum(h: &mut tar::Header) {
+    h.as_old_mut().cksum = [b' '; 8];
+    let sum: u32 = h.as_bytes().iter().map(|&b| u32::from(b)).sum();
+    h.as_old_mut()
+        .cksum
+        .copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
 }
 
 #[cfg(test)]
@@ -350,18 +350,23 @@ mod limit_tests {
     #[test]
     fn check_limits_matches_what_readers_refuse() {
         let mut e = Entry::new(b"f".to_vec(), Kind::File);
-        assert!(check_limits(&e).is_ok());
+        assert!(check_limits(&e, std::path::Path::new("")).is_ok());
         // 16 xattrs of 64 KiB: 1 MiB of values alone, over the limit with their records.
         e.xattrs = (0..16)
             .map(|i| (format!("user.x{i:02}").into_bytes(), vec![b'v'; 64 << 10]))
             .collect();
-        let err = check_limits(&e).unwrap_err().to_string();
+        let err = check_limits(&e, std::path::Path::new(""))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("over the 1048576-byte limit"), "{err}");
         e.xattrs.truncate(15);
-        assert!(check_limits(&e).is_ok());
+        assert!(check_limits(&e, std::path::Path::new("")).is_ok());
         let mut deep = Entry::new(vec![b'a'; 4096], Kind::Dir);
-        assert!(check_limits(&deep).is_err(), "4096 bytes and a '/'");
+        assert!(
+            check_limits(&deep, std::path::Path::new("")).is_err(),
+            "4096 bytes and a '/'"
+        );
         deep.kind = Kind::File;
-        assert!(check_limits(&deep).is_ok());
+        assert!(check_limits(&deep, std::path::Path::new("")).is_ok());
     }
 }
