@@ -136,8 +136,9 @@ fn load(arg: &str, store: &Path) -> stackcore::Result<Description> {
 /// An image that cannot be opened or has no description is unusable input: exit 2.
 fn load_from_image(arg: &str, store: &Path) -> stackcore::Result<Description> {
     let r = stackcore::image::ImageRef::parse(arg)?;
-    let img = stackcore::image::Image::open(&r, store)
-        .map_err(|e| Error::Usage(format!("{arg}: {e}")))?;
+    let img = stackcore::open::open_ref(&r, &stackcore::open::OpenOptions::new(store))
+        .map_err(|e| Error::Usage(format!("{arg}: {e}")))?
+        .image;
     let bytes = img
         .read_file(b"image/config.xml", 16 << 20)
         .map_err(|e| Error::Usage(format!("{arg}: {e}")))?

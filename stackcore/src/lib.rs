@@ -16,7 +16,10 @@
 //! | [`manifest`] | the versioned `--json` documents and their JSON Schemas |
 //! | [`oci`] | OCI JSON types and the image-layout store |
 //! | [`extract`] | writing entries into a directory without ever escaping it |
-//! | [`image`] | image refs; opening images from stores, layouts and archives |
+//! | [`imageref`] | the image ref grammar; name and tag rules |
+//! | [`open`] | opening any ref: the store, layouts, archives, registries (pulled first) |
+//! | [`image`] | an opened image: manifest, config, blobs, layer reading |
+//! | [`archive`] | `oci-archive:` and `docker-archive:` tars, read in place |
 //! | [`progress`] | progress of long work, reported to the sink a binary installs |
 //! | [`registry`] | `docker://` refs; pulling and pushing over the OCI distribution API (feature `registry`) |
 //! | [`stash`] | stashing a tree: full the first time, the difference after that |
@@ -28,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod apply;
+pub mod archive;
 pub mod cli;
 pub mod description;
 pub mod digest;
@@ -36,10 +40,12 @@ pub mod error;
 pub mod extract;
 pub mod failpoint;
 pub mod image;
+pub mod imageref;
 pub mod kiwi;
 pub mod layer;
 pub mod manifest;
 pub mod oci;
+pub mod open;
 pub mod progress;
 pub mod registry;
 pub mod space;

@@ -20,11 +20,7 @@
 //! repository of the same registry), then the manifest, byte for byte as stored, so the
 //! registry's digest is ours.
 
-use std::path::Path;
-
-use crate::Result;
 use crate::cli::Log;
-use crate::image::{Image, ImageRef};
 
 pub mod platform;
 pub mod reference;
@@ -101,30 +97,4 @@ impl RegistryOptions {
             log.step(msg);
         }
     }
-}
-
-/// Opens any image ref; a `docker://` ref is first pulled into the store at `store` (created
-/// if need be, so it must be writable), then opened from there by digest.
-pub fn open_image(r: &ImageRef, store: &Path, opts: &RegistryOptions) -> Result<Image> {
-    let ImageRef::Registry(reference) = r else {
-        return Image::open(r, store);
-    };
-    let parsed = RegistryRef::parse(reference)?;
-    open_registry(&parsed, store, opts)
-}
-
-#[cfg(feature = "registry")]
-fn open_registry(r: &RegistryRef, store: &Path, opts: &RegistryOptions) -> Result<Image> {
-    use crate::image::BlobSource;
-    use crate::oci::Store;
-    let s = Store::open_for_write(store)?;
-    let pulled = pull_ref(&s, r, opts)?;
-    Image::from_descriptor(BlobSource::Layout(s), pulled.descriptor, pulled.ref_name)
-}
-
-#[cfg(not(feature = "registry"))]
-fn open_registry(r: &RegistryRef, _store: &Path, _opts: &RegistryOptions) -> Result<Image> {
-    Err(crate::Error::Usage(format!(
-        "{r}: this build has no registry support (stackcore feature \"registry\")"
-    )))
 }
