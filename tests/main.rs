@@ -9,6 +9,7 @@ mod hostile;
 mod incremental;
 mod jsonschema;
 mod kiwimerge;
+mod refs;
 mod registry;
 mod stackbuild;
 mod stackmerge;

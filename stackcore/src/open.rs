@@ -9,8 +9,10 @@
 //! | `docker://HOST/REPO[:TAG\|@DIGEST]` | pulled into the store first, then opened from it by digest |
 //!
 //! A pulled image is kept in the store under `HOST/REPO:TAG` and can be opened offline by
-//! that name afterwards; its platform is its config's, and opening it for another platform
-//! is refused (pull it again for that one).
+//! that name afterwards, for the platform it was pulled for (kept on its `index.json` entry
+//! when a pull picked it from an image index, else its config's): opening it by name for
+//! another platform (`--platform`, else this machine's) is refused; pull it again for that
+//! one.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -66,8 +68,13 @@ pub fn open_ref(r: &ImageRef, opts: &OpenOptions) -> Result<Opened> {
             return open_registry(&rr, opts);
         }
         ImageRef::Stash { name, tag } => {
-            let img = open_stash(&opts.store, name, tag, &platform)?;
-            check_platform(&img, name, tag, opts.registry.platform.as_ref())?;
+            let (src, desc) = find_stash(&opts.store, name, tag)?
+                .ok_or_else(|| no_stash(&opts.store, name, tag))?;
+            // The platform a pull picked from an image index is kept on the store's entry.
+            let recorded = desc.platform.as_ref().map(PlatformSpec::of);
+            let img = Image::from_descriptor_for(src, desc, format!("{name}:{tag}"), &platform)?;
+            let have = recorded.unwrap_or_else(|| PlatformSpec::of_config(&img.config));
+            check_platform(&have, name, tag, opts.registry.platform.as_ref())?;
             img
         }
         ImageRef::Layout { dir, name } => {
@@ -130,18 +137,13 @@ pub fn find_stash(store: &Path, name: &str, tag: &str) -> Result<Option<(BlobSou
     Ok(s.resolve(&full)?.map(|d| (BlobSource::Layout(s), d)))
 }
 
-/// Opens the stash `NAME:TAG` of the store at `store`.
-fn open_stash(store: &Path, name: &str, tag: &str, platform: &PlatformSpec) -> Result<Image> {
-    let full = format!("{name}:{tag}");
-    let (src, desc) = find_stash(store, name, tag)?.ok_or_else(|| {
-        Error::Other(format!(
-            "no stash {full} in {} (stash --list shows what is there)",
-            std::path::absolute(store)
-                .unwrap_or_else(|_| store.to_path_buf())
-                .display()
-        ))
-    })?;
-    Image::from_descriptor_for(src, desc, full, platform)
+fn no_stash(store: &Path, name: &str, tag: &str) -> Error {
+    Error::Other(format!(
+        "no stash {name}:{tag} in {} (stash --list shows what is there)",
+        std::path::absolute(store)
+            .unwrap_or_else(|_| store.to_path_buf())
+            .display()
+    ))
 }
 
 /// A layout is ours when it is the store the tool was given, or carries our mark.
@@ -152,15 +154,19 @@ fn is_our_store(layout: &Store, store: &Path) -> bool {
 /// A pulled image (`HOST/REPO:TAG`) is used offline only for the platform it was pulled
 /// for: `--platform`, else this machine's. A stash of ours (no `/` in its name) is checked
 /// only against an explicit `--platform`.
-fn check_platform(img: &Image, name: &str, tag: &str, asked: Option<&PlatformSpec>) -> Result<()> {
+fn check_platform(
+    have: &PlatformSpec,
+    name: &str,
+    tag: &str,
+    asked: Option<&PlatformSpec>,
+) -> Result<()> {
     let pulled = name.contains('/');
     let want = match asked {
         Some(p) => p.clone(),
         None if pulled => PlatformSpec::host(),
         None => return Ok(()),
     };
-    let have = PlatformSpec::of_config(&img.config);
-    if want.matches(&have) {
+    if want.matches(have) {
         return Ok(());
     }
     let hint = if pulled {
