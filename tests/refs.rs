@@ -128,8 +128,8 @@ fn oci_ref_of_our_store_uses_its_cache_and_a_copy_does_not() -> Result<()> {
     // trusting that cache would never read (nor check) the layer.
     let blob = copy.join("blobs/sha256").join(&hex);
     let mut bytes = fs::read(&blob)?;
-    let n = bytes.len();
-    bytes[n - 9] ^= 0xff;
+    let len = bytes.len();
+    bytes[len - 9] ^= 0xff;
     fs::write(&blob, bytes)?;
     let config_diff_id = {
         let index: Value = serde_json::from_slice(&fs::read(copy.join("index.json"))?)?;

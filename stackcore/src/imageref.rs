@@ -284,7 +284,7 @@ mod tests {
             // What a pull by digest alone keeps: the name and tag join back to the ref name.
             (
                 &pulled_by_digest,
-                stash(&format!("127.0.0.1:5000/ns/x@sha256"), &"ab".repeat(32)),
+                stash("127.0.0.1:5000/ns/x@sha256", &"ab".repeat(32)),
                 pulled_by_digest.clone(),
             ),
             ("oci:/s", layout("/s", None), "oci:/s".into()),

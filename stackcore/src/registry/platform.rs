@@ -48,8 +48,7 @@ impl PlatformSpec {
                 },
             ),
             "armhf" | "armv7l" | "armv7" => ("arm", Some("v7")),
-            "armel" => ("arm", Some("v6")),
-            "armv6l" => ("arm", Some("v6")),
+            "armel" | "armv6l" => ("arm", Some("v6")),
             "armv5tel" | "armv5l" => ("arm", Some("v5")),
             "arm" => (
                 "arm",
