@@ -15,7 +15,7 @@ use crate::layer::read::{LayerStream, open_layer};
 use crate::oci::Store;
 use crate::oci::store::read_json_blob;
 use crate::oci::types::{Descriptor, ImageConfig, Index, Manifest, media};
-use crate::registry::PlatformSpec;
+use crate::platform::PlatformSpec;
 use crate::{Error, Result};
 
 /// Where blobs come from.

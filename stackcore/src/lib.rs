@@ -19,6 +19,7 @@
 //! | [`imageref`] | the image ref grammar; name and tag rules |
 //! | [`open`] | opening any ref: the store, layouts, archives, registries (pulled first) |
 //! | [`image`] | an opened image: manifest, config, blobs, layer reading |
+//! | [`platform`] | `--platform os/arch[/variant]`, normalised; picking from an image index |
 //! | [`archive`] | `oci-archive:` and `docker-archive:` tars, read in place |
 //! | [`progress`] | progress of long work, reported to the sink a binary installs |
 //! | [`registry`] | `docker://` refs; pulling and pushing over the OCI distribution API (feature `registry`) |
@@ -46,6 +47,7 @@ pub mod layer;
 pub mod manifest;
 pub mod oci;
 pub mod open;
+pub mod platform;
 pub mod progress;
 pub mod registry;
 pub mod space;

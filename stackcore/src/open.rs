@@ -23,7 +23,8 @@ use crate::imageref::ImageRef;
 use crate::manifest::PullReport;
 use crate::oci::Store;
 use crate::oci::types::Descriptor;
-use crate::registry::{PlatformSpec, RegistryOptions, RegistryRef};
+use crate::platform::PlatformSpec;
+use crate::registry::{RegistryOptions, RegistryRef};
 use crate::{Error, Result};
 
 /// Where `NAME[:TAG]` refs are found and `docker://` refs are pulled to, and how.

@@ -4,7 +4,6 @@
 //! | module | what it owns |
 //! |---|---|
 //! | [`reference`](mod@reference) | `docker://HOST[:PORT]/REPO[:TAG\|@DIGEST]` |
-//! | [`platform`] | `--platform os/arch[/variant]`, picking from an image index |
 //! | `auth` | auth files and `WWW-Authenticate` challenges (feature `registry`) |
 //! | `client` | the HTTP client: auth, retries, registry error messages (feature `registry`) |
 //! | `pull`, `push` | moving images (feature `registry`) |
@@ -22,7 +21,8 @@
 
 use crate::cli::Log;
 
-pub mod platform;
+/// `--platform` (kept at `registry::platform` for callers that name it there).
+pub use crate::platform;
 pub mod reference;
 
 #[cfg(feature = "registry")]
