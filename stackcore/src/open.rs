@@ -124,27 +124,30 @@ pub fn opening_error(r: &ImageRef, e: Error) -> anyhow::Error {
 }
 
 /// Where a `NAME:TAG` is looked up: the store's `index.json`. `Ok(None)` when the store has
-/// no such name (or no store is there at all); the one place a name resolves, so another
-/// place to look (the original plugin's archives) goes here.
+/// no such name, or there is no store at `store` yet. This is the one place a bare name
+/// resolves: another place to look (the original plugin's archives) goes here.
 pub fn find_stash(store: &Path, name: &str, tag: &str) -> Result<Option<(BlobSource, Descriptor)>> {
-    let s = Store::open(store).map_err(|e| match e {
-        Error::Other(m) if !store.exists() => Error::Other(format!(
-            "no stash {name}:{tag}: the store {} does not exist ({m})",
-            store.display()
-        )),
-        e => e,
-    })?;
-    let full = format!("{name}:{tag}");
-    Ok(s.resolve(&full)?.map(|d| (BlobSource::Layout(s), d)))
+    if !store.exists() {
+        return Ok(None);
+    }
+    let s = Store::open(store)?;
+    Ok(s.resolve(&format!("{name}:{tag}"))?
+        .map(|d| (BlobSource::Layout(s), d)))
 }
 
 fn no_stash(store: &Path, name: &str, tag: &str) -> Error {
-    Error::Other(format!(
-        "no stash {name}:{tag} in {} (stash --list shows what is there)",
-        std::path::absolute(store)
-            .unwrap_or_else(|_| store.to_path_buf())
-            .display()
-    ))
+    let shown = std::path::absolute(store).unwrap_or_else(|_| store.to_path_buf());
+    if store.exists() {
+        Error::Other(format!(
+            "no stash {name}:{tag} in {} (stash --list shows what is there)",
+            shown.display()
+        ))
+    } else {
+        Error::Other(format!(
+            "no stash {name}:{tag}: the store {} does not exist",
+            shown.display()
+        ))
+    }
 }
 
 /// A layout is ours when it is the store the tool was given, or carries our mark.
