@@ -100,3 +100,42 @@ pub(crate) fn mark(store: &Store) -> Result<()> {
     std::fs::create_dir_all(store.tmp_dir()).at(store.tmp_dir())?;
     write_atomic(&path, want.as_bytes(), &store.tmp_dir())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_written_store_is_ours_and_a_copy_of_its_mark_is_not() -> Result<()> {
+        let tmp = tempfile::tempdir().map_err(|e| crate::Error::io("tempdir", e))?;
+        let a = tmp.path().join("a");
+        let store = Store::open_for_write(&a)?;
+        if expected(store.root()).is_none() {
+            return Ok(()); // this file system keeps no birth time: nothing is ours by mark
+        }
+        assert!(is_ours(&store));
+        // The same files in another directory (what cp -a or an unpacked tar gives).
+        let b = tmp.path().join("b");
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&a)
+            .arg(&b)
+            .status()
+            .map_err(|e| crate::Error::io("cp", e))?;
+        assert!(status.success());
+        let copy = Store::open(&b)?;
+        assert!(copy.root().join(".stackbuild").join(MARK_FILE).is_file());
+        assert!(!is_ours(&copy));
+        // A cache in a layout being marked is dropped: no one knows who wrote it.
+        std::fs::create_dir_all(copy.cache_dir().join("index"))?;
+        std::fs::write(copy.cache_dir().join("index").join("x"), b"forged")?;
+        let copy = Store::open_for_write(&b)?;
+        assert!(is_ours(&copy));
+        assert!(!copy.cache_dir().exists());
+        // Ours only while nobody else can write to it.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o775))?;
+        assert!(!is_ours(&store));
+        Ok(())
+    }
+}
