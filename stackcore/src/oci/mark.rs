@@ -103,6 +103,8 @@ pub(crate) fn mark(store: &Store) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
@@ -133,7 +135,6 @@ mod tests {
         assert!(is_ours(&copy));
         assert!(!copy.cache_dir().exists());
         // Ours only while nobody else can write to it.
-        use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o775))?;
         assert!(!is_ours(&store));
         Ok(())
