@@ -21,9 +21,10 @@ use crate::{Error, Result};
 /// Where blobs come from.
 #[derive(Debug, Clone)]
 pub enum BlobSource {
-    /// Our store: its layer-index cache is read and written.
+    /// A store of ours: its layer-index cache is read and written.
     Layout(Store),
-    /// Another OCI layout (`oci:DIR` naming a directory that is not the store). Read only:
+    /// Another OCI layout (`oci:DIR` naming a directory that is not a store of ours, see
+    /// [`crate::oci::mark`]). Read only:
     /// whoever made it could have forged its cache directory or aimed it elsewhere with a
     /// symlink, so layer indexes are neither read from nor written into it.
     Foreign(Store),
