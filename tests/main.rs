@@ -11,6 +11,7 @@ mod incremental;
 mod jsonschema;
 mod kiwimerge;
 mod legacy;
+mod refs;
 mod registry;
 mod stackbuild;
 mod stackmerge;

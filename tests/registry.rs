@@ -1494,7 +1494,7 @@ fn registry_https_is_verified_against_the_system_roots() -> Result<()> {
         .env("SSL_CERT_FILE", &ca))?;
     assert_same(&before, &dump(&w.path("back"))?)?;
 
-    // Other tools read docker:// refs too (through Image::open: TLS, this platform):
+    // Other tools read docker:// refs too (through stackcore::open::open_ref):
     // kiwimerge takes a pushed stash's image/config.xml as its base.
     fs::create_dir_all(w.path("root/image"))?;
     fs::write(

@@ -148,8 +148,13 @@ fn load_from_image(
     registry: &stackcore::registry::RegistryOptions,
 ) -> stackcore::Result<Description> {
     let r = stackcore::image::ImageRef::parse(arg)?;
-    let img = stackcore::registry::open_image(&r, store, registry)
-        .map_err(|e| Error::Usage(format!("{arg}: {e}")))?;
+    let opts = stackcore::open::OpenOptions {
+        store: store.to_path_buf(),
+        registry: registry.clone(),
+    };
+    let img = stackcore::open::open_ref(&r, &opts)
+        .map_err(|e| Error::Usage(format!("{arg}: {e}")))?
+        .image;
     let bytes = img
         .read_file(b"image/config.xml", 16 << 20)
         .map_err(|e| Error::Usage(format!("{arg}: {e}")))?

@@ -101,24 +101,6 @@ struct StashInfo {
     image: Option<Image>,
 }
 
-/// Pulls `URI/NAME` into the store and opens what was pulled.
-fn pull_stash(
-    uri: &str,
-    name: &str,
-    store: &Path,
-    opts: &stackcore::registry::RegistryOptions,
-) -> anyhow::Result<Image> {
-    let r = stackcore::registry::RegistryRef::under(uri, name)?;
-    let s = stackcore::oci::Store::open_for_write(store)
-        .with_context(|| format!("opening store {} to pull into", store.display()))?;
-    let pulled = stackcore::registry::pull_ref(&s, &r, opts)?;
-    Ok(Image::from_descriptor(
-        stackcore::image::BlobSource::Layout(s),
-        pulled.descriptor,
-        pulled.ref_name,
-    )?)
-}
-
 /// Runs `stackbuild`.
 #[allow(clippy::needless_pass_by_value)] // the signature `run_main` calls
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -152,11 +134,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     for name in &cli.stashes {
         // From a registry: exactly what was pulled, by digest, never a local image of the
         // same name.
+        let opts = stackcore::open::OpenOptions {
+            store: store.clone(),
+            registry: registry.clone(),
+        };
         let img = if let Some(uri) = &cli.from_registry {
-            pull_stash(uri, name, &store, &registry)?
+            let r = stackcore::registry::RegistryRef::under(uri, name)?;
+            stackcore::open::open_registry(&r, &opts)?.image
         } else {
             let r = ImageRef::parse(name)?;
-            Image::open(&r, &store).with_context(|| format!("stash {name}"))?
+            stackcore::open::open_ref(&r, &opts)
+                .with_context(|| format!("stash {name}"))?
+                .image
         };
         stashes.push(StashInfo {
             report: StackedStash {

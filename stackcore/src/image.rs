@@ -1,163 +1,34 @@
-//! Image references and opening images from a store, an OCI layout or an OCI archive.
-//!
-//! | form | meaning |
-//! |---|---|
-//! | `NAME[:TAG]` | a stash in the default store (or `--store`) |
-//! | `oci:DIR[:NAME[:TAG]]` | an OCI image layout directory |
-//! | `oci-archive:FILE[:NAME[:TAG]]` | a tar of an OCI image layout (the original plugin's stashes) |
-//! | `docker://HOST[:PORT]/REPO[:TAG\|@DIGEST]` | an image in a registry |
+//! An opened image: its manifest, config and where its blobs are ([`BlobSource`]), and reading
+//! its layers. Which ref names which image, and pulling, are [`crate::open`]'s.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::io::{self, Read};
 use std::sync::Arc;
 
+pub use crate::archive::Archive;
+pub use crate::imageref::{ImageRef, is_path_arg, split_tag};
+
 use crate::digest::{Digest, VerifyReader};
-use crate::error::IoContext;
 use crate::layer::index::{LayerIndex, layer_index};
 use crate::layer::model::Model;
 use crate::layer::read::{LayerStream, open_layer};
 use crate::oci::Store;
 use crate::oci::store::read_json_blob;
-use crate::oci::types::{Descriptor, ImageConfig, Index, Manifest, host_arch, media};
-use crate::tar::{TarReader, normalize_path};
+use crate::oci::types::{Descriptor, ImageConfig, Index, Manifest, media};
+use crate::platform::PlatformSpec;
 use crate::{Error, Result};
-
-/// A parsed image reference.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ImageRef {
-    /// `NAME[:TAG]` in the store.
-    Stash {
-        /// Name (may contain `/` for pulled images, `HOST/REPO`).
-        name: String,
-        /// Tag (`latest` when not given).
-        tag: String,
-    },
-    /// `oci:DIR[:REF]`.
-    Layout {
-        /// The layout directory.
-        dir: PathBuf,
-        /// The ref name inside it, if given.
-        name: Option<String>,
-    },
-    /// `oci-archive:FILE[:REF]`.
-    Archive {
-        /// The archive.
-        file: PathBuf,
-        /// The ref name inside it, if given.
-        name: Option<String>,
-    },
-    /// `docker://HOST/REPO[:TAG|@DIGEST]`.
-    Registry(String),
-}
-
-impl ImageRef {
-    /// Parses a reference.
-    pub fn parse(s: &str) -> Result<ImageRef> {
-        let usage = |msg: &str| Error::Usage(format!("image ref {s:?}: {msg}"));
-        if let Some(rest) = s.strip_prefix("oci:") {
-            let (dir, name) = split_dir(rest);
-            if dir.is_empty() {
-                return Err(usage("no directory after oci:"));
-            }
-            return Ok(ImageRef::Layout {
-                dir: dir.into(),
-                name,
-            });
-        }
-        if let Some(rest) = s.strip_prefix("oci-archive:") {
-            let (file, name) = split_dir(rest);
-            if file.is_empty() {
-                return Err(usage("no file after oci-archive:"));
-            }
-            return Ok(ImageRef::Archive {
-                file: file.into(),
-                name,
-            });
-        }
-        if let Some(rest) = s.strip_prefix("docker://") {
-            if rest.is_empty() {
-                return Err(usage("no registry after docker://"));
-            }
-            return Ok(ImageRef::Registry(rest.to_owned()));
-        }
-        if s.is_empty() {
-            return Err(Error::Usage("empty image ref".into()));
-        }
-        if s.contains("://") {
-            return Err(usage(
-                "unknown transport (expected oci:, oci-archive: or docker://)",
-            ));
-        }
-        let (name, tag) = split_tag(s);
-        if name.is_empty() || tag.is_empty() {
-            return Err(usage("expected NAME[:TAG]"));
-        }
-        Ok(ImageRef::Stash {
-            name: name.to_owned(),
-            tag: tag.to_owned(),
-        })
-    }
-}
-
-impl fmt::Display for ImageRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ImageRef::Stash { name, tag } => write!(f, "{name}:{tag}"),
-            ImageRef::Layout { dir, name } => {
-                write!(f, "oci:{}", dir.display())?;
-                name.as_ref().map_or(Ok(()), |n| write!(f, ":{n}"))
-            }
-            ImageRef::Archive { file, name } => {
-                write!(f, "oci-archive:{}", file.display())?;
-                name.as_ref().map_or(Ok(()), |n| write!(f, ":{n}"))
-            }
-            ImageRef::Registry(r) => write!(f, "docker://{r}"),
-        }
-    }
-}
-
-/// `DIR[:REF]`: the directory ends at the first `:`, as skopeo and umoci read it.
-fn split_dir(s: &str) -> (&str, Option<String>) {
-    match s.split_once(':') {
-        Some((d, r)) if !r.is_empty() => (d, Some(r.to_owned())),
-        Some((d, _)) => (d, None),
-        None => (s, None),
-    }
-}
-
-/// `NAME[:TAG]`: the tag follows the last `:` that has no `/` after it (`HOST:PORT/REPO`
-/// has no tag).
-pub fn split_tag(s: &str) -> (&str, &str) {
-    match s.rfind(':') {
-        Some(i) if !s[i + 1..].contains('/') => (&s[..i], &s[i + 1..]),
-        _ => (s, "latest"),
-    }
-}
-
-/// Whether a SOURCE argument is a path rather than an image ref (README.md "Image
-/// references"): it starts with `/`, `./` or `../`, or names an existing path.
-pub fn is_path_arg(s: &str) -> bool {
-    s.starts_with('/')
-        || s.starts_with("./")
-        || s.starts_with("../")
-        || s == "."
-        || s == ".."
-        || Path::new(s).exists()
-}
 
 /// Where blobs come from.
 #[derive(Debug, Clone)]
 pub enum BlobSource {
-    /// Our store: its layer-index cache is read and written.
+    /// A store of ours: its layer-index cache is read and written.
     Layout(Store),
-    /// Another OCI layout (`oci:DIR` naming a directory that is not the store). Read only:
+    /// Another OCI layout (`oci:DIR` naming a directory that is not a store of ours, see
+    /// [`crate::oci::mark`]). Read only:
     /// whoever made it could have forged its cache directory or aimed it elsewhere with a
     /// symlink, so layer indexes are neither read from nor written into it.
     Foreign(Store),
-    /// An OCI archive, read in place.
+    /// An OCI or docker archive, read in place.
     Archive(Arc<Archive>),
 }
 
@@ -199,106 +70,6 @@ impl BlobSource {
     }
 }
 
-/// An OCI archive: a plain tar of a layout, read in place by offset.
-#[derive(Debug)]
-pub struct Archive {
-    path: PathBuf,
-    files: HashMap<Vec<u8>, (u64, u64)>,
-}
-
-impl Archive {
-    /// Indexes the archive's members.
-    pub fn open(path: &Path) -> Result<Archive> {
-        let file = File::open(path).at(path)?;
-        let counter = Counting {
-            inner: io::BufReader::new(file),
-            pos: 0,
-        };
-        let mut tar = TarReader::new(counter);
-        let mut files = HashMap::new();
-        let bad = |e: io::Error| {
-            Error::Other(format!(
-                "{}: not a readable OCI archive: {e}",
-                path.display()
-            ))
-        };
-        while let Some(h) = tar.next_header().map_err(bad)? {
-            if h.entry.kind == crate::entry::Kind::File {
-                let name = normalize_path(&h.entry.path).map_err(bad)?;
-                let pos = tar_pos(&mut tar);
-                // Two members of one name: tools disagree on which one counts (the first,
-                // the last), so the archive could be two different images.
-                if files.insert(name.clone(), (pos, h.data_size)).is_some() {
-                    return Err(bad(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("two members named {}", String::from_utf8_lossy(&name)),
-                    )));
-                }
-            }
-        }
-        Ok(Archive {
-            path: path.to_path_buf(),
-            files,
-        })
-    }
-
-    fn member(&self, name: &str) -> Result<Box<dyn Read + Send>> {
-        let (off, len) = *self.files.get(name.as_bytes()).ok_or_else(|| {
-            Error::Other(format!("{}: no {name} in the archive", self.path.display()))
-        })?;
-        let mut f = File::open(&self.path).at(&self.path)?;
-        f.seek(SeekFrom::Start(off)).at(&self.path)?;
-        Ok(Box::new(io::BufReader::new(f).take(len)))
-    }
-
-    fn index(&self) -> Result<Index> {
-        let mut bytes = Vec::new();
-        self.member("index.json")?
-            .read_to_end(&mut bytes)
-            .at(&self.path)?;
-        serde_json::from_slice(&bytes).map_err(|e| {
-            Error::Other(format!(
-                "{}: index.json: bad JSON: {e}",
-                self.path.display()
-            ))
-        })
-    }
-
-    fn open_blob(&self, desc: &Descriptor) -> Result<VerifyReader<Box<dyn Read + Send>>> {
-        let r = self.member(&format!("blobs/sha256/{}", desc.digest.hex()))?;
-        Ok(VerifyReader::new(
-            r,
-            desc.digest.clone(),
-            Some(desc.size),
-            format!("blob {}", desc.digest),
-        ))
-    }
-}
-
-struct Counting<R> {
-    inner: R,
-    pos: u64,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-fn tar_pos<R: Read>(tar: &mut TarReader<Counting<R>>) -> u64 {
-    // After a header, the reader sits at the start of that entry's data.
-    tar.inner_pos()
-}
-
-impl<R: Read> TarReader<Counting<R>> {
-    fn inner_pos(&mut self) -> u64 {
-        self.inner_ref().pos
-    }
-}
-
 /// An opened image: its manifest, config and where its blobs are.
 #[derive(Debug, Clone)]
 pub struct Image {
@@ -319,64 +90,31 @@ pub struct Image {
 }
 
 impl Image {
-    /// Opens `r`; `store` is the default store for `NAME[:TAG]` refs. A `docker://` ref is
-    /// pulled into `store` first, over TLS and for this machine's platform; for other
-    /// registry options use [`crate::registry::open_image`].
-    pub fn open(r: &ImageRef, store: &Path) -> Result<Image> {
-        match r {
-            ImageRef::Stash { name, tag } => {
-                // The original plugin's archives answer for names the store lacks.
-                if let Some(img) = crate::legacy::open_unless_stored(store, name, tag)? {
-                    return Ok(img);
-                }
-                let s = Store::open(store).map_err(|e| match e {
-                    Error::Other(m) if !store.exists() => Error::Other(format!(
-                        "no stash {name}:{tag}: the store {} does not exist ({m})",
-                        store.display()
-                    )),
-                    e => e,
-                })?;
-                let full = format!("{name}:{tag}");
-                let desc = s.resolve(&full)?.ok_or_else(|| {
-                    Error::Other(format!(
-                        "no stash {full} in {} (stash --list shows what is there)",
-                        s.root().display()
-                    ))
-                })?;
-                Image::from_descriptor(BlobSource::Layout(s), desc, full)
-            }
-            ImageRef::Layout { dir, name } => {
-                let s = Store::open(dir)?;
-                let index = s.read_index()?;
-                let desc = pick(&index, name.as_deref(), &r.to_string())?;
-                let src = if same_dir(s.root(), store) {
-                    BlobSource::Layout(s) // `oci:STORE:NAME:TAG`, as stash prints it
-                } else {
-                    BlobSource::Foreign(s)
-                };
-                Image::from_descriptor(src, desc, r.to_string())
-            }
-            ImageRef::Archive { file, name } => {
-                let a = Arc::new(Archive::open(file)?);
-                let src = BlobSource::Archive(a);
-                let index = src.index()?;
-                let desc = pick(&index, name.as_deref(), &r.to_string())?;
-                Image::from_descriptor(src, desc, r.to_string())
-            }
-            ImageRef::Registry(_) => {
-                crate::registry::open_image(r, store, &crate::registry::RegistryOptions::default())
-            }
-        }
+    /// Opens the image a manifest (or image index) descriptor points at; from an image
+    /// index, this machine's platform.
+    pub fn from_descriptor(source: BlobSource, desc: Descriptor, name: String) -> Result<Image> {
+        Image::from_descriptor_for(source, desc, name, &PlatformSpec::host())
     }
 
-    /// Opens the image a manifest (or image index) descriptor points at.
-    pub fn from_descriptor(source: BlobSource, desc: Descriptor, name: String) -> Result<Image> {
+    /// Opens the image a manifest (or image index) descriptor points at; from an image
+    /// index, the image for `platform`.
+    pub fn from_descriptor_for(
+        source: BlobSource,
+        desc: Descriptor,
+        name: String,
+        platform: &PlatformSpec,
+    ) -> Result<Image> {
         let mut desc = desc;
         if desc.media_type == media::INDEX || desc.media_type == media::DOCKER_LIST {
             let index: Index = source.read_json(&desc)?;
             check_media_type(index.media_type.as_deref(), &desc)?;
             check_unambiguous(&index.extra, &["config", "layers"], &desc)?;
-            desc = pick_platform(&index, &name)?;
+            desc = platform.pick(&index).cloned().ok_or_else(|| {
+                Error::Other(format!(
+                    "{name}: the image index has no {platform} image (it has: {})",
+                    PlatformSpec::offered(&index)
+                ))
+            })?;
         }
         if desc.media_type != media::MANIFEST && desc.media_type != media::DOCKER_MANIFEST {
             return Err(Error::Other(format!(
@@ -425,13 +163,18 @@ impl Image {
 
     /// Opens layer `i` as a verified tar stream. Its `diff_id` is checked unless our store
     /// has checked it before (a stash wrote the layer, or an index was read from it) and
-    /// the config names the same one.
+    /// the config names the same one, or the layer is an uncompressed tar whose blob digest
+    /// (checked as it is read) is that `diff_id`.
     pub fn open_layer(&self, i: usize) -> Result<LayerStream> {
         let desc = &self.manifest.layers[i];
         let diff_id = &self.config.rootfs.diff_ids[i];
-        let pinned = self.source.cache_store().is_some_and(|store| {
-            LayerIndex::cached_diff_id(&store.cache_dir(), &desc.digest).as_ref() == Some(diff_id)
-        });
+        let uncompressed = desc.media_type == media::LAYER_TAR
+            || desc.media_type == "application/vnd.docker.image.rootfs.diff.tar";
+        let pinned = (uncompressed && &desc.digest == diff_id)
+            || self.source.cache_store().is_some_and(|store| {
+                LayerIndex::cached_diff_id(&store.cache_dir(), &desc.digest).as_ref()
+                    == Some(diff_id)
+            });
         open_layer(self.source.open_blob(desc)?, desc, diff_id, pinned)
     }
 
@@ -505,15 +248,6 @@ impl Image {
     }
 }
 
-/// Whether two paths name the same directory.
-fn same_dir(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
-}
-
 fn check_media_type(doc: Option<&str>, desc: &Descriptor) -> Result<()> {
     match doc {
         Some(m) if m != desc.media_type => Err(Error::Other(format!(
@@ -540,7 +274,9 @@ fn check_unambiguous(
     }
 }
 
-fn pick(index: &Index, name: Option<&str>, shown: &str) -> Result<Descriptor> {
+/// The image `name` names in an OCI layout's `index.json` (`:latest` implied), or its only
+/// image when `name` is `None`.
+pub(crate) fn pick(index: &Index, name: Option<&str>, shown: &str) -> Result<Descriptor> {
     let names: Vec<&str> = index
         .manifests
         .iter()
@@ -578,20 +314,6 @@ fn pick(index: &Index, name: Option<&str>, shown: &str) -> Result<Descriptor> {
             names.join(", ")
         ))),
     }
-}
-
-fn pick_platform(index: &Index, name: &str) -> Result<Descriptor> {
-    let arch = host_arch();
-    index
-        .manifests
-        .iter()
-        .find(|d| {
-            d.platform
-                .as_ref()
-                .is_some_and(|p| p.os == "linux" && p.architecture == arch)
-        })
-        .cloned()
-        .ok_or_else(|| Error::Other(format!("{name}: the image index has no linux/{arch} image")))
 }
 
 impl Image {

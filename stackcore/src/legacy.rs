@@ -138,7 +138,7 @@ pub fn find(home: &Path, name: &str, tag: &str) -> Result<Option<LegacyStash>> {
         .find(|s| s.name == name && s.tag == tag))
 }
 
-/// The lookup of a bare `NAME:TAG` (the one call [`Image::open`] makes for it): when the store
+/// The lookup of a bare `NAME:TAG` (the one call [`crate::open::open_ref`] makes for it): when the store
 /// at `store_dir` lacks it and the original's archive has it, that image (named by its
 /// `oci-archive:` ref), with a note on stderr saying so and how to import it. When both have
 /// the name, `None` and a note that the store's is used (none when the store's came from

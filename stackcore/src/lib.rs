@@ -17,7 +17,11 @@
 //! | [`manifest`] | the versioned `--json` documents and their JSON Schemas |
 //! | [`oci`] | OCI JSON types and the image-layout store |
 //! | [`extract`] | writing entries into a directory without ever escaping it |
-//! | [`image`] | image refs; opening images from stores, layouts and archives |
+//! | [`imageref`] | the image ref grammar; name and tag rules |
+//! | [`open`] | opening any ref: the store, layouts, archives, registries (pulled first) |
+//! | [`image`] | an opened image: manifest, config, blobs, layer reading |
+//! | [`platform`] | `--platform os/arch[/variant]`, normalised; picking from an image index |
+//! | [`archive`] | `oci-archive:` and `docker-archive:` tars, read in place |
 //! | [`progress`] | progress of long work, reported to the sink a binary installs |
 //! | [`registry`] | `docker://` refs; pulling and pushing over the OCI distribution API (feature `registry`) |
 //! | [`legacy`] | the original plugin's stash archives: by name, listed, imported |
@@ -30,6 +34,7 @@
 #![warn(missing_docs)]
 
 pub mod apply;
+pub mod archive;
 pub mod atomic;
 pub mod cli;
 pub mod description;
@@ -39,11 +44,14 @@ pub mod error;
 pub mod extract;
 pub mod failpoint;
 pub mod image;
+pub mod imageref;
 pub mod kiwi;
 pub mod layer;
 pub mod legacy;
 pub mod manifest;
 pub mod oci;
+pub mod open;
+pub mod platform;
 pub mod progress;
 pub mod registry;
 pub mod space;

@@ -42,29 +42,7 @@ pub const PREPARER: &str = concat!(
     " (kiwi-ng system stash compatible)"
 );
 
-/// The longest stash name: a name becomes a file name (its lock), and registries cap a
-/// repository path component well below 255 bytes; 128 matches the tag limit.
-pub const MAX_NAME: usize = 128;
-
-/// The container-name rule of the original plugin, plus a length limit ([`MAX_NAME`]).
-pub fn valid_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    b.len() >= 2
-        && b.len() <= MAX_NAME
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
-}
-
-/// The tag rule (OCI distribution): `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
-pub fn valid_tag(tag: &str) -> bool {
-    let b = tag.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
-}
+pub use crate::imageref::{MAX_NAME, valid_name, valid_tag};
 
 /// What to stash.
 #[derive(Debug, Clone)]

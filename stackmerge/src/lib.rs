@@ -2,7 +2,7 @@
 //! directory, as a sequence of `rsync -aHAX SRC/ DIR/` would, in one pass, and report the
 //! conflicts.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -11,11 +11,10 @@ use stackcore::Error;
 use stackcore::apply::{Source, stack_to_dir};
 use stackcore::cli::{Log, print_json, ref_arg, store_path};
 use stackcore::extract::ExtractOptions;
-use stackcore::image::{BlobSource, Image, ImageRef, is_path_arg};
+use stackcore::image::{ImageRef, is_path_arg};
 use stackcore::layer::model::ConflictKind;
 use stackcore::manifest::StackmergeReport;
-use stackcore::oci::Store;
-use stackcore::registry::{RegistryOptions, RegistryRef, pull_ref};
+use stackcore::open::{OpenOptions, open_ref, opening_error};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -40,7 +39,7 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub into: PathBuf,
     /// The sources, lowest first: `NAME[:TAG]`, `oci:DIR[:NAME[:TAG]]`,
-    /// `oci-archive:FILE[:NAME[:TAG]]`, `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]` (pulled into
+    /// `oci-archive:FILE[:NAME[:TAG]]`, `docker-archive:FILE[:NAME[:TAG]]`, `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]` (pulled into
     /// the store first), a directory, or `-` to read one ref (or another tool's --json) from
     /// stdin.
     #[arg(value_name = "SOURCE", required = true)]
@@ -71,12 +70,7 @@ pub struct Cli {
 const SHOWN_CONFLICTS: usize = 20;
 
 /// Opens one SOURCE argument.
-fn open_source(
-    arg: &str,
-    store: &Path,
-    registry: &RegistryOptions,
-    stdin_used: &mut bool,
-) -> anyhow::Result<Source> {
+fn open_source(arg: &str, opts: &OpenOptions, stdin_used: &mut bool) -> anyhow::Result<Source> {
     if arg != "-" && is_path_arg(arg) {
         let path = PathBuf::from(arg);
         return Source::dir(path).with_context(|| format!("reading source directory {arg}"));
@@ -91,21 +85,7 @@ fn open_source(
     }
     let text = ref_arg(arg)?;
     let r = ImageRef::parse(&text)?;
-    let img = match &r {
-        // The registry's errors name the ref already; no context line repeating it.
-        ImageRef::Registry(text) => {
-            let rr = RegistryRef::parse(text)?;
-            let s = Store::open_for_write(store)
-                .with_context(|| format!("opening store {} to pull into", store.display()))?;
-            let pulled = pull_ref(&s, &rr, registry)?;
-            Image::from_descriptor(
-                BlobSource::Layout(s),
-                pulled.descriptor.clone(),
-                pulled.ref_name.clone(),
-            )?
-        }
-        _ => Image::open(&r, store).with_context(|| format!("opening {r}"))?,
-    };
+    let img = open_ref(&r, opts).map_err(|e| opening_error(&r, e))?.image;
     Ok(Source::Image(Box::new(img)))
 }
 
@@ -117,13 +97,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         quiet: cli.quiet,
         tool: "stackmerge",
     };
-    let store = store_path(cli.store.as_deref());
-    let registry = cli.registry.options(Some(log))?;
+    let opts = OpenOptions {
+        store: store_path(cli.store.as_deref()),
+        registry: cli.registry.options(Some(log))?,
+    };
     let mut stdin_used = false;
     let sources = cli
         .sources
         .iter()
-        .map(|a| open_source(a, &store, &registry, &mut stdin_used))
+        .map(|a| open_source(a, &opts, &mut stdin_used))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let opts = ExtractOptions {
         xattrs_exclude: cli.xattrs_exclude.clone(),

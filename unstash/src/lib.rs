@@ -9,16 +9,16 @@ use stackcore::Error;
 use stackcore::apply::{unstash_to_dir, unstash_to_tar};
 use stackcore::cli::{Log, print_json, ref_arg, store_path};
 use stackcore::extract::ExtractOptions;
-use stackcore::image::{BlobSource, Image, ImageRef};
-use stackcore::manifest::{PullReport, UnstashReport};
-use stackcore::oci::Store;
-use stackcore::registry::{RegistryRef, pull_ref};
+use stackcore::image::ImageRef;
+use stackcore::manifest::UnstashReport;
+use stackcore::open::{open_ref, opening_error};
 
 const EXAMPLES: &str = "\
 Examples:
   unstash myimage --to /tmp/root                 # a stash in the default store
   unstash oci:/var/lib/kiwi-stash:myimage:v1 --to root
   unstash oci-archive:/var/tmp/kiwi-stash/old/old.tar --to root
+  unstash docker-archive:saved.tar:myapp:v2 --to root   # docker save / podman save output
   unstash myimage --output - | tar -tvf -        # the merged tree as one tar
   stash --root r --json | unstash - --to copy
   unstash docker://registry.example.org/os/base:v1 --to root   # pulled into the store first
@@ -30,7 +30,8 @@ Examples:
 #[command(name = "unstash", version, about, after_help = EXAMPLES)]
 pub struct Cli {
     /// The image: `NAME[:TAG]`, `oci:DIR[:NAME[:TAG]]`, `oci-archive:FILE[:NAME[:TAG]]`,
-    /// `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]` (pulled into the store first, kept as
+    /// `docker-archive:FILE[:NAME[:TAG]]`, `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]` (pulled
+    /// into the store first, kept as
     /// `HOST/REPO:TAG`), or `-` to read a ref (or another tool's --json) from stdin.
     #[arg(value_name = "REF")]
     pub image: String,
@@ -75,26 +76,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let text = ref_arg(&cli.image)?;
     let r = ImageRef::parse(&text)?;
     let store = store_path(cli.store.as_deref());
-    let registry = cli.registry.options(Some(log))?;
-    let (img, pulled) = match &r {
-        // The registry's errors name the ref already; no context line repeating it.
-        ImageRef::Registry(text) => {
-            let rr = RegistryRef::parse(text)?;
-            let s = Store::open_for_write(&store)
-                .with_context(|| format!("opening store {} to pull into", store.display()))?;
-            let pulled = pull_ref(&s, &rr, &registry)?;
-            let img = Image::from_descriptor(
-                BlobSource::Layout(s),
-                pulled.descriptor.clone(),
-                pulled.ref_name.clone(),
-            )?;
-            (img, Some(pulled))
-        }
-        _ => (
-            Image::open(&r, &store).with_context(|| format!("opening {r}"))?,
-            None,
-        ),
+    let opts = stackcore::open::OpenOptions {
+        store,
+        registry: cli.registry.options(Some(log))?,
     };
+    let opened = open_ref(&r, &opts).map_err(|e| opening_error(&r, e))?;
+    let (img, pulled) = (opened.image, opened.pulled);
     let digest = img.digest().clone();
     let layers = img.manifest.layers.len();
     let opts = ExtractOptions {
@@ -152,7 +139,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.json {
         let mut report =
             UnstashReport::new(r.to_string(), digest.to_string(), layers, &outcome, secs);
-        report.pulled = pulled.as_ref().map(PullReport::from);
+        report.pulled = pulled;
         print_json(&report)?;
     }
     Ok(())

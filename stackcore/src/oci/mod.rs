@@ -1,6 +1,7 @@
 //! OCI image layouts: the JSON types and the store.
 
 pub mod maint;
+pub mod mark;
 pub mod store;
 pub mod types;
 

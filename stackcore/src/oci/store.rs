@@ -136,6 +136,8 @@ impl Store {
         store.writer = Some(Arc::new(store.lock_shared(WRITERS_LOCK)?));
         // What a killed writer left behind; the next writer tidies it up.
         super::maint::clean_stale_temps(&store)?;
+        // A store we write is ours: `oci:` refs to it read its caches (see `mark.rs`).
+        super::mark::mark(&store)?;
         Ok(store)
     }
 
@@ -351,7 +353,7 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
 
 /// Reads a small layout file (`oci-layout`, `index.json`): a regular file of at most
 /// [`MAX_JSON_BLOB`] bytes.
-fn read_small(path: &Path) -> io::Result<Vec<u8>> {
+pub(crate) fn read_small(path: &Path) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     open_regular(path)?
         .take(MAX_JSON_BLOB + 1)
@@ -575,7 +577,7 @@ fn init_layout(root: &Path) -> Result<()> {
     )
 }
 
-fn check_writable_by_us_only(root: &Path, meta: &fs::Metadata) -> Result<()> {
+pub(crate) fn check_writable_by_us_only(root: &Path, meta: &fs::Metadata) -> Result<()> {
     check_owned(root, root, meta)?;
     // The directories whose entries decide what the store holds: someone who can write
     // into one of them can swap a blob or the index as surely as through the top.

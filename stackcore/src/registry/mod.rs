@@ -23,14 +23,15 @@
 //! repository of the same registry), then the manifest, byte for byte as stored, so the
 //! registry's digest is ours.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::Result;
+
 use crate::cli::Log;
-use crate::image::{Image, ImageRef};
 
 pub mod creds;
-pub mod platform;
+/// `--platform` (kept at `registry::platform` for callers that name it there).
+pub use crate::platform;
 pub mod reference;
 pub mod text;
 mod timeouts;
@@ -184,30 +185,4 @@ impl RegistryOptions {
             log.step(msg);
         }
     }
-}
-
-/// Opens any image ref; a `docker://` ref is first pulled into the store at `store` (created
-/// if need be, so it must be writable), then opened from there by digest.
-pub fn open_image(r: &ImageRef, store: &Path, opts: &RegistryOptions) -> Result<Image> {
-    let ImageRef::Registry(reference) = r else {
-        return Image::open(r, store);
-    };
-    let parsed = RegistryRef::parse(reference)?;
-    open_registry(&parsed, store, opts)
-}
-
-#[cfg(feature = "registry")]
-fn open_registry(r: &RegistryRef, store: &Path, opts: &RegistryOptions) -> Result<Image> {
-    use crate::image::BlobSource;
-    use crate::oci::Store;
-    let s = Store::open_for_write(store)?;
-    let pulled = pull_ref(&s, r, opts)?;
-    Image::from_descriptor(BlobSource::Layout(s), pulled.descriptor, pulled.ref_name)
-}
-
-#[cfg(not(feature = "registry"))]
-fn open_registry(r: &RegistryRef, _store: &Path, _opts: &RegistryOptions) -> Result<Image> {
-    Err(crate::Error::Usage(format!(
-        "{r}: this build has no registry support (stackcore feature \"registry\")"
-    )))
 }

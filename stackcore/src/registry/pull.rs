@@ -60,6 +60,7 @@ pub fn pull_ref(store: &Store, r: &RegistryRef, opts: &RegistryOptions) -> Resul
     let mut c = Client::new(r, opts, vec![format!("repository:{}:pull", r.repo)])?;
     opts.step(format_args!("pulling {r}"));
     let (mut media_type, mut bytes) = fetch_manifest(&mut c, r, &r.reference(), r.digest.as_ref())?;
+    let mut picked = None; // the platform picked from an index, kept with the store's entry
     if media_type == media::INDEX || media_type == media::DOCKER_LIST {
         let index: Index = serde_json::from_slice(&bytes).map_err(|e| {
             c.error(
@@ -91,6 +92,7 @@ pub fn pull_ref(store: &Store, r: &RegistryRef, opts: &RegistryOptions) -> Resul
             ));
         }
         opts.step(format_args!("{spec}: manifest {}", child.digest));
+        picked.clone_from(&child.platform);
         (media_type, bytes) =
             fetch_manifest(&mut c, r, child.digest.as_str(), Some(&child.digest))?;
         if bytes.len() as u64 != child.size {
@@ -134,7 +136,10 @@ pub fn pull_ref(store: &Store, r: &RegistryRef, opts: &RegistryOptions) -> Resul
 
     let mut out = PullOutcome {
         reference: r.to_string(),
-        descriptor: Descriptor::new(&media_type, Digest::of(&bytes), bytes.len() as u64),
+        descriptor: Descriptor {
+            platform: picked,
+            ..Descriptor::new(&media_type, Digest::of(&bytes), bytes.len() as u64)
+        },
         ref_name: r.ref_name(),
         blobs_fetched: 0,
         blobs_present: 0,

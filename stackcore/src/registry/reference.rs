@@ -8,7 +8,7 @@
 use std::fmt;
 
 use crate::digest::Digest;
-use crate::stash::valid_tag;
+use crate::imageref::valid_tag;
 use crate::{Error, Result};
 
 /// Docker Hub's name in refs and auth files.
