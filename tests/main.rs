@@ -9,6 +9,7 @@ mod hostile;
 mod incremental;
 mod jsonschema;
 mod kiwimerge;
+mod packages;
 mod registry;
 mod stackbuild;
 mod stackmerge;

@@ -15,6 +15,7 @@
 //! | [`layer`] | layer compression, reading, indexes and the overlay model |
 //! | [`manifest`] | the versioned `--json` documents and their JSON Schemas |
 //! | [`oci`] | OCI JSON types and the image-layout store |
+//! | [`packages`] | package databases in a stack: detect, report, merge (dpkg, rpm, apk, pacman) |
 //! | [`extract`] | writing entries into a directory without ever escaping it |
 //! | [`image`] | image refs; opening images from stores, layouts and archives |
 //! | [`progress`] | progress of long work, reported to the sink a binary installs |
@@ -40,6 +41,7 @@ pub mod kiwi;
 pub mod layer;
 pub mod manifest;
 pub mod oci;
+pub mod packages;
 pub mod progress;
 pub mod registry;
 pub mod space;
