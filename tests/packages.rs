@@ -724,3 +724,104 @@ fn privileged_packages_rpm_sqlite_merge() -> Result<()> {
     assert_eq!(q.trim(), "probe-ver-1.0-1.noarch");
     Ok(())
 }
+
+/// A copy of the Debian minbase root at `rel` with `package` installed by apt-get inside
+/// it (chroot), from the mirror this machine's apt uses.
+fn debian_apt(w: &Workdir, rel: &str, package: &str) -> Result<PathBuf> {
+    let root = w.path(rel);
+    copy_tree(&debian_minbase()?, &root)?;
+    fs::write(
+        root.join("etc/apt/sources.list"),
+        format!("deb {} bookworm main\n", crate::util::debian_mirror()?),
+    )?;
+    fs::copy("/etc/resolv.conf", root.join("etc/resolv.conf"))?;
+    run(Command::new("chroot")
+        .arg(&root)
+        .args(["apt-get", "update", "-qq"]))?;
+    run(Command::new("chroot")
+        .arg(&root)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args([
+            "apt-get",
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            package,
+        ]))?;
+    Ok(root)
+}
+
+#[test]
+fn privileged_packages_apt_installs_stack_with_stackbuild() -> Result<()> {
+    if !need_dpkg() || !have("chroot") {
+        skip!("needs root, dpkg, chroot and mmdebstrap (a Debian minbase root)");
+    }
+    let w = Workdir::new("packages-apt")?;
+    debian_apt(&w, "with-less", "less")?;
+    debian_apt(&w, "with-nano", "nano")?;
+    stash(&w, "with-less", "deb-less")?;
+    stash(&w, "with-nano", "deb-nano")?;
+
+    // stackmerge's default: the issue as a user meets it, now said in the report.
+    let o = output(w.bin("stackmerge").args([
+        "--store", "store", "--into", "plain", "deb-less", "deb-nano", "--json",
+    ]))?;
+    ensure!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    eprintln!(
+        "stackmerge deb-less deb-nano (report):\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report = json(&String::from_utf8_lossy(&o.stdout))?;
+    let m = manager(&report, "dpkg")?;
+    assert_eq!(change(m, "less").context("less")?["change"], "lost");
+    assert_eq!(change(m, "nano").context("nano")?["change"], "added");
+
+    // stackbuild merges: apt and dpkg agree with the files on disk.
+    let o = output(
+        w.bin("stackbuild")
+            .env("PATH", path_without_kiwi())
+            .args([
+                "--store", "store", "--stash", "deb-less", "--stash", "deb-nano",
+            ])
+            .args(["--target-dir", "T", "--prepare-only", "--json"]),
+    )?;
+    ensure!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    eprintln!(
+        "stackbuild (merge):\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report = json(&String::from_utf8_lossy(&o.stdout))?;
+    let m = manager(&report, "dpkg")?;
+    assert_eq!(change(m, "less").context("less")?["change"], "kept");
+    let root = w.path("T/build/image-root");
+    run(Command::new("chroot").arg(&root).args(["apt-get", "check"]))?;
+    let listed = run(Command::new("chroot")
+        .arg(&root)
+        .args(["dpkg", "-l", "less", "nano"]))?;
+    for p in ["less", "nano"] {
+        ensure!(
+            listed.lines().any(|x| x.starts_with(&format!("ii  {p} "))),
+            "{p} not installed:\n{listed}"
+        );
+    }
+    let audit = run(Command::new("chroot").arg(&root).args(["dpkg", "--audit"]))?;
+    ensure!(audit.trim().is_empty(), "dpkg --audit: {audit}");
+    let owner = run(Command::new("chroot")
+        .arg(&root)
+        .args(["dpkg", "-S", "/usr/bin/less"]))?;
+    ensure!(owner.starts_with("less:"), "{owner}");
+    // apt's auto-installed marks of both stashes survive (autoremove sees both).
+    let auto = |r: &Path| -> Result<std::collections::BTreeSet<String>> {
+        Ok(
+            run(Command::new("chroot").arg(r).args(["apt-mark", "showauto"]))?
+                .lines()
+                .map(str::to_owned)
+                .collect(),
+        )
+    };
+    let mut want = auto(&w.path("with-less"))?;
+    want.extend(auto(&w.path("with-nano"))?);
+    assert_eq!(auto(&root)?, want);
+    Ok(())
+}

@@ -5,7 +5,8 @@
 //! dpkg does not know), the uppermost source's stanza winning per package name and
 //! architecture, and writes them sorted by name then architecture, as dpkg does.
 //! Alternatives are merged by choice, diversions and stat overrides by path; `info/*` comes
-//! through the stack as it is (each package's files keep their own names).
+//! through the stack as it is (each package's files keep their own names). apt's
+//! `var/lib/apt/extended_states` (auto-installed marks) is merged as the status is.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,6 +18,8 @@ const STATUS: &str = "var/lib/dpkg/status";
 const ALTERNATIVES: &str = "var/lib/dpkg/alternatives/";
 const DIVERSIONS: &str = "var/lib/dpkg/diversions";
 const STATOVERRIDE: &str = "var/lib/dpkg/statoverride";
+/// apt's record of automatically installed packages (the same stanza format).
+const APT_EXTENDED: &str = "var/lib/apt/extended_states";
 
 /// One stanza of a status file.
 #[derive(Debug, Clone)]
@@ -152,6 +155,19 @@ pub(super) fn finish(
             bytes: merge_status(found.iter().map(|(_, s)| s.stanzas.as_slice())),
         });
         let sources: Vec<&Tree> = found.iter().map(|(ti, _)| &trees[*ti]).collect();
+        // apt's auto-installed marks, merged the same way, so `apt-get autoremove` still
+        // knows which packages of a lower source were only dependencies.
+        let extended: Vec<Vec<Stanza>> = sources
+            .iter()
+            .filter_map(|t| t.file(APT_EXTENDED))
+            .map(parse_status)
+            .collect();
+        if extended.len() > 1 {
+            writes.push(MergedFile {
+                path: PathBuf::from(APT_EXTENDED),
+                bytes: merge_status(extended.iter().map(Vec::as_slice)),
+            });
+        }
         writes.extend(merge_alternatives(&sources, warnings));
         for (file, key) in [(DIVERSIONS, 3usize), (STATOVERRIDE, 1)] {
             if let Some(bytes) = merge_records(&sources, file, key) {

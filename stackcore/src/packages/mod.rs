@@ -90,6 +90,7 @@ fn wanted(path: &[u8]) -> bool {
         b"var/lib/dpkg/status",
         b"var/lib/dpkg/diversions",
         b"var/lib/dpkg/statoverride",
+        b"var/lib/apt/extended_states",
         b"etc/os-release",
         b"usr/lib/os-release",
         b"usr/lib/sysimage/rpm/rpmdb.sqlite",

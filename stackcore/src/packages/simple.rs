@@ -229,3 +229,34 @@ pub(super) fn pacman(trees: &[Tree], warnings: &mut Vec<PackageWarning>) -> Opti
     }
     Some(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apk_records_and_files() {
+        let db = b"C:Q1abc=\nP:musl\nV:1.2.4-r2\nA:x86_64\nF:lib\nR:ld-musl-x86_64.so.1\nR:libc.musl-x86_64.so.1\n\n\
+                   P:busybox\nV:1.36.1-r5\nA:x86_64\nF:bin\nR:busybox\n\n";
+        let rs = parse_apk(db);
+        assert_eq!(rs.len(), 2);
+        assert_eq!(
+            (rs[0].name.as_str(), rs[0].version.as_str()),
+            ("musl", "1.2.4-r2")
+        );
+        assert_eq!(rs[0].files[1], b"lib/libc.musl-x86_64.so.1".to_vec());
+        assert_eq!(
+            rs[1].text,
+            b"P:busybox\nV:1.36.1-r5\nA:x86_64\nF:bin\nR:busybox".to_vec()
+        );
+    }
+
+    #[test]
+    fn pacman_desc_fields() {
+        let desc = b"%NAME%\nbash\n\n%VERSION%\n5.2.026-1\n\n%ARCH%\nx86_64\n\n%DESC%\nshell\n";
+        assert_eq!(
+            parse_desc(desc),
+            ("bash".into(), "5.2.026-1".into(), "x86_64".into())
+        );
+    }
+}
