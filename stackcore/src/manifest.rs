@@ -481,7 +481,6 @@ pub struct StackmergeReport {
     /// What was written and what could not be restored.
     pub stats: WriteStats,
     /// What the stack does to the sources' package databases.
-    #[serde(default)]
     pub packages: PackagesReport,
     /// Wall-clock seconds.
     pub seconds: f64,
@@ -622,7 +621,6 @@ pub struct StackbuildReport {
     /// The image files kiwi-ng wrote.
     pub result_files: Vec<PathBuf>,
     /// What the stack does to the stashes' package databases.
-    #[serde(default)]
     pub packages: PackagesReport,
     /// Wall-clock seconds, all steps.
     pub seconds: f64,

@@ -60,8 +60,8 @@ impl Mode {
 pub struct PackagesArgs {
     /// Package databases (dpkg, rpm, apk, pacman): `merge` writes one that lists every
     /// package of every source (the uppermost winning), `report` only says what the stack
-    /// does to packages, `off` does not look.
-    #[arg(long = "packages", value_name = "MODE")]
+    /// does to packages, `off` does not look [possible values: merge, report, off].
+    #[arg(long = "packages", value_name = "MODE", hide_possible_values = true)]
     pub mode: Option<Mode>,
     /// Fail (exit 1, nothing written) when the stack loses or downgrades a package, two
     /// packages own one path, or the sources' distributions, architectures or usr-merge
