@@ -825,3 +825,39 @@ fn privileged_packages_apt_installs_stack_with_stackbuild() -> Result<()> {
     assert_eq!(auto(&root)?, want);
     Ok(())
 }
+
+#[test]
+fn mismatched_distributions_and_usr_merge_are_warned_and_strict_fails() -> Result<()> {
+    let w = Workdir::new("packages-warnings")?;
+    w.tree(
+        "deb",
+        "d etc 755 0:0\nf etc/os-release 644 0:0 ID=debian\\nVERSION_ID=\"12\"\\n\nd usr 755 0:0\nd usr/bin 755 0:0\nl bin usr/bin\n",
+    )?;
+    w.tree(
+        "suse",
+        "d etc 755 0:0\nf etc/os-release 644 0:0 ID=\"opensuse-leap\"\\nVERSION_ID=\"15.6\"\\n\nd bin 755 0:0\n",
+    )?;
+    let out = run(w
+        .bin("stackmerge")
+        .args(["--into", "out", "--json", "./deb", "./suse"]))?;
+    let report = json(&out)?;
+    let warnings = report["packages"]["warnings"]
+        .as_array()
+        .context("warnings")?;
+    let kinds: Vec<&str> = warnings.iter().filter_map(|w| w["kind"].as_str()).collect();
+    assert_eq!(kinds, ["distribution", "usr-merge"]);
+    let detail = warnings[0]["detail"].as_str().unwrap_or_default();
+    ensure!(
+        detail.contains("./deb is debian 12") && detail.contains("./suse is opensuse-leap 15.6"),
+        "{detail}"
+    );
+    assert_eq!(report["packages"]["managers"], serde_json::json!([]));
+    let o = output(
+        w.bin("stackmerge")
+            .args(["--into", "strict", "--strict", "./deb", "./suse"]),
+    )?;
+    assert_eq!(o.status.code(), Some(1));
+    ensure!(String::from_utf8_lossy(&o.stderr).contains("2 warning(s)"));
+    ensure!(!w.path("strict").exists());
+    Ok(())
+}
