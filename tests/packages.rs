@@ -125,7 +125,7 @@ fn two_debian_stashes(w: &Workdir) -> Result<()> {
         w,
         "probe-ver",
         "2.0",
-        &[("usr/share/probe-ver/v", "2\n")],
+        &[("usr/share/probe-ver/v", "2.0\n")],
         None,
     )?;
     let x = deb(
@@ -594,7 +594,14 @@ fn privileged_packages_rpm_sqlite_merge() -> Result<()> {
     let w = Workdir::new("packages-rpm")?;
     let pa = rpm_pkg(&w, "probe-a", "1.0", &[("usr/bin/probe-a", "a\\n")])?;
     let v1 = rpm_pkg(&w, "probe-ver", "1.0", &[("usr/share/probe-ver/v", "1\\n")])?;
-    let v2 = rpm_pkg(&w, "probe-ver", "2.0", &[("usr/share/probe-ver/v", "2\\n")])?;
+    let v2 = rpm_pkg(
+        &w,
+        "probe-ver",
+        "2.0",
+        // Not the size of 1.0's: a file of one size and mtime second (rpmbuild sets it) is
+        // the same file to rsync's quick check, which stackmerge follows, keeping the lower.
+        &[("usr/share/probe-ver/v", "2.0\\n")],
+    )?;
     let px = rpm_pkg(&w, "probe-own-x", "1", &[("usr/bin/probe-shared", "x\\n")])?;
     let py = rpm_pkg(&w, "probe-own-y", "1", &[("usr/bin/probe-shared", "y\\n")])?;
     let pb = rpm_pkg(&w, "probe-b", "1.0", &[("usr/bin/probe-b", "b\\n")])?;
