@@ -603,7 +603,7 @@ fn privileged_packages_rpm_sqlite_merge() -> Result<()> {
         &[("usr/share/probe-ver/v", "2.0\\n")],
     )?;
     let px = rpm_pkg(&w, "probe-own-x", "1", &[("usr/bin/probe-shared", "x\\n")])?;
-    let py = rpm_pkg(&w, "probe-own-y", "1", &[("usr/bin/probe-shared", "y\\n")])?;
+    let py = rpm_pkg(&w, "probe-own-y", "1", &[("usr/bin/probe-shared", "yy\\n")])?;
     let pb = rpm_pkg(&w, "probe-b", "1.0", &[("usr/bin/probe-b", "b\\n")])?;
     rpm_root(&w, "low", &[&pa, &v1, &px])?;
     // A second apart: two databases of one size and one mtime second are the same file to
