@@ -11,6 +11,7 @@ mod incremental;
 mod jsonschema;
 mod kiwimerge;
 mod legacy;
+mod packages;
 mod refs;
 mod registry;
 mod stackbuild;

@@ -80,6 +80,10 @@ pub struct Cli {
     /// Stop once the root is prepared; print the kiwi-ng command instead of running it.
     #[arg(long)]
     pub prepare_only: bool,
+    /// `--packages` (default `merge`: the image's package database lists every stash's
+    /// packages) and `--strict`.
+    #[command(flatten)]
+    pub packages: stackcore::packages::PackagesArgs,
     /// Print a JSON summary (steps, times, result files) on stdout.
     #[arg(long)]
     pub json: bool,
@@ -179,6 +183,31 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         ));
     }
 
+    // The stashes' package databases: read, reported, and (by default) merged after the
+    // stack; with --strict, a stack with problems stops here.
+    let t = Instant::now();
+    let sources: Vec<Source> = stashes
+        .iter_mut()
+        .map(|s| Source::Image(Box::new(s.image.take().expect("opened once"))))
+        .collect();
+    let packages = stackcore::packages::run_checks(
+        &sources,
+        cli.packages
+            .mode
+            .unwrap_or(stackcore::packages::Mode::Merge),
+        cli.packages.strict,
+        &log,
+    )?;
+    steps.push(StepReport {
+        name: "packages".into(),
+        seconds: t.elapsed().as_secs_f64(),
+        detail: Some(format!(
+            "{} ({} database files to merge)",
+            packages.report.mode,
+            packages.writes.len()
+        )),
+    });
+
     let merged_desc_dir = target.join("build/description");
     let description = match (&cli.description, cli.merge) {
         (Some(_), true) => Some(merged_desc_dir.clone()),
@@ -214,6 +243,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } else if cli.description.is_none() {
             let _ = writeln!(plan, "description: the last stash's image/config.xml");
         }
+        for line in packages.summary() {
+            let _ = writeln!(plan, "{line}");
+        }
+        for w in &packages.writes {
+            let _ = writeln!(plan, "packages: write {} (merged)", w.path.display());
+        }
         let _ = writeln!(plan, "run: {}", shell_words(&kiwi_command));
         if cli.json {
             return print_json(&StackbuildReport {
@@ -228,6 +263,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 kiwi_exit: None,
                 steps,
                 result_files: Vec::new(),
+                packages: packages.report,
                 seconds: start.elapsed().as_secs_f64(),
             });
         }
@@ -247,14 +283,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         stashes.len(),
         image_root.display()
     ));
-    let sources: Vec<Source> = stashes
-        .iter_mut()
-        .map(|s| Source::Image(Box::new(s.image.take().expect("opened once"))))
-        .collect();
     let task = stackcore::progress::task("stacking", None);
     let stacked = stack_to_dir(&sources, &image_root, &ExtractOptions::default())
         .context("stacking the stashes")?;
     drop(task);
+    stackcore::packages::write_merged(&image_root, &packages.writes)
+        .context("writing the merged package databases")?;
+    let mut packages = packages;
+    packages.note_conflicts(&stacked.conflicts, &log);
     let stats = &stacked.stats;
     for w in stats.warnings() {
         log.warn(w);
@@ -307,11 +343,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         kiwi_exit: None,
         steps,
         result_files: Vec::new(),
+        packages: packages.report,
         seconds: 0.0,
     };
     let kiwi_found = which("kiwi-ng").is_some();
     if cli.prepare_only || !kiwi_found {
-        if kiwi_found {
+        if cli.prepare_only {
             log.step(format_args!(
                 "root prepared in {}; kiwi-ng not run (--prepare-only)",
                 image_root.display()
@@ -328,7 +365,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } else {
             print_line(shell_words(&kiwi_command))?;
         }
-        return if kiwi_found {
+        // --prepare-only stops here by choice, whether kiwi-ng is installed or not; without
+        // it, a missing kiwi-ng is a failed build.
+        return if cli.prepare_only {
             Ok(())
         } else {
             Err(Exit(1).into())

@@ -16,6 +16,7 @@
 //! | [`layer`] | layer compression, reading, indexes and the overlay model |
 //! | [`manifest`] | the versioned `--json` documents and their JSON Schemas |
 //! | [`oci`] | OCI JSON types and the image-layout store |
+//! | [`packages`] | package databases in a stack: detect, report, merge (dpkg, rpm, apk, pacman) |
 //! | [`extract`] | writing entries into a directory without ever escaping it |
 //! | [`imageref`] | the image ref grammar; name and tag rules |
 //! | [`open`] | opening any ref: the store, layouts, archives, registries (pulled first) |
@@ -51,6 +52,7 @@ pub mod legacy;
 pub mod manifest;
 pub mod oci;
 pub mod open;
+pub mod packages;
 pub mod platform;
 pub mod progress;
 pub mod registry;

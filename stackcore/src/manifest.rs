@@ -550,12 +550,14 @@ pub struct StackmergeReport {
     pub totals: MergeTotals,
     /// What was written and what could not be restored.
     pub stats: WriteStats,
+    /// What the stack does to the sources' package databases.
+    pub packages: PackagesReport,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
 
 impl StackmergeReport {
-    /// The report of `o`, which took `seconds`.
+    /// The report of `o`, which took `seconds` (its `packages` section empty: set it).
     pub fn new(o: &StackOutcome, seconds: f64) -> Self {
         StackmergeReport {
             schema: SCHEMA,
@@ -592,6 +594,7 @@ impl StackmergeReport {
                 rsync_fails: o.totals.rsync_fails,
             },
             stats: WriteStats::from(&o.stats),
+            packages: PackagesReport::default(),
             seconds,
         }
     }
@@ -687,6 +690,8 @@ pub struct StackbuildReport {
     pub steps: Vec<StepReport>,
     /// The image files kiwi-ng wrote.
     pub result_files: Vec<PathBuf>,
+    /// What the stack does to the stashes' package databases.
+    pub packages: PackagesReport,
     /// Wall-clock seconds, all steps.
     pub seconds: f64,
 }
@@ -717,6 +722,116 @@ pub struct StepReport {
     /// A short summary, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+}
+
+/// What a stack does to the sources' package databases (`--packages`), in both
+/// `stackmerge` and `stackbuild` reports.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PackagesReport {
+    /// `merge` (a merged database is written), `report` (no file changed) or `off`.
+    #[schemars(extend("enum" = ["merge", "report", "off"]))]
+    pub mode: String,
+    /// One entry per package manager some source has.
+    pub managers: Vec<ManagerReport>,
+    /// Mismatches between the sources, and databases that could not be read or merged.
+    pub warnings: Vec<PackageWarning>,
+}
+
+impl PackagesReport {
+    /// An empty report in `mode`.
+    pub fn empty(mode: &str) -> Self {
+        PackagesReport {
+            mode: mode.to_owned(),
+            managers: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// One package manager's databases in a stack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerReport {
+    /// `dpkg`, `rpm`, `apk` or `pacman`.
+    #[schemars(extend("enum" = ["dpkg", "rpm", "apk", "pacman"]))]
+    pub manager: String,
+    /// The database in the result, relative to its root (`var/lib/dpkg/status`...).
+    pub database: String,
+    /// The sources that have this database, lowest first, with their package counts.
+    pub sources: Vec<ManagerSource>,
+    /// The result's database.
+    pub result: ManagerResult,
+    /// Packages the sources disagree about (absent from some, or at different versions).
+    pub changes: Vec<PackageChange>,
+    /// Paths that packages of different names own in different sources.
+    pub file_conflicts: Vec<FileConflict>,
+}
+
+/// One source's database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerSource {
+    /// The source's name.
+    pub source: String,
+    /// Installed packages it lists.
+    pub packages: u64,
+}
+
+/// The result's database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerResult {
+    /// Installed packages it lists.
+    pub packages: u64,
+    /// Whether it lists every source's packages (false: it is the uppermost source's alone,
+    /// as a sequence of rsync leaves it).
+    pub merged: bool,
+}
+
+/// What the stack did to one package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PackageChange {
+    /// Package name.
+    pub package: String,
+    /// Its architecture (`amd64`, `all`, `x86_64`, `noarch`...).
+    pub arch: String,
+    /// `added` (only the uppermost database with it has it), `upgraded`/`downgraded` (the
+    /// result's version against the nearest lower source's), `kept` (a lower source's entry
+    /// kept where an upper database lacks it, or the same version), `lost` (installed in a
+    /// lower source, absent from the result's database though its files are on disk).
+    #[schemars(extend("enum" = ["added", "upgraded", "downgraded", "lost", "kept"]))]
+    pub change: String,
+    /// Its distinct versions, in source order.
+    pub versions: Vec<String>,
+    /// The sources that have it installed, lowest first.
+    pub sources: Vec<String>,
+}
+
+/// A path packages of different names own in different sources.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileConflict {
+    /// The path, relative to the root.
+    pub path: String,
+    /// The owning packages, in source order.
+    pub packages: Vec<String>,
+    /// The package whose file the result holds (the uppermost source's).
+    pub winner: String,
+}
+
+/// Something about the sources' packages worth a person's attention.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PackageWarning {
+    /// `distribution` (os-release `ID` or `VERSION_ID` differ), `architecture` (the packages'
+    /// main architectures differ), `usr-merge` (a usr-merged root with one that is not),
+    /// `backend` (a database that cannot be read or merged).
+    #[schemars(extend("enum" = ["distribution", "architecture", "usr-merge", "backend"]))]
+    pub kind: String,
+    /// What, in words.
+    pub detail: String,
 }
 
 /// The JSON Schema of each tool's `--json` output, by tool name, as `cargo xtask schema`

@@ -26,7 +26,13 @@ Examples:
 A SOURCE that starts with /, ./ or ../, or names an existing path, is a directory; anything
 else is an image ref. Where rsync would fail (a file or symlink over a non-empty directory,
 e.g. a usr-merge `lib -> usr/lib` over a `lib/` directory) the upper source wins and the
-path is reported.";
+path is reported.
+
+Package databases (dpkg, rpm, apk, pacman) are read and reported: by default the result
+holds the uppermost source's database, as rsync leaves it, and the report names the
+packages that database no longer lists (`lost`). `--packages merge` writes a database that
+lists every source's packages instead; `--strict` fails (exit 1, nothing written) on lost
+or downgraded packages, file-owner conflicts and mismatched sources.";
 
 /// Lay image refs and directories over each other, lowest first, into a new directory:
 /// the result of `rsync -aHAX SRC/ DIR/` for each source in order, with each final file
@@ -49,6 +55,9 @@ pub struct Cli {
     pub store: Option<PathBuf>,
     #[command(flatten)]
     pub registry: stackcore::registry::RegistryArgs,
+    /// `--packages` (default `report`: no file changed, as rsync would) and `--strict`.
+    #[command(flatten)]
+    pub packages: stackcore::packages::PackagesArgs,
     /// Do not restore xattrs whose names match GLOB (`*` wildcard); repeatable.
     #[arg(long, value_name = "GLOB")]
     pub xattrs_exclude: Vec<String>,
@@ -111,6 +120,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         xattrs_exclude: cli.xattrs_exclude.clone(),
     };
     let start = Instant::now();
+    let packages = stackcore::packages::run_checks(
+        &sources,
+        cli.packages
+            .mode
+            .unwrap_or(stackcore::packages::Mode::Report),
+        cli.packages.strict,
+        &log,
+    )?;
     log.step(format_args!(
         "stacking {} sources into {}",
         sources.len(),
@@ -121,6 +138,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let outcome = stack_to_dir(&sources, &cli.into, &opts)
         .with_context(|| format!("stacking into {}", cli.into.display()))?;
     drop(task);
+    stackcore::packages::write_merged(&outcome.dest, &packages.writes).with_context(|| {
+        format!(
+            "writing the merged package databases into {}",
+            cli.into.display()
+        )
+    })?;
     let secs = start.elapsed().as_secs_f64();
     for s in &outcome.sources {
         let how = if s.planned {
@@ -175,7 +198,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         outcome.stats.files,
         outcome.stats.bytes
     ));
-    let report = StackmergeReport::new(&outcome, secs);
+    let mut packages = packages;
+    packages.note_conflicts(&outcome.conflicts, &log);
+    let mut report = StackmergeReport::new(&outcome, secs);
+    report.packages = packages.report;
     if let Some(file) = &cli.report {
         let mut bytes = serde_json::to_vec_pretty(&report)?;
         bytes.push(b'\n');

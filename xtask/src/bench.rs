@@ -9,6 +9,7 @@
 //! | `unstash` | `umoci unpack` |
 //! | `stackmerge` of two stashes | `rsync -aHAX` of the root into an empty directory |
 //! | the same, of two zstd stashes | the same |
+//! | `stackmerge --packages merge` of two Debian stashes | the same with `--packages off` |
 //! | `stash` of the same tree | `kiwi-ng system stash`: the original plugin (umoci, rsync, skopeo, podman) |
 //! | `stackbuild --prepare-only` of two stashes | `podman image mount` + `rsync` per stash, as the original `system stackbuild` does |
 //!
@@ -422,6 +423,38 @@ fn measure_all(args: &BenchArgs, tree: &Path, fs: &OutputFs) -> Result<Report> {
             have("rsync"),
         ));
     }
+
+    // What reading and merging the package databases adds to a stack of two Debian stashes
+    // (the root stashed again under a second name): --packages merge against off.
+    timed(&format!(
+        "{} --quiet --store {} --root {t} --container-name bench-packages >/dev/null",
+        bin("stash"),
+        q(&store)
+    ))?;
+    let packages = |mode: &str, dir: &str, i: usize| {
+        format!(
+            "{} --quiet --store {} --into {} --packages {mode} bench bench-packages",
+            bin("stackmerge"),
+            q(&store),
+            wi(dir, i)
+        )
+    };
+    let merge = |i| packages("merge", "pkgmerged", i);
+    let off = |i| packages("off", "pkgoff", i);
+    let c = compare(
+        n,
+        &merge,
+        Some(&off as Side<'_>),
+        "",
+        &trees(&["pkgmerged-*", "pkgoff-*"]),
+    )?;
+    rows.push(row(
+        "stackmerge --packages merge",
+        &c,
+        "stackmerge --packages off",
+        "<= 1.1",
+        true,
+    ));
 
     // The prepare step of a stackbuild, ours against the original's.
     let prepare = |i| {

@@ -51,6 +51,49 @@ fn sample_root(dir: &Path, name: &str, files: &[(&str, &str)]) -> Result<()> {
     Ok(())
 }
 
+fn have(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+/// Installs a one-file package into the sample root `dir` with the host's dpkg (no chroot,
+/// no root needed), so the stack has real package databases to report on; a machine
+/// without dpkg gets roots without one. Returns whether it did.
+fn install_package(dir: &Path, work: &Path, name: &str) -> Result<bool> {
+    if !have("dpkg") || !have("dpkg-deb") {
+        return Ok(false);
+    }
+    let pkg = work.join(format!("pkg-{name}"));
+    fs::create_dir_all(pkg.join("DEBIAN"))?;
+    fs::create_dir_all(pkg.join("usr/bin"))?;
+    fs::write(
+        pkg.join("DEBIAN/control"),
+        format!(
+            "Package: {name}\nVersion: 1.0\nArchitecture: all\nMaintainer: Demo Builder \
+             <demo@example.org>\nDescription: stackbuild demo package {name}\n"
+        ),
+    )?;
+    fs::write(pkg.join("usr/bin").join(name), "#!/bin/sh\necho demo\n")?;
+    let deb = work.join(format!("{name}.deb"));
+    sh(Command::new("dpkg-deb")
+        .args(["-b", "--root-owner-group"])
+        .arg(&pkg)
+        .arg(&deb))?;
+    let admin = dir.join("var/lib/dpkg");
+    for d in ["info", "updates"] {
+        fs::create_dir_all(admin.join(d))?;
+    }
+    if !admin.join("status").exists() {
+        fs::write(admin.join("status"), "")?;
+    }
+    sh(Command::new("dpkg")
+        .arg(format!("--instdir={}", dir.display()))
+        .arg(format!("--admindir={}", admin.display()))
+        .args(["--force-script-chrootless", "--force-not-root", "-i"])
+        .arg(&deb))?;
+    Ok(true)
+}
+
 /// Runs the demo.
 pub fn run() -> Result<()> {
     sh(cargo().args(["build", "--workspace", "--bins", "--all-features"]))?;
@@ -72,6 +115,7 @@ pub fn run() -> Result<()> {
         ],
     )?;
     std::os::unix::fs::symlink("../usr/bin/hello", base.join("etc/hello-link"))?;
+    let with_packages = install_package(&base, &work, "demo-hello")?;
     fs::hard_link(base.join("usr/bin/hello"), base.join("usr/bin/hello-again"))?;
 
     eprintln!("# 1. stash a root tree (the whole tree: the first layer)");
@@ -112,6 +156,7 @@ pub fn run() -> Result<()> {
             ("opt/extra/tool", "#!/bin/sh\n"),
         ],
     )?;
+    install_package(&extra, &work, "demo-extra-tool")?;
     eprintln!("\n# 4. a second stash with a description of its own");
     tool(
         bin("stash")
@@ -138,7 +183,11 @@ pub fn run() -> Result<()> {
         hostname.trim()
     );
 
-    eprintln!("\n# 7. stackmerge: the two stashes stacked, base lowest, with a conflict report");
+    eprintln!(
+        "\n# 7. stackmerge: the two stashes stacked, base lowest, with a conflict report and \
+         the package report (by default the upper dpkg database wins, as with rsync: \
+         demo-hello is 'lost')"
+    );
     let stacked = work.join("stacked");
     tool(
         bin("stackmerge")
@@ -219,6 +268,20 @@ pub fn run() -> Result<()> {
         "root prepared in {} (run the command above to build the image with kiwi-ng)",
         target.join("build/image-root").display()
     );
+    if with_packages {
+        // stackbuild merges package databases by default: both packages are installed.
+        let list = tool(
+            Command::new("dpkg-query")
+                .arg(format!(
+                    "--admindir={}",
+                    target.join("build/image-root/var/lib/dpkg").display()
+                ))
+                .args(["-W", "-f", "${Package} ${Version} ${db:Status-Abbrev}\\n"]),
+        )?;
+        if !list.contains("demo-hello 1.0 ii") || !list.contains("demo-extra-tool 1.0 ii") {
+            bail!("the prepared root's dpkg database does not list both stashes' packages");
+        }
+    }
 
     eprintln!("\n# done: store {}", store.display());
     Ok(())
