@@ -5,21 +5,24 @@ use std::cmp::Ordering;
 /// dpkg's order of `[EPOCH:]UPSTREAM[-REVISION]` (deb-version(7)): `~` sorts before
 /// everything, even the end of the string; letters before other characters.
 pub(crate) fn dpkg(a: &str, b: &str) -> Ordering {
-    let split = |v: &str| -> (u64, String, String) {
-        let (epoch, rest) = match v.split_once(':') {
-            Some((e, r)) if e.bytes().all(|c| c.is_ascii_digit()) => (e.parse().unwrap_or(0), r),
-            _ => (0, v),
-        };
-        match rest.rsplit_once('-') {
-            Some((u, r)) => (epoch, u.to_owned(), r.to_owned()),
-            None => (epoch, rest.to_owned(), String::new()),
-        }
-    };
-    let (ea, ua, ra) = split(a);
-    let (eb, ub, rb) = split(b);
+    let (ea, ua, ra) = split_evr(a);
+    let (eb, ub, rb) = split_evr(b);
     ea.cmp(&eb)
         .then_with(|| verrevcmp(ua.as_bytes(), ub.as_bytes()))
         .then_with(|| verrevcmp(ra.as_bytes(), rb.as_bytes()))
+}
+
+/// `[EPOCH:]VERSION[-RELEASE]`, the shape dpkg and rpm versions share: the epoch (0 when
+/// absent or not a number), the version, and what follows the last `-` (empty when none).
+fn split_evr(v: &str) -> (u64, &str, &str) {
+    let (epoch, rest) = match v.split_once(':') {
+        Some((e, r)) if e.bytes().all(|c| c.is_ascii_digit()) => (e.parse().unwrap_or(0), r),
+        _ => (0, v),
+    };
+    match rest.rsplit_once('-') {
+        Some((u, r)) => (epoch, u, r),
+        None => (epoch, rest, ""),
+    }
 }
 
 fn order(c: Option<u8>) -> i32 {
@@ -74,21 +77,11 @@ fn verrevcmp(a: &[u8], b: &[u8]) -> Ordering {
 /// rpm's order of `[EPOCH:]VERSION-RELEASE` (rpmvercmp on each part; also what pacman's
 /// vercmp and, near enough, apk use).
 pub(crate) fn rpm(a: &str, b: &str) -> Ordering {
-    let split = |v: &str| -> (u64, String, String) {
-        let (epoch, rest) = match v.split_once(':') {
-            Some((e, r)) if e.bytes().all(|c| c.is_ascii_digit()) => (e.parse().unwrap_or(0), r),
-            _ => (0, v),
-        };
-        match rest.rsplit_once('-') {
-            Some((u, r)) => (epoch, u.to_owned(), r.to_owned()),
-            None => (epoch, rest.to_owned(), String::new()),
-        }
-    };
-    let (ea, va, ra) = split(a);
-    let (eb, vb, rb) = split(b);
+    let (ea, va, ra) = split_evr(a);
+    let (eb, vb, rb) = split_evr(b);
     ea.cmp(&eb)
-        .then_with(|| rpmvercmp(&va, &vb))
-        .then_with(|| rpmvercmp(&ra, &rb))
+        .then_with(|| rpmvercmp(va, vb))
+        .then_with(|| rpmvercmp(ra, rb))
 }
 
 #[allow(clippy::many_single_char_names)] // rpm's own names for the two cursors
