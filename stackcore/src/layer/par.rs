@@ -1,0 +1,313 @@
+//! Inflating a gzip layer on several threads from its access points (`layer/points.rs`),
+//! with the same result as one sequential inflate, or an error.
+//!
+//! The compressed stream is cut at the points into spans; worker threads inflate the spans,
+//! each from its point's bit offset with its point's window as the dictionary, and this
+//! thread hands their output on in order. Nothing in the points is trusted:
+//! - a span's inflate must stop at a deflate block boundary exactly at the next point's bit
+//!   offset, having made exactly the bytes the points say;
+//! - before a span's output is handed on, the window its inflate started from must equal the
+//!   last 32 KiB actually handed on before it.
+//!
+//! By induction, every span then starts from the state a sequential inflate has at that
+//! point (its bit position, at a block boundary, and its window), so it makes the same
+//! bytes: the output is the sequential inflate's, and a pinned `diff_id` stays sound. The
+//! first span starts after the gzip header with an empty window; the last must end the
+//! deflate stream, followed by the member's trailer (its size checked) and nothing else.
+//! A mismatch is an error naming the points file, which is removed: the next read is
+//! sequential and records the points again. Errors of the blob itself (its digest, its size)
+//! come first, as they would without points.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, Read};
+use std::path::Path;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+
+use super::inflate::RawInflate;
+use super::points::{MAX_SPAN, Points, WINDOW};
+use super::read::{Chunk, Prefetch, gzip_header, gzip_trailer};
+
+/// Uncompressed bytes in flight (being inflated, or waiting for their turn) at most, beside
+/// one span: bounds memory whatever the thread count.
+const MAX_BYTES_IN_FLIGHT: u64 = 24 << 20;
+
+/// One span to inflate.
+struct Job {
+    /// Span number: 0 starts after the header, `k` at point `k - 1`.
+    seq: usize,
+    /// The compressed bytes, from the byte the span's first bit is in.
+    data: Vec<u8>,
+    /// Offset of `data[0]` in the blob.
+    first_byte: u64,
+    /// Bit offset of the span's start in the blob.
+    start_bit: u64,
+    /// Bit offset of the next point (none for the last span).
+    end_bit: Option<u64>,
+    /// Bytes the span must make.
+    expect: usize,
+}
+
+/// Why the points do not fit: the caller names the file.
+struct Misfit(String);
+
+/// Inflates the rest of the gzip stream `raw` (at its start) on `threads` workers and sends
+/// it to `tx` in chunks, then returns `raw`, at the end of the member. `file` is the points
+/// file, removed if they do not fit.
+pub(crate) fn par_gunzip(
+    mut raw: Prefetch,
+    pts: Points,
+    threads: usize,
+    file: &Path,
+    tx: &SyncSender<Chunk>,
+) -> io::Result<Prefetch> {
+    let header = gzip_header(&mut raw)?;
+    match run(&mut raw, header, Arc::new(pts), threads, tx) {
+        Ok(()) => Ok(raw),
+        Err(Run::Io(e)) => Err(e),
+        Err(Run::Misfit(Misfit(why))) => {
+            // The blob's own errors first: read it to its end, where its checks report.
+            io::copy(&mut raw, &mut io::sink())?;
+            let _ = std::fs::remove_file(file); // gone already is as good
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "access points in {} do not fit the layer ({why}); removed, the next read \
+                     records them again",
+                    file.display()
+                ),
+            ))
+        }
+    }
+}
+
+enum Run {
+    Io(io::Error),
+    Misfit(Misfit),
+}
+
+impl From<io::Error> for Run {
+    fn from(e: io::Error) -> Self {
+        Run::Io(e)
+    }
+}
+
+impl From<Misfit> for Run {
+    fn from(m: Misfit) -> Self {
+        Run::Misfit(m)
+    }
+}
+
+fn run(
+    raw: &mut Prefetch,
+    header: u64,
+    pts: Arc<Points>,
+    threads: usize,
+    tx: &SyncSender<Chunk>,
+) -> Result<(), Run> {
+    let spans = pts.points.len() + 1;
+    let start = |k: usize| {
+        if k == 0 {
+            (0, header * 8)
+        } else {
+            let p = &pts.points[k - 1];
+            (p.out, p.bit)
+        }
+    };
+    let end_out = |k: usize| pts.points.get(k).map_or(pts.size, |p| p.out);
+    if pts.points[0].bit <= header * 8 {
+        return Err(Misfit("the first point is inside the gzip header".into()).into());
+    }
+    let max_jobs = (2 * threads).max(2);
+    let (job_tx, job_rx) = sync_channel::<Job>(max_jobs);
+    let (res_tx, res_rx) = sync_channel::<(usize, Result<Vec<u8>, Misfit>)>(max_jobs);
+    let job_rx = Arc::new(Mutex::new(job_rx));
+    for _ in 0..threads {
+        let (rx, tx, pts) = (Arc::clone(&job_rx), res_tx.clone(), Arc::clone(&pts));
+        std::thread::spawn(move || worker(&rx, &tx, &pts));
+    }
+    drop(res_tx);
+
+    let mut read = header; // bytes of `raw` taken
+    let mut carry: Option<u8> = None; // the byte a point's bit offset falls in
+    let mut next_job = 0;
+    let mut next_out = 0;
+    let (mut jobs, mut bytes) = (0usize, 0u64); // in flight, until handed on
+    let mut pending: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
+    let mut tail: Vec<u8> = Vec::with_capacity(2 * WINDOW);
+    while next_out < spans {
+        while next_job < spans
+            && (jobs == 0
+                || (jobs < max_jobs
+                    && bytes + (end_out(next_job) - start(next_job).0) <= MAX_BYTES_IN_FLIGHT))
+        {
+            let (out, start_bit) = start(next_job);
+            let expect = end_out(next_job) - out;
+            let end_bit = pts.points.get(next_job).map(|p| p.bit);
+            let first_byte = start_bit / 8;
+            let mut data = Vec::new();
+            if first_byte < read {
+                data.push(carry.ok_or_else(|| Misfit("points out of order".into()))?);
+            }
+            match end_bit {
+                Some(end) => {
+                    let upto = end.div_ceil(8);
+                    take(raw, &mut data, upto - read)?;
+                    read = upto;
+                    carry = (end % 8 != 0).then(|| data[data.len() - 1]);
+                }
+                None => {
+                    // The last span: the rest of the blob, which holds the trailer too.
+                    let limit = MAX_SPAN + (1 << 20);
+                    let n = raw.by_ref().take(limit + 1).read_to_end(&mut data)?;
+                    if n as u64 > limit {
+                        return Err(Misfit("the last span is too long".into()).into());
+                    }
+                    read += n as u64;
+                }
+            }
+            let job = Job {
+                seq: next_job,
+                data,
+                first_byte,
+                start_bit,
+                end_bit,
+                expect: expect as usize,
+            };
+            job_tx
+                .send(job)
+                .map_err(|_| io::Error::other("an inflating thread stopped"))?;
+            jobs += 1;
+            bytes += expect;
+            next_job += 1;
+        }
+        let (seq, res) = res_rx
+            .recv()
+            .map_err(|_| io::Error::other("an inflating thread stopped"))?;
+        pending.insert(seq, res?);
+        while let Some(block) = pending.remove(&next_out) {
+            if next_out > 0 && pts.points[next_out - 1].window != tail {
+                return Err(Misfit(format!(
+                    "the window of point {next_out} is not the output before it"
+                ))
+                .into());
+            }
+            if block.len() >= WINDOW {
+                tail.clear();
+                tail.extend_from_slice(&block[block.len() - WINDOW..]);
+            } else {
+                tail.extend_from_slice(&block);
+                if tail.len() > WINDOW {
+                    tail.drain(..tail.len() - WINDOW);
+                }
+            }
+            jobs -= 1;
+            bytes -= block.len() as u64;
+            let n = block.len();
+            if n > 0 && tx.send(Ok((block, n))).is_err() {
+                return Err(io::Error::other("the layer reader stopped").into());
+            }
+            next_out += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Takes exactly `n` bytes of `raw` into `data`; the blob ending first means the points
+/// claim more than there is.
+fn take(raw: &mut Prefetch, data: &mut Vec<u8>, n: u64) -> Result<(), Run> {
+    let mut left = n as usize;
+    data.reserve(left);
+    while left > 0 {
+        let buf = raw.fill_buf()?;
+        if buf.is_empty() {
+            return Err(Misfit("a point is past the end of the blob".into()).into());
+        }
+        let k = buf.len().min(left);
+        data.extend_from_slice(&buf[..k]);
+        raw.consume(k);
+        left -= k;
+    }
+    Ok(())
+}
+
+fn worker(
+    rx: &Mutex<Receiver<Job>>,
+    tx: &SyncSender<(usize, Result<Vec<u8>, Misfit>)>,
+    pts: &Points,
+) {
+    let mut z = None;
+    loop {
+        let Ok(Ok(job)) = rx.lock().map(|r| r.recv()) else {
+            return;
+        };
+        let res = inflate_span(&mut z, &job, pts);
+        if tx.send((job.seq, res)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Inflates one span and checks that it ends where the points say.
+fn inflate_span(z: &mut Option<RawInflate>, job: &Job, pts: &Points) -> Result<Vec<u8>, Misfit> {
+    let misfit = |what: &str| Misfit(format!("span {}: {what}", job.seq));
+    let z = match z {
+        Some(z) => {
+            z.reset().map_err(|e| misfit(&e.to_string()))?;
+            z
+        }
+        None => z.insert(RawInflate::new().map_err(|e| misfit(&e.to_string()))?),
+    };
+    let mut used = 0;
+    let skip = (job.start_bit % 8) as u32;
+    if skip > 0 {
+        let first = *job.data.first().ok_or_else(|| misfit("no data"))?;
+        z.prime(8 - skip, first >> skip)
+            .map_err(|e| misfit(&e.to_string()))?;
+        used = 1;
+    }
+    if job.seq > 0 {
+        z.set_dictionary(&pts.points[job.seq - 1].window)
+            .map_err(|e| misfit(&e.to_string()))?;
+    }
+    // One byte of room more than expected: a span that makes more shows.
+    let mut out = vec![0u8; job.expect + 1];
+    let mut made = 0;
+    loop {
+        let s = z
+            .inflate(&job.data[used..], &mut out[made..], true)
+            .map_err(|e| misfit(&e.to_string()))?;
+        used += s.used;
+        made += s.made;
+        if made > job.expect {
+            return Err(misfit("makes more bytes than the points say"));
+        }
+        if s.end {
+            if job.end_bit.is_some() || made != job.expect {
+                return Err(misfit("the deflate stream ends early"));
+            }
+            let trailer: &[u8; 8] = job.data[used..]
+                .try_into()
+                .map_err(|_| misfit("the gzip trailer is not all that follows"))?;
+            gzip_trailer(trailer, pts.size as u32).map_err(|e| misfit(&e.to_string()))?;
+            break;
+        }
+        if let Some(end) = job.end_bit
+            && s.boundary
+            && made == job.expect
+        {
+            let bit = (job.first_byte + used as u64) * 8 - u64::from(s.pending_bits);
+            if bit == end {
+                break;
+            }
+            if bit > end {
+                return Err(misfit("no block boundary at the next point"));
+            }
+        }
+        if s.used == 0 && s.made == 0 {
+            return Err(misfit("the data ends before the next point"));
+        }
+    }
+    out.truncate(made);
+    Ok(out)
+}
