@@ -9,6 +9,7 @@ mod hostile;
 mod incremental;
 mod jsonschema;
 mod kiwimerge;
+mod points;
 mod registry;
 mod stackbuild;
 mod stackmerge;

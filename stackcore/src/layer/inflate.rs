@@ -108,7 +108,12 @@ impl RawInflate {
         // SAFETY: an initialized stream, whose input and output pointers are the slices'
         // for exactly their lengths; both are cleared before returning, so no pointer
         // outlives the borrows.
-        let ret = unsafe { inflate(&raw mut *self.strm, if block { Z_BLOCK } else { Z_NO_FLUSH }) };
+        let ret = unsafe {
+            inflate(
+                &raw mut *self.strm,
+                if block { Z_BLOCK } else { Z_NO_FLUSH },
+            )
+        };
         let used = (avail_in - self.strm.avail_in) as usize;
         let made = (avail_out - self.strm.avail_out) as usize;
         self.strm.next_in = std::ptr::null();
@@ -170,9 +175,9 @@ mod tests {
     #[test]
     fn restarts_at_every_block_boundary() -> io::Result<()> {
         let data = sample(600_000);
-        let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(9));
-        e.write_all(&data)?;
-        let deflated = e.finish()?;
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(9));
+        enc.write_all(&data)?;
+        let deflated = enc.finish()?;
         let mut z = RawInflate::new()?;
         let mut out = vec![0u8; data.len() + 1];
         let (mut used, mut made) = (0, 0);
@@ -201,17 +206,17 @@ mod tests {
             }
             z.set_dictionary(&data[at.saturating_sub(32 << 10)..at])?;
             let mut rest = vec![0u8; data.len() - at + 1];
-            let (mut u, mut m) = (0, 0);
+            let (mut at_in, mut at_out) = (0, 0);
             loop {
-                let s = z.inflate(&input[u..], &mut rest[m..], false)?;
-                u += s.used;
-                m += s.made;
+                let s = z.inflate(&input[at_in..], &mut rest[at_out..], false)?;
+                at_in += s.used;
+                at_out += s.made;
                 if s.end {
                     break;
                 }
                 assert!(s.used > 0 || s.made > 0, "progress from bit {bit}");
             }
-            assert_eq!(&rest[..m], &data[at..], "from bit {bit}");
+            assert_eq!(&rest[..at_out], &data[at..], "from bit {bit}");
         }
         Ok(())
     }

@@ -62,7 +62,7 @@ pub(crate) fn par_gunzip(
     tx: &SyncSender<Chunk>,
 ) -> io::Result<Prefetch> {
     let header = gzip_header(&mut raw)?;
-    match run(&mut raw, header, Arc::new(pts), threads, tx) {
+    match run(&mut raw, header, &Arc::new(pts), threads, tx) {
         Ok(()) => Ok(raw),
         Err(Run::Io(e)) => Err(e),
         Err(Run::Misfit(Misfit(why))) => {
@@ -101,7 +101,7 @@ impl From<Misfit> for Run {
 fn run(
     raw: &mut Prefetch,
     header: u64,
-    pts: Arc<Points>,
+    pts: &Arc<Points>,
     threads: usize,
     tx: &SyncSender<Chunk>,
 ) -> Result<(), Run> {
@@ -123,7 +123,7 @@ fn run(
     let (res_tx, res_rx) = sync_channel::<(usize, Result<Vec<u8>, Misfit>)>(max_jobs);
     let job_rx = Arc::new(Mutex::new(job_rx));
     for _ in 0..threads {
-        let (rx, tx, pts) = (Arc::clone(&job_rx), res_tx.clone(), Arc::clone(&pts));
+        let (rx, tx, pts) = (Arc::clone(&job_rx), res_tx.clone(), Arc::clone(pts));
         std::thread::spawn(move || worker(&rx, &tx, &pts));
     }
     drop(res_tx);
@@ -149,22 +149,19 @@ fn run(
             if first_byte < read {
                 data.push(carry.ok_or_else(|| Misfit("points out of order".into()))?);
             }
-            match end_bit {
-                Some(end) => {
-                    let upto = end.div_ceil(8);
-                    take(raw, &mut data, upto - read)?;
-                    read = upto;
-                    carry = (end % 8 != 0).then(|| data[data.len() - 1]);
+            if let Some(end) = end_bit {
+                let upto = end.div_ceil(8);
+                take(raw, &mut data, upto - read)?;
+                read = upto;
+                carry = (end % 8 != 0).then(|| data[data.len() - 1]);
+            } else {
+                // The last span: the rest of the blob, which holds the trailer too.
+                let limit = MAX_SPAN + (1 << 20);
+                let n = raw.by_ref().take(limit + 1).read_to_end(&mut data)?;
+                if n as u64 > limit {
+                    return Err(Misfit("the last span is too long".into()).into());
                 }
-                None => {
-                    // The last span: the rest of the blob, which holds the trailer too.
-                    let limit = MAX_SPAN + (1 << 20);
-                    let n = raw.by_ref().take(limit + 1).read_to_end(&mut data)?;
-                    if n as u64 > limit {
-                        return Err(Misfit("the last span is too long".into()).into());
-                    }
-                    read += n as u64;
-                }
+                read += n as u64;
             }
             let job = Job {
                 seq: next_job,
@@ -289,7 +286,7 @@ fn inflate_span(z: &mut Option<RawInflate>, job: &Job, pts: &Points) -> Result<V
             let trailer: &[u8; 8] = job.data[used..]
                 .try_into()
                 .map_err(|_| misfit("the gzip trailer is not all that follows"))?;
-            gzip_trailer(trailer, pts.size as u32).map_err(|e| misfit(&e.to_string()))?;
+            gzip_trailer(*trailer, pts.size as u32).map_err(|e| misfit(&e.to_string()))?;
             break;
         }
         if let Some(end) = job.end_bit
@@ -310,4 +307,150 @@ fn inflate_span(z: &mut Option<RawInflate>, job: &Job, pts: &Points) -> Result<V
     }
     out.truncate(made);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::compress::tests::sample;
+    use crate::layer::points::Point;
+    use crate::layer::read::{Gunzip, pump};
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    /// `data` through an external compressor (`gzip -9`, `pigz`).
+    fn external(program: &[&str], data: &[u8]) -> io::Result<Vec<u8>> {
+        let mut child = Command::new(program[0])
+            .args(&program[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut stdin = child.stdin.take().expect("piped");
+        let input = data.to_vec();
+        let feeder = std::thread::spawn(move || stdin.write_all(&input));
+        let out = child.wait_with_output()?;
+        feeder.join().expect("feeder")?;
+        assert!(out.status.success(), "{program:?}");
+        Ok(out.stdout)
+    }
+
+    /// The stream and the points a sequential read records.
+    fn recorded(gz: &[u8]) -> io::Result<(Vec<u8>, Points)> {
+        let mut g = Gunzip::new(io::BufReader::with_capacity(64 << 10, gz))?;
+        g.record();
+        let mut out = Vec::new();
+        g.read_to_end(&mut out)?;
+        let pts = g.points().expect("points");
+        Ok((out, pts))
+    }
+
+    /// Inflates `gz` from `pts` on `threads` workers, as `open_layer` does.
+    fn parallel(gz: &[u8], pts: Points, threads: usize, file: &Path) -> io::Result<Vec<u8>> {
+        let blob = gz.to_vec();
+        let raw = Prefetch::start(move |tx, recycled| {
+            let res = pump(&blob[..], tx, recycled).map(drop);
+            let _ = tx.send(res.map(|()| (Vec::new(), 0)));
+        });
+        let (tx, rx) = sync_channel(4);
+        let file = file.to_path_buf();
+        let worker = std::thread::spawn(move || {
+            par_gunzip(raw, pts, threads, &file, &tx).and_then(|mut raw| {
+                let mut rest = Vec::new();
+                raw.read_to_end(&mut rest)?;
+                assert!(rest.is_empty(), "the member is all of the blob");
+                Ok(())
+            })
+        });
+        let mut out = Vec::new();
+        for chunk in rx {
+            let (buf, n) = chunk?;
+            out.extend_from_slice(&buf[..n]);
+        }
+        worker.join().expect("worker")?;
+        Ok(out)
+    }
+
+    fn streams(data: &[u8]) -> io::Result<Vec<(&'static str, Vec<u8>)>> {
+        let mut ours =
+            crate::layer::Compressor::new(Vec::new(), crate::layer::Compression::Gzip(6), 2)?;
+        ours.write_all(data)?;
+        Ok(vec![
+            ("ours", ours.finish()?),
+            ("gzip -9", external(&["gzip", "-9", "-c"], data)?),
+            ("pigz", external(&["pigz", "-c"], data)?),
+        ])
+    }
+
+    #[test]
+    fn parallel_equals_sequential_at_any_thread_count() -> io::Result<()> {
+        let data = sample((6 << 20) + 12345);
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("points");
+        for (name, gz) in streams(&data)? {
+            let (out, pts) = recorded(&gz)?;
+            assert_eq!(out, data, "{name}: sequential");
+            assert!(pts.points.len() >= 5, "{name}: {} points", pts.points.len());
+            assert_eq!(pts.size, data.len() as u64);
+            if name == "gzip -9" {
+                assert!(
+                    pts.points.iter().any(|p| p.bit % 8 != 0),
+                    "bit-level points"
+                );
+            }
+            for threads in [1, 2, 8] {
+                let got = parallel(&gz, pts.clone(), threads, &file)?;
+                assert!(got == data, "{name}: {threads} threads");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn points_that_do_not_fit_are_refused_and_removed() -> io::Result<()> {
+        let data = sample(4 << 20);
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("points");
+        for (name, gz) in streams(&data)? {
+            let (_, pts) = recorded(&gz)?;
+            let mut cases: Vec<(&str, Points)> = Vec::new();
+            let mut p = pts.clone();
+            p.points[1].window[100] ^= 1;
+            cases.push(("window", p));
+            let mut p = pts.clone();
+            p.points[1].bit += 1;
+            cases.push(("bit offset", p));
+            let mut p = pts.clone();
+            p.points[2].bit -= 8;
+            cases.push(("byte offset", p));
+            let mut p = pts.clone();
+            p.points[1].out += 1;
+            cases.push(("uncompressed offset", p));
+            let mut p = pts.clone();
+            p.size += 1;
+            cases.push(("size", p));
+            // A point moved to another boundary, with that boundary's true window: still
+            // refused, the spans no longer say what the stream makes.
+            let mut p = pts.clone();
+            let Point { out, bit, window } = pts.points[2].clone();
+            p.points[1] = Point { out, bit, window };
+            p.points.remove(2);
+            cases.push(("merged", p.clone()));
+            for (what, p) in cases {
+                std::fs::write(&file, b"x")?;
+                let e = parallel(&gz, p.clone(), 2, &file).map(drop);
+                if what == "merged" {
+                    // Two spans made one: as valid as any, and the same bytes.
+                    assert!(e.is_ok(), "{name}: {what}: {e:?}");
+                    continue;
+                }
+                let e = e.expect_err(what).to_string();
+                assert!(
+                    e.contains("do not fit") && !e.contains('\n'),
+                    "{name}: {what}: {e}"
+                );
+                assert!(!file.exists(), "{name}: {what}: removed");
+            }
+        }
+        Ok(())
+    }
 }

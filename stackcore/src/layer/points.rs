@@ -101,7 +101,9 @@ pub fn encode(layer: &Digest, p: &Points) -> Vec<u8> {
 /// The points in `bytes` if they are a whole, intact, sensible points file of layer `layer`.
 pub fn decode(layer: &Digest, bytes: &[u8]) -> Option<Points> {
     let rest = bytes.strip_prefix(MAGIC)?;
-    let rest = rest.strip_prefix(layer.as_str().as_bytes())?.strip_prefix(b"\n")?;
+    let rest = rest
+        .strip_prefix(layer.as_str().as_bytes())?
+        .strip_prefix(b"\n")?;
     let nl = rest.iter().position(|&c| c == b'\n')?;
     let (digest, body) = (&rest[..nl], &rest[nl + 1..]);
     if digest != Digest::of(body).as_str().as_bytes() {

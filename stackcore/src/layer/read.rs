@@ -36,9 +36,9 @@ impl<R: BufRead> Decoder<R> {
     /// A decoder for `media_type`; unknown media types are refused.
     pub fn new(inner: R, media_type: &str) -> Result<Self> {
         Ok(match media_type {
-            media::LAYER_GZIP | media::DOCKER_LAYER_GZIP => Decoder::Gzip(
-                Gunzip::new(inner).map_err(|e| Error::Other(format!("gzip: {e}")))?,
-            ),
+            media::LAYER_GZIP | media::DOCKER_LAYER_GZIP => {
+                Decoder::Gzip(Gunzip::new(inner).map_err(|e| Error::Other(format!("gzip: {e}")))?)
+            }
             media::LAYER_ZSTD | media::DOCKER_LAYER_ZSTD => Decoder::Zstd(
                 zstd::stream::read::Decoder::with_buffer(inner)
                     .map_err(|e| Error::Other(format!("zstd: {e}")))?,
@@ -203,7 +203,7 @@ pub(crate) fn gzip_header(r: &mut impl BufRead) -> io::Result<u64> {
 }
 
 /// Checks a member's trailer against the member's size (modulo 2^32).
-pub(crate) fn gzip_trailer(t: &[u8; 8], size: u32) -> io::Result<()> {
+pub(crate) fn gzip_trailer(t: [u8; 8], size: u32) -> io::Result<()> {
     if u32::from_le_bytes([t[4], t[5], t[6], t[7]]) != size {
         return Err(gzip_error(
             "member size in the trailer does not match its data",
@@ -251,7 +251,7 @@ impl<R: BufRead> Gunzip<R> {
             .read_exact(&mut t)
             .map_err(|e| cut_short(e, "trailer"))?;
         self.pos += 8;
-        gzip_trailer(&t, self.size)
+        gzip_trailer(t, self.size)
     }
 }
 
@@ -500,7 +500,7 @@ pub struct Prefetch {
 impl Prefetch {
     /// Runs `feed` on a new thread: it sends chunks (the last one empty, or an error) and
     /// may take buffers back from the second channel.
-    fn start(
+    pub(crate) fn start(
         feed: impl FnOnce(&SyncSender<Chunk>, &Receiver<Vec<u8>>) + Send + 'static,
     ) -> Prefetch {
         let (recycle, recycled) = sync_channel(2 * AHEAD + 2);
@@ -527,7 +527,7 @@ fn off_the_critical_path() {
 
 /// Sends `src` in chunks until it ends, and returns it; a read error is sent as the last
 /// chunk (and returned as "stopped"). The caller sends the end.
-fn pump<S: Read>(
+pub(crate) fn pump<S: Read>(
     mut src: S,
     tx: &SyncSender<Chunk>,
     recycled: &Receiver<Vec<u8>>,
