@@ -38,6 +38,20 @@ pub const WINDOW: usize = 32 << 10;
 /// fits.
 pub const MAX_SPAN: u64 = 16 << 20;
 
+/// Points a recorder keeps at most: when it has this many, it drops every other one and
+/// goes on at twice the spacing, so their windows take 32 MiB at most, whatever the
+/// layer's size (a layer of up to 8 GiB gets points).
+pub const MAX_POINTS: usize = 1024;
+
+/// Drops every other point of a full list (keeping the last), for twice the spacing.
+pub fn thin(points: &mut Vec<Point>) {
+    let mut i = 0;
+    points.retain(|_| {
+        i += 1;
+        i % 2 == 0
+    });
+}
+
 /// One access point.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Point {
@@ -190,6 +204,24 @@ mod tests {
             assert_eq!(decode(&layer, &b), None, "byte {i} flipped");
         }
         assert_eq!(decode(&layer, &bytes[..bytes.len() - 1]), None);
+    }
+
+    #[test]
+    fn thinning_keeps_every_second_point_and_the_last() {
+        let mut pts: Vec<Point> = (1..=MAX_POINTS as u64)
+            .map(|i| Point {
+                out: i * SPACING,
+                bit: i * 100,
+                window: Vec::new(),
+            })
+            .collect();
+        thin(&mut pts);
+        assert_eq!(pts.len(), MAX_POINTS / 2);
+        assert!(
+            pts.iter()
+                .enumerate()
+                .all(|(i, p)| p.out == (2 * i as u64 + 2) * SPACING)
+        );
     }
 
     #[test]

@@ -111,11 +111,13 @@ enum GunzipState {
 }
 
 /// Access points noted during a sequential read.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Recorder {
     points: Vec<Point>,
     /// Where the last point is (0: the start).
     last: u64,
+    /// Uncompressed bytes from one point to the next, at least.
+    spacing: u64,
     /// The latest output, kept only near where the next point may go.
     tail: Vec<u8>,
     /// The stream cannot have points (a second member, a span too long).
@@ -129,7 +131,7 @@ impl Recorder {
         if self.failed {
             return;
         }
-        let due = self.last + points::SPACING;
+        let due = self.last + self.spacing;
         if out + points::WINDOW as u64 > due {
             let keep = &made[made.len().saturating_sub(points::WINDOW)..];
             self.tail.extend_from_slice(keep);
@@ -150,6 +152,12 @@ impl Recorder {
             });
             self.last = out;
             self.tail.clear();
+            if self.points.len() == points::MAX_POINTS {
+                points::thin(&mut self.points);
+                self.spacing *= 2;
+                // Spans that long would be refused when read back.
+                self.failed = self.spacing > points::MAX_SPAN / 2;
+            }
         }
     }
 }
@@ -230,7 +238,13 @@ impl<R: BufRead> Gunzip<R> {
     /// Notes access points while reading (see `layer/points.rs`): take them with
     /// [`Gunzip::points`] at the end.
     pub fn record(&mut self) {
-        self.recorder = Some(Recorder::default());
+        self.recorder = Some(Recorder {
+            points: Vec::new(),
+            last: 0,
+            spacing: points::SPACING,
+            tail: Vec::new(),
+            failed: false,
+        });
     }
 
     /// The access points noted, once the whole stream was read, if it has any.
