@@ -78,13 +78,19 @@ fn parallel_reads_give_the_trees_and_diff_ids_of_one_thread() -> Result<()> {
     ]))?)?;
     let layer = hex(&stashed["layer"]["digest"]);
     let store = w.path("store");
-    // The first read records the points, on one thread.
+    let file = points_file(&store, &layer);
+    ensure!(file.exists(), "the stash noted no access points");
     let want = unstash(&w, "big", "seq", "1")?;
     ensure!(
         want == dump(&w.path("root"))?,
         "one thread: not the stashed tree"
     );
-    let file = points_file(&store, &layer);
+    // The points a first read records, in place of the stash's.
+    fs::remove_file(&file)?;
+    ensure!(
+        unstash(&w, "big", "recording", "2")? == want,
+        "recording read"
+    );
     ensure!(file.exists(), "no access points recorded");
     for threads in ["1", "2", "8"] {
         ensure!(
@@ -225,9 +231,9 @@ fn points_that_do_not_fit_are_refused_in_one_line_and_recorded_again() -> Result
         "--quiet",
     ]))?)?;
     let layer = hex(&stashed["layer"]["digest"]);
-    let want = unstash(&w, "big", "first", "1")?;
+    let want = dump(&w.path("root"))?;
     let file = points_file(&w.path("store"), &layer);
-    let good = fs::read(&file)?;
+    let good = fs::read(&file)?; // noted by the stash
     let digest = stackcore::digest::Digest::parse(&format!("sha256:{layer}"))?;
     let pts = stackcore::layer::points::decode(&digest, &good).expect("intact points");
     let mut window = pts.clone();
@@ -257,13 +263,20 @@ fn points_that_do_not_fit_are_refused_in_one_line_and_recorded_again() -> Result
         );
         ensure!(!w.path("bad").exists(), "{what}: no partial output");
         ensure!(!file.exists(), "{what}: removed");
-        // The next read works, on one thread, and records them again.
+        // The next read works, on one thread, and records them again; the one after uses
+        // them.
         ensure!(
             unstash(&w, "big", "again", "2")? == want,
             "{what}: next read"
         );
-        ensure!(fs::read(&file)? == good, "{what}: recorded again");
+        ensure!(file.exists(), "{what}: recorded again");
+        ensure!(
+            unstash(&w, "big", "parallel", "2")? == want,
+            "{what}: read after"
+        );
+        ensure!(file.exists(), "{what}: the new points fit");
         fs::remove_dir_all(w.path("again"))?;
+        fs::remove_dir_all(w.path("parallel"))?;
     }
     Ok(())
 }
@@ -283,9 +296,8 @@ fn a_cut_or_extended_blob_is_refused_as_without_points() -> Result<()> {
         "--quiet",
     ]))?)?;
     let layer = hex(&stashed["layer"]["digest"]);
-    unstash(&w, "big", "first", "1")?;
     let file = points_file(&w.path("store"), &layer);
-    ensure!(file.exists());
+    ensure!(file.exists(), "the stash noted points");
     let path = w.path("store/blobs/sha256").join(&layer);
     let good = fs::read(&path)?;
     let mut perms = fs::metadata(&path)?.permissions();

@@ -370,12 +370,18 @@ mod tests {
         Ok(out)
     }
 
-    fn streams(data: &[u8]) -> io::Result<Vec<(&'static str, Vec<u8>)>> {
+    /// Our gzip stream of `data` and the points the compressor noted.
+    fn ours(data: &[u8]) -> io::Result<(Vec<u8>, Points)> {
         let mut ours =
             crate::layer::Compressor::new(Vec::new(), crate::layer::Compression::Gzip(6), 2)?;
         ours.write_all(data)?;
+        let (gz, pts) = ours.finish_with_points()?;
+        Ok((gz, pts.expect("points")))
+    }
+
+    fn streams(data: &[u8]) -> io::Result<Vec<(&'static str, Vec<u8>)>> {
         Ok(vec![
-            ("ours", ours.finish()?),
+            ("ours", ours(data)?.0),
             ("gzip -9", external(&["gzip", "-9", "-c"], data)?),
             ("pigz", external(&["pigz", "-c"], data)?),
         ])
@@ -401,6 +407,20 @@ mod tests {
                 let got = parallel(&gz, pts.clone(), threads, &file)?;
                 assert!(got == data, "{name}: {threads} threads");
             }
+        }
+        // The points our compressor notes while writing, at every 1 MiB block's end.
+        let (gz, pts) = ours(&data)?;
+        assert_eq!(pts.points.len(), 6);
+        assert!(
+            pts.points
+                .iter()
+                .all(|p| p.out % (1 << 20) == 0 && p.bit % 8 == 0)
+        );
+        for threads in [1, 2, 8] {
+            assert!(
+                parallel(&gz, pts.clone(), threads, &file)? == data,
+                "{threads} threads"
+            );
         }
         Ok(())
     }
