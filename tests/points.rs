@@ -340,3 +340,31 @@ fn a_cut_or_extended_blob_is_refused_as_without_points() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn gc_removes_the_points_of_layers_no_longer_there() -> Result<()> {
+    let w = Workdir::new("points-gc")?;
+    big_tree(&w)?;
+    let stashed = json(&run(w.bin("stash").args([
+        "--store",
+        "store",
+        "--root",
+        "root",
+        "--container-name",
+        "big",
+        "--json",
+        "--quiet",
+    ]))?)?;
+    let file = points_file(&w.path("store"), &hex(&stashed["layer"]["digest"]));
+    ensure!(file.exists(), "points noted");
+    run(w.bin("stash").args(["--store", "store", "--remove", "big"]))?;
+    let gc = json(&run(w
+        .bin("stash")
+        .args(["--store", "store", "--gc", "--json"]))?)?;
+    ensure!(
+        gc["caches_removed"] == 2,
+        "the layer's index and points: {gc}"
+    );
+    ensure!(!file.exists(), "points removed");
+    Ok(())
+}

@@ -458,22 +458,6 @@ fn measure_tree(
 
     let store = work.join(format!("{dir}store-0"));
     let zstore = work.join(format!("{dir}zstore-0"));
-    // A layer's first read records its access points (see "Benchmarks" in README.md); the
-    // rows measure the reads after it, as a store is read more than once.
-    for s in [&store, &zstore] {
-        let warm = format!(
-            "{} --quiet bench --store {} --output - >/dev/null",
-            bin("unstash"),
-            q(s)
-        );
-        if let Err(e) = timed(&warm) {
-            eprintln!(
-                "xtask: note: the first read of {} failed: {e:#}",
-                s.display()
-            );
-        }
-    }
-
     // unstash vs umoci unpack, on all cores and on one.
     let mut umoci_s = None;
     for threads in ["", " --threads 1"] {
