@@ -391,8 +391,8 @@ pub fn open_layer<R: Read + Send + 'static>(
         _ => None,
     };
     let tar = if let (Some(pts), Some(file)) = (pts, file.clone()) {
-        Prefetch::start(move |tx, _| {
-            let res = super::par::par_gunzip(raw, pts, threads, &file, tx)
+        Prefetch::start(move |tx, recycled| {
+            let res = super::par::par_gunzip(raw, pts, threads, &file, tx, recycled)
                 // The end of the member: the rest of the blob, to its end and its check.
                 .and_then(|mut raw| io::copy(&mut raw, &mut io::sink()).map(drop));
             let _ = tx.send(res.map(|()| (Vec::new(), 0))); // the reader may be gone
@@ -548,6 +548,7 @@ pub(crate) fn pump<S: Read>(
 ) -> io::Result<S> {
     loop {
         let mut buf = recycled.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK]);
+        buf.resize(CHUNK, 0); // a no-op but for a buffer of the parallel inflate
         let n = crate::extract::read_full(&mut src, &mut buf)?;
         if n == 0 {
             return Ok(src);
@@ -569,7 +570,7 @@ impl BufRead for Prefetch {
                 Ok(Ok((_, 0))) => self.done = true,
                 Ok(Ok((chunk, n))) => {
                     let used = std::mem::replace(&mut self.cur, chunk);
-                    if used.len() == CHUNK {
+                    if used.capacity() >= CHUNK {
                         let _ = self.recycle.try_send(used); // full or gone: let it drop
                     }
                     self.len = n;
