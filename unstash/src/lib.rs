@@ -57,7 +57,8 @@ pub struct Cli {
     #[arg(long)]
     pub json: bool,
     /// Threads that inflate a gzip layer which has access points in the store's cache
-    /// (default: all cores; the result is the same at any count).
+    /// (default: all cores where there are more than 2, else 1; the result is the same at any
+    /// count).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub threads: usize,
     /// No progress bars or step lines on stderr (warnings and errors still show).

@@ -340,9 +340,19 @@ pub fn set_read_threads(n: usize) {
     READ_THREADS.store(n, Ordering::Relaxed);
 }
 
+/// The inflating threads: as set, or by default all cores when there are more than two.
+/// On two, the reading pipeline already keeps both busy (a minbase unstash: the inflating
+/// thread 230 ms of CPU, the writing one 203 ms, the blob reader 52 ms), so spreading the
+/// inflate over them cannot shorten a run, and costs a little more CPU in all (see README,
+/// "Benchmarks").
 fn read_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
     match READ_THREADS.load(Ordering::Relaxed) {
-        0 => super::compress::available_threads(),
+        0 if std::env::var_os("STACKBUILD_THREADS").is_some() => {
+            super::compress::available_threads()
+        }
+        0 if cores > 2 => cores,
+        0 => 1,
         n => n,
     }
 }
