@@ -122,7 +122,9 @@ fn run(
     if pts.points[0].bit <= header * 8 {
         return Err(Misfit("the first point is inside the gzip header".into()).into());
     }
-    let max_jobs = (2 * threads).max(2);
+    // More workers than spans in flight would only wait.
+    let threads = threads.clamp(1, 64);
+    let max_jobs = 2 * threads;
     let (job_tx, job_rx) = sync_channel::<Job>(max_jobs);
     let (res_tx, res_rx) = sync_channel::<(usize, Result<Vec<u8>, Misfit>)>(max_jobs);
     let job_rx = Arc::new(Mutex::new(job_rx));
