@@ -270,12 +270,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "{:<28} {:>8} {:<38} {:>9} {:>7} {:>8} {:>9}",
+            "{:<40} {:>8} {:<38} {:>9} {:>7} {:>8} {:>9}",
             "task", "ours s", "anchor", "anchor s", "ratio", "target", "peak MB"
         );
         for r in &report.rows {
             println!(
-                "{:<28} {:>8} {:<38} {:>9} {:>7} {:>8} {:>9}",
+                "{:<40} {:>8} {:<38} {:>9} {:>7} {:>8} {:>9}",
                 r.task,
                 r.ours_s.map_or("-".into(), |o| format!("{o:.2}")),
                 r.anchor,
@@ -333,12 +333,14 @@ fn attempt(rows: &mut Vec<Row>, task: &str, anchor: &str, f: impl FnOnce() -> Re
         Err(e) => {
             // The last line of a failed command's stderr says the most.
             let text = format!("{e:#}");
-            let why = text
+            let last = text
                 .lines()
                 .rev()
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("")
                 .trim();
+            // `CMD failed: STDERR`: the task names the command.
+            let why = last.rsplit_once(" failed: ").map_or(last, |(_, e)| e);
             let why: String = why.chars().take(300).collect();
             eprintln!("xtask: note: {task}: could not run: {why}");
             rows.push(Row {
