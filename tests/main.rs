@@ -12,6 +12,7 @@ mod jsonschema;
 mod kiwimerge;
 mod legacy;
 mod packages;
+mod points;
 mod refs;
 mod registry;
 mod stackbuild;

@@ -11,6 +11,7 @@ pub use crate::imageref::{ImageRef, is_path_arg, split_tag};
 use crate::digest::{Digest, VerifyReader};
 use crate::layer::index::{LayerIndex, layer_index};
 use crate::layer::model::Model;
+use crate::layer::points::PointsCache;
 use crate::layer::read::{LayerStream, open_layer};
 use crate::oci::Store;
 use crate::oci::store::read_json_blob;
@@ -175,7 +176,17 @@ impl Image {
                 LayerIndex::cached_diff_id(&store.cache_dir(), &desc.digest).as_ref()
                     == Some(diff_id)
             });
-        open_layer(self.source.open_blob(desc)?, desc, diff_id, pinned)
+        let points = self.source.cache_store().map(|s| PointsCache {
+            cache_dir: s.cache_dir(),
+            tmp_dir: s.tmp_dir(),
+        });
+        open_layer(
+            self.source.open_blob(desc)?,
+            desc,
+            diff_id,
+            pinned,
+            points.as_ref(),
+        )
     }
 
     /// The index of layer `i` (cached in our store).

@@ -57,6 +57,11 @@ pub struct Cli {
     /// Print a JSON report on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Threads that inflate a gzip layer which has access points in the store's cache
+    /// (default: all cores where there are more than 2, else 1; the result is the same at any
+    /// count).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub threads: usize,
     /// No progress bars or step lines on stderr (warnings and errors still show).
     #[arg(long, short)]
     pub quiet: bool,
@@ -69,6 +74,7 @@ pub struct Cli {
 #[allow(clippy::needless_pass_by_value)] // the signature `run_main` calls
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     stackui::init(cli.quiet, cli.verbose);
+    stackcore::layer::read::set_read_threads(cli.threads);
     let log = Log {
         quiet: cli.quiet,
         tool: "unstash",

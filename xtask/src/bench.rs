@@ -35,6 +35,11 @@ pub struct BenchArgs {
     /// scripts/debian-minbase.sh and cached in /var/cache/stackbuild).
     #[arg(long)]
     pub root: Option<PathBuf>,
+    /// Also measure on a bigger tree: DIR, or without one a Debian 12 of the standard
+    /// variant with build-essential (about 900 MB) made with scripts/debian-toolchain.sh
+    /// and cached in /var/cache/stackbuild. Its rows are named `big: ...`.
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "")]
+    pub big_root: Option<PathBuf>,
     /// Rounds per measurement (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
@@ -46,7 +51,8 @@ pub struct BenchArgs {
 #[derive(Debug, Serialize)]
 struct Row {
     task: String,
-    ours_s: f64,
+    /// None: the row could not run (its note says why).
+    ours_s: Option<f64>,
     anchor: String,
     anchor_s: Option<f64>,
     ratio: Option<f64>,
@@ -61,6 +67,10 @@ struct Report {
     root: PathBuf,
     root_bytes: u64,
     root_entries: u64,
+    /// The tree of the `big: ` rows, if measured.
+    big_root: Option<PathBuf>,
+    big_root_bytes: Option<u64>,
+    big_root_entries: Option<u64>,
     /// Where the outputs were written.
     output_fs: String,
     rounds: usize,
@@ -225,17 +235,14 @@ fn q(p: &Path) -> String {
 /// delete lost and the ratios depended on the order of the rounds. With the journal the
 /// check is off: 0.57-0.67 s with or without a delete before.
 pub fn run(args: &BenchArgs) -> Result<()> {
-    let tree = if let Some(r) = &args.root {
-        std::path::absolute(r)?
-    } else {
-        let out = Command::new(root().join("scripts/debian-minbase.sh")).output()?;
-        if !out.status.success() {
-            bail!(
-                "making the Debian minbase root failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        PathBuf::from(String::from_utf8(out.stdout)?.trim())
+    let tree = match &args.root {
+        Some(r) => std::path::absolute(r)?,
+        None => made_tree("scripts/debian-minbase.sh")?,
+    };
+    let big = match &args.big_root {
+        Some(r) if r.as_os_str().is_empty() => Some(made_tree("scripts/debian-toolchain.sh")?),
+        Some(r) => Some(std::path::absolute(r)?),
+        None => None,
     };
     sh(cargo().args(["build", "--release", "--bins", "--all-features"]))?;
     let bench = root().join("target/bench");
@@ -256,7 +263,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let _ = std::fs::remove_dir_all(&bench);
     std::fs::create_dir_all(&bench)?;
     let fs = OutputFs::new(&bench);
-    let result = measure_all(args, &tree, &fs);
+    let result = measure_all(args, &tree, big.as_deref(), &fs);
     drop(fs);
     let _ = std::fs::remove_dir_all(&bench);
     let report = result?;
@@ -264,14 +271,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "{:<28} {:>8} {:<38} {:>9} {:>7} {:>8} {:>9}",
+            "{:<40} {:>8} {:<38} {:>9} {:>7} {:>8} {:>9}",
             "task", "ours s", "anchor", "anchor s", "ratio", "target", "peak MB"
         );
         for r in &report.rows {
             println!(
-                "{:<28} {:>8.2} {:<38} {:>9} {:>7} {:>8} {:>9}",
+                "{:<40} {:>8} {:<38} {:>9} {:>7} {:>8} {:>9}",
                 r.task,
-                r.ours_s,
+                r.ours_s.map_or("-".into(), |o| format!("{o:.2}")),
                 r.anchor,
                 r.anchor_s.map_or("-".into(), |a| format!("{a:.2}")),
                 r.ratio.map_or("-".into(), |x| format!("{x:.3}")),
@@ -286,19 +293,94 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn measure_all(args: &BenchArgs, tree: &Path, fs: &OutputFs) -> Result<Report> {
-    let (work, output_fs) = (fs.dir.as_path(), fs.kind.as_str());
+/// Makes (once, cached) a root tree with `script` (in scripts/) and returns its path.
+fn made_tree(script: &str) -> Result<PathBuf> {
+    let out = Command::new(root().join(script)).output()?;
+    if !out.status.success() {
+        bail!("{script} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+fn measure_all(args: &BenchArgs, tree: &Path, big: Option<&Path>, fs: &OutputFs) -> Result<Report> {
+    let (bytes, entries) = tree_size(tree)?;
+    let mut rows = Vec::new();
+    measure_tree(args, tree, "", fs, &mut rows)?;
+    let mut big_size = None;
+    if let Some(big) = big {
+        big_size = Some(tree_size(big)?);
+        measure_tree(args, big, "big: ", fs, &mut rows)?;
+    }
+    Ok(Report {
+        schema: 2,
+        root: tree.to_path_buf(),
+        root_bytes: bytes,
+        root_entries: entries,
+        big_root: big.map(Path::to_path_buf),
+        big_root_bytes: big_size.map(|s| s.0),
+        big_root_entries: big_size.map(|s| s.1),
+        output_fs: fs.kind.clone(),
+        rounds: args.rounds.max(1),
+        cpus: std::thread::available_parallelism().map_or(1, usize::from),
+        rows,
+    })
+}
+
+/// Measures one row with `f`; a row that cannot run (a tool missing or failing) becomes a
+/// row with a note, and the bench goes on.
+fn attempt(rows: &mut Vec<Row>, task: &str, anchor: &str, f: impl FnOnce() -> Result<Row>) {
+    match f() {
+        Ok(r) => rows.push(r),
+        Err(e) => {
+            // The last line of a failed command's stderr says the most.
+            let text = format!("{e:#}");
+            let last = text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim();
+            // `CMD failed: STDERR`: the task names the command.
+            let why = last.rsplit_once(" failed: ").map_or(last, |(_, e)| e);
+            let why: String = why.chars().take(300).collect();
+            eprintln!("xtask: note: {task}: could not run: {why}");
+            rows.push(Row {
+                task: task.to_owned(),
+                ours_s: None,
+                anchor: anchor.to_owned(),
+                anchor_s: None,
+                ratio: None,
+                target: "-".to_owned(),
+                ours_peak_rss_mb: None,
+                note: Some(format!("could not run: {why}")),
+            });
+        }
+    }
+}
+
+/// The rows of one tree; `label` prefixes the task names (and names the round directories)
+/// of any tree but the first, where the original plugin's rows are left out.
+fn measure_tree(
+    args: &BenchArgs,
+    tree: &Path,
+    label: &str,
+    fs: &OutputFs,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let work = fs.dir.as_path();
     let trees = |globs: &[&str]| Clean::trees(fs.image.is_some(), work, globs);
     let bin = |n: &str| q(&root().join("target/release").join(n));
-    let wi = |n: &str, i: usize| round_dir(work, n, i);
+    let dir = if label.is_empty() { "" } else { "big-" };
+    let wi = |n: &str, i: usize| round_dir(work, &format!("{dir}{n}"), i);
+    let task = |t: &str| format!("{label}{t}");
     let t = q(tree);
     let (bytes, entries) = tree_size(tree)?;
     let n = args.rounds.max(1);
-    let mut rows = Vec::new();
     eprintln!(
-        "xtask: bench on {} ({} MB, {entries} entries), {n} rounds each, writing to {output_fs}",
+        "xtask: bench on {} ({} MB, {entries} entries), {n} rounds each, writing to {}",
         tree.display(),
-        bytes >> 20
+        bytes >> 20,
+        fs.kind
     );
 
     // stash (gzip) vs tar | pigz | sha256sum; each round into a new store.
@@ -308,83 +390,119 @@ fn measure_all(args: &BenchArgs, tree: &Path, fs: &OutputFs) -> Result<Report> {
             bin("stash")
         )
     };
-    let pigz = |_| format!("tar --xattrs -C {t} -cf - . | pigz -6 | sha256sum >/dev/null");
-    let c = compare(
-        n,
-        &|i| stash(&wi("store", i)),
-        have("pigz").then_some(&pigz as Side<'_>),
-        "",
-        &Clean::NONE,
-    )?;
-    let full = c.ours;
-    rows.push(row(
-        "stash (gzip -6)",
-        &c,
+    let mut full = None;
+    attempt(
+        rows,
+        &task("stash (gzip -6)"),
         "tar | pigz -6 | sha256sum",
-        "<= 0.8",
-        have("pigz"),
-    ));
+        || {
+            let pigz = |_| format!("tar --xattrs -C {t} -cf - . | pigz -6 | sha256sum >/dev/null");
+            let c = compare(
+                n,
+                &|i| stash(&wi("store", i)),
+                have("pigz").then_some(&pigz as Side<'_>),
+                "",
+                &Clean::NONE,
+            )?;
+            full = Some(c.ours);
+            Ok(row(
+                &task("stash (gzip -6)"),
+                &c,
+                "tar | pigz -6 | sha256sum",
+                "<= 0.8",
+                have("pigz"),
+            ))
+        },
+    );
 
     // zstd
-    let zstd = |_| format!("tar --xattrs -C {t} -cf - . | zstd -T0 -3 -q | sha256sum >/dev/null");
-    let c = compare(
-        n,
-        &|i| {
-            format!(
-                "{} --quiet --store {} --root {t} --container-name bench --compression zstd >/dev/null",
-                bin("stash"),
-                wi("zstore", i)
-            )
-        },
-        have("zstd").then_some(&zstd as Side<'_>),
-        "",
-        &Clean::NONE,
-    )?;
-    rows.push(row(
-        "stash --compression zstd",
-        &c,
+    attempt(
+        rows,
+        &task("stash --compression zstd"),
         "tar | zstd -T0 -3 | sha256sum",
-        "-",
-        have("zstd"),
-    ));
+        || {
+            let zstd =
+                |_| format!("tar --xattrs -C {t} -cf - . | zstd -T0 -3 -q | sha256sum >/dev/null");
+            let c = compare(
+                n,
+                &|i| {
+                    format!(
+                        "{} --quiet --store {} --root {t} --container-name bench --compression zstd >/dev/null",
+                        bin("stash"),
+                        wi("zstore", i)
+                    )
+                },
+                have("zstd").then_some(&zstd as Side<'_>),
+                "",
+                &Clean::NONE,
+            )?;
+            Ok(row(
+                &task("stash --compression zstd"),
+                &c,
+                "tar | zstd -T0 -3 | sha256sum",
+                "-",
+                have("zstd"),
+            ))
+        },
+    );
 
     // no-change re-stash (into the first round's store) vs a full stash
-    let mut c = compare(n, &|_| stash(&wi("store", 0)), None, "", &Clean::NONE)?;
-    c.anchor = Some(full);
-    rows.push(row("no-change re-stash", &c, "full stash", "<= 0.05", true));
+    attempt(rows, &task("no-change re-stash"), "full stash", || {
+        let mut c = compare(n, &|_| stash(&wi("store", 0)), None, "", &Clean::NONE)?;
+        c.anchor = full;
+        Ok(row(
+            &task("no-change re-stash"),
+            &c,
+            "full stash",
+            "<= 0.05",
+            true,
+        ))
+    });
 
-    // unstash vs umoci unpack
-    let store = work.join("store-0");
-    let umoci = |i| {
-        format!(
-            "umoci unpack --image {}:bench:latest {} >/dev/null 2>&1",
-            q(&store),
-            wi("bundle", i)
-        )
-    };
-    let c = compare(
-        n,
-        &|i| {
-            format!(
-                "{} --quiet bench --store {} --to {}",
-                bin("unstash"),
-                q(&store),
-                wi("out", i)
-            )
-        },
-        have("umoci").then_some(&umoci as Side<'_>),
-        "",
-        &trees(&["out-*", "bundle-*"]),
-    )?;
-    rows.push(row("unstash", &c, "umoci unpack", "<= 0.35", have("umoci")));
+    let store = work.join(format!("{dir}store-0"));
+    let zstore = work.join(format!("{dir}zstore-0"));
+    // unstash vs umoci unpack, on all cores and on one.
+    let mut umoci_s = None;
+    for threads in ["", " --threads 1"] {
+        let name = task(&format!("unstash{threads}"));
+        attempt(rows, &name, "umoci unpack", || {
+            let umoci = |i| {
+                format!(
+                    "umoci unpack --image {}:bench:latest {} >/dev/null 2>&1",
+                    q(&store),
+                    wi("bundle", i)
+                )
+            };
+            let anchor = (threads.is_empty() && have("umoci")).then_some(&umoci as Side<'_>);
+            let mut c = compare(
+                n,
+                &|i| {
+                    format!(
+                        "{} --quiet bench --store {} --to {}{threads}",
+                        bin("unstash"),
+                        q(&store),
+                        wi("out", i)
+                    )
+                },
+                anchor,
+                "",
+                &trees(&["*out-*", "*bundle-*"]),
+            )?;
+            if threads.is_empty() {
+                umoci_s = c.anchor;
+            } else {
+                c.anchor = umoci_s;
+            }
+            Ok(row(&name, &c, "umoci unpack", "<= 0.35", have("umoci")))
+        });
+    }
 
     // stackmerge of two stashes vs rsync -aHAX of the root
-    let small = work.join("small");
+    let small = work.join(format!("{dir}small"));
     std::fs::create_dir_all(small.join("etc"))?;
     std::fs::write(small.join("etc/motd"), "stacked on top\n")?;
     // The second time with zstd stashes, which decompress several times faster than gzip.
-    let zstore = work.join("zstore-0");
-    for (store, flags, prefix, task, target) in [
+    for (store, flags, prefix, what, target) in [
         (&store, "", "", "stackmerge of two stashes", "<= 0.5"),
         (
             &zstore,
@@ -394,34 +512,52 @@ fn measure_all(args: &BenchArgs, tree: &Path, fs: &OutputFs) -> Result<Report> {
             "-",
         ),
     ] {
-        timed(&format!(
+        let small_stashed = timed(&format!(
             "{} --quiet --store {} --root {} --container-name small{flags} >/dev/null",
             bin("stash"),
             q(store),
             q(&small)
-        ))?;
-        let rsync = |i| format!("rsync -aHAX {t}/ {}/", wi(&format!("{prefix}rsynced"), i));
-        let c = compare(
-            n,
-            &|i| {
-                format!(
-                    "{} --quiet --store {} --into {} bench small",
-                    bin("stackmerge"),
-                    q(store),
-                    wi(&format!("{prefix}merged"), i)
-                )
-            },
-            have("rsync").then_some(&rsync as Side<'_>),
-            "",
-            &trees(&["*merged-*", "*rsynced-*"]),
-        )?;
-        rows.push(row(
-            task,
-            &c,
-            "rsync -aHAX of the root",
-            target,
-            have("rsync"),
         ));
+        let mut rsync_s = None;
+        for threads in ["", " --threads 1"] {
+            let name = task(&format!("{what}{threads}"));
+            attempt(rows, &name, "rsync -aHAX of the root", || {
+                if let Err(e) = &small_stashed {
+                    bail!("stashing the small tree: {e:#}");
+                }
+                let rsync = |i| format!("rsync -aHAX {t}/ {}/", wi(&format!("{prefix}rsynced"), i));
+                let anchor = (threads.is_empty() && have("rsync")).then_some(&rsync as Side<'_>);
+                let mut c = compare(
+                    n,
+                    &|i| {
+                        format!(
+                            "{} --quiet --store {} --into {} bench small{threads}",
+                            bin("stackmerge"),
+                            q(store),
+                            wi(&format!("{prefix}merged"), i)
+                        )
+                    },
+                    anchor,
+                    "",
+                    &trees(&["*merged-*", "*rsynced-*"]),
+                )?;
+                if threads.is_empty() {
+                    rsync_s = c.anchor;
+                } else {
+                    c.anchor = rsync_s;
+                }
+                Ok(row(
+                    &name,
+                    &c,
+                    "rsync -aHAX of the root",
+                    target,
+                    have("rsync"),
+                ))
+            });
+        }
+    }
+    if !label.is_empty() {
+        return Ok(());
     }
 
     // What reading and merging the package databases adds to a stack of two Debian stashes
@@ -467,35 +603,32 @@ fn measure_all(args: &BenchArgs, tree: &Path, fs: &OutputFs) -> Result<Report> {
     };
     if let Some(missing) = original_missing() {
         eprintln!("xtask: note: the original plugin is not run: {missing}");
-        let c = compare(n, &prepare, None, "", &trees(&["prepared-*"]))?;
-        rows.push(row(
-            "stackbuild --prepare-only",
-            &c,
-            ORIGINAL_PREPARE,
-            "-",
-            false,
-        ));
+        attempt(rows, "stackbuild --prepare-only", ORIGINAL_PREPARE, || {
+            let c = compare(n, &prepare, None, "", &trees(&["prepared-*"]))?;
+            Ok(row(
+                "stackbuild --prepare-only",
+                &c,
+                ORIGINAL_PREPARE,
+                "-",
+                false,
+            ))
+        });
     } else {
         let after = trees(&["prepared-*", "original-prepared-*"]);
-        rows.extend(original(n, tree, work, &bin, &prepare, &after)?);
+        match original(n, tree, work, &bin, &prepare, &after) {
+            Ok(r) => rows.extend(r),
+            Err(e) => attempt(rows, "the original plugin's rows", ORIGINAL_STASH, || {
+                Err(e)
+            }),
+        }
     }
-
-    Ok(Report {
-        schema: 1,
-        root: tree.to_path_buf(),
-        root_bytes: bytes,
-        root_entries: entries,
-        output_fs: output_fs.to_owned(),
-        rounds: n,
-        cpus: std::thread::available_parallelism().map_or(1, usize::from),
-        rows,
-    })
+    Ok(())
 }
 
 fn row(task: &str, c: &Compared, anchor: &str, target: &str, installed: bool) -> Row {
     Row {
         task: task.to_owned(),
-        ours_s: c.ours,
+        ours_s: Some(c.ours),
         anchor: anchor.to_owned(),
         anchor_s: c.anchor,
         ratio: c.anchor.map(|a| c.ours / a),
@@ -604,6 +737,9 @@ impl Drop for OutputFs {
     }
 }
 
+/// The original plugin's stash.
+const ORIGINAL_STASH: &str = "kiwi-ng system stash (the original)";
+
 /// What the original `system stackbuild` does before kiwi-ng runs, per stash.
 const ORIGINAL_PREPARE: &str = "podman image mount + rsync per stash";
 
@@ -686,7 +822,7 @@ fn original(
         rows.push(row(
             "stash (same tree)",
             &c,
-            "kiwi-ng system stash (the original)",
+            ORIGINAL_STASH,
             "<= 0.167",
             true,
         ));

@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 
 use flate2::{Compress, FlushCompress, Status};
 
+use super::points::{self, Point, Points};
 use crate::oci::media;
 
 /// How a layer is compressed.
@@ -112,10 +113,18 @@ impl<W: Write + Send + 'static> Compressor<W> {
 
     /// Ends the stream and returns the inner writer.
     pub fn finish(self) -> io::Result<W> {
+        Ok(self.finish_with_points()?.0)
+    }
+
+    /// Ends the stream and returns the inner writer, and for gzip the access points of the
+    /// stream (see `layer/points.rs`): the end of every 1 MiB block, where the sync flush
+    /// leaves the decoder at a block boundary on a byte boundary, with the block's last
+    /// 32 KiB (the next block's dictionary) as the window. Noting them changes no byte.
+    pub fn finish_with_points(self) -> io::Result<(W, Option<Points>)> {
         match self {
             Compressor::Gzip(g) => g.finish(),
-            Compressor::Zstd(z) => z.finish(),
-            Compressor::None(w) => Ok(w),
+            Compressor::Zstd(z) => Ok((z.finish()?, None)),
+            Compressor::None(w) => Ok((w, None)),
         }
     }
 }
@@ -261,6 +270,13 @@ pub struct ParGzip<W: Write> {
     next_write: u64,
     pool: Option<Pool>,
     pending: BTreeMap<u64, Vec<u8>>,
+    /// Bytes written to `out` so far.
+    written: u64,
+    /// The window after each block not yet written (the next block's dictionary).
+    windows: BTreeMap<u64, Arc<Vec<u8>>>,
+    /// Access points so far, one every `step` blocks.
+    points: Vec<Point>,
+    step: u64,
 }
 
 impl<W: Write> std::fmt::Debug for ParGzip<W> {
@@ -300,7 +316,31 @@ impl<W: Write> ParGzip<W> {
             next_write: 0,
             pool,
             pending: BTreeMap::new(),
+            written: 10,
+            windows: BTreeMap::new(),
+            points: Vec::new(),
+            step: 1,
         })
+    }
+
+    /// Writes block `seq`'s deflate data (in order), noting the access point at its end.
+    fn emit(&mut self, seq: u64, bytes: &[u8]) -> io::Result<()> {
+        self.out.write_all(bytes)?;
+        self.written += bytes.len() as u64;
+        if let Some(window) = self.windows.remove(&seq)
+            && (seq + 1).is_multiple_of(self.step)
+        {
+            self.points.push(Point {
+                out: (seq + 1) * BLOCK as u64,
+                bit: self.written * 8,
+                window: window.to_vec(),
+            });
+            if self.points.len() == points::MAX_POINTS {
+                points::thin(&mut self.points);
+                self.step *= 2;
+            }
+        }
+        Ok(())
     }
 
     fn dispatch(&mut self, last: bool) -> io::Result<()> {
@@ -312,6 +352,7 @@ impl<W: Write> ParGzip<W> {
         if !last {
             let start = data.len().saturating_sub(DICT);
             self.dict = Arc::new(data[start..].to_vec());
+            self.windows.insert(self.next_seq, Arc::clone(&self.dict));
         }
         let job = Job {
             seq: self.next_seq,
@@ -322,7 +363,7 @@ impl<W: Write> ParGzip<W> {
         self.next_seq += 1;
         if self.pool.is_none() {
             let out = deflate_block(&job, self.level)?;
-            self.out.write_all(&out)?;
+            self.emit(job.seq, &out)?;
             self.next_write += 1;
         } else {
             {
@@ -349,13 +390,13 @@ impl<W: Write> ParGzip<W> {
 
     fn drain_ready(&mut self) -> io::Result<()> {
         while let Some(bytes) = self.pending.remove(&self.next_write) {
-            self.out.write_all(&bytes)?;
+            self.emit(self.next_write, &bytes)?;
             self.next_write += 1;
         }
         Ok(())
     }
 
-    fn finish(mut self) -> io::Result<W> {
+    fn finish(mut self) -> io::Result<(W, Option<Points>)> {
         self.dispatch(true)?;
         if let Some(mut pool) = self.pool.take() {
             while pool.in_flight > 0 {
@@ -368,7 +409,11 @@ impl<W: Write> ParGzip<W> {
         let crc = self.crc.clone().finalize();
         self.out.write_all(&crc.to_le_bytes())?;
         self.out.write_all(&(self.total as u32).to_le_bytes())?;
-        Ok(self.out)
+        let pts = (!self.points.is_empty()).then(|| Points {
+            size: self.total,
+            points: std::mem::take(&mut self.points),
+        });
+        Ok((self.out, pts))
     }
 }
 

@@ -3,7 +3,10 @@
 mod cache;
 pub mod compress;
 pub mod index;
+mod inflate;
 pub mod model;
+mod par;
+pub mod points;
 pub mod read;
 pub mod write;
 

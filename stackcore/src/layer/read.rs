@@ -1,10 +1,11 @@
 //! Opening a layer blob as a verified, decompressed tar stream.
 
 use std::io::{self, BufRead, Read};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
-use flate2::{Decompress, FlushDecompress, Status};
-
+use super::inflate::{RawInflate, Step};
+use super::points::{self, Point, Points, PointsCache};
 use crate::digest::{Digest, Verifier, VerifyReader};
 use crate::oci::{Descriptor, media};
 use crate::tar::TarReader;
@@ -35,7 +36,9 @@ impl<R: BufRead> Decoder<R> {
     /// A decoder for `media_type`; unknown media types are refused.
     pub fn new(inner: R, media_type: &str) -> Result<Self> {
         Ok(match media_type {
-            media::LAYER_GZIP | media::DOCKER_LAYER_GZIP => Decoder::Gzip(Gunzip::new(inner)),
+            media::LAYER_GZIP | media::DOCKER_LAYER_GZIP => {
+                Decoder::Gzip(Gunzip::new(inner).map_err(|e| Error::Other(format!("gzip: {e}")))?)
+            }
             media::LAYER_ZSTD | media::DOCKER_LAYER_ZSTD => Decoder::Zstd(
                 zstd::stream::read::Decoder::with_buffer(inner)
                     .map_err(|e| Error::Other(format!("zstd: {e}")))?,
@@ -79,13 +82,22 @@ impl<R: BufRead> Read for Decoder<R> {
 /// the longest of an unstash, from 243 to 216 ms for a minbase layer (171 MB of tar). Each
 /// member's size (ISIZE, modulo 2^32) is still checked, and a header or trailer cut short, a
 /// reserved flag or trailing bytes that are not a member are errors.
+///
+/// Told to [`record`](Gunzip::record), it also notes access points as it goes (see
+/// `layer/points.rs`), for a stream of one member.
 #[derive(Debug)]
 pub struct Gunzip<R> {
     inner: R,
-    z: Decompress,
+    z: RawInflate,
     /// Bytes out of the current member, modulo 2^32 (as ISIZE counts them).
     size: u32,
     state: GunzipState,
+    /// Bytes taken from `inner` so far.
+    pos: u64,
+    /// Bytes out so far, all members.
+    out: u64,
+    members: u32,
+    recorder: Option<Recorder>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,64 +110,152 @@ enum GunzipState {
     Body,
 }
 
+/// Access points noted during a sequential read.
+#[derive(Debug)]
+struct Recorder {
+    points: Vec<Point>,
+    /// Where the last point is (0: the start).
+    last: u64,
+    /// Uncompressed bytes from one point to the next, at least.
+    spacing: u64,
+    /// The latest output, kept only near where the next point may go.
+    tail: Vec<u8>,
+    /// The stream cannot have points (a second member, a span too long).
+    failed: bool,
+}
+
+impl Recorder {
+    /// Takes note of `made`, the output of one step that ended at `out` bytes out and `pos`
+    /// bytes in.
+    fn saw(&mut self, made: &[u8], out: u64, step: &Step, pos: u64) {
+        if self.failed {
+            return;
+        }
+        let due = self.last + self.spacing;
+        if out + points::WINDOW as u64 > due {
+            let keep = &made[made.len().saturating_sub(points::WINDOW)..];
+            self.tail.extend_from_slice(keep);
+            if self.tail.len() > 2 * points::WINDOW {
+                self.tail.drain(..self.tail.len() - points::WINDOW);
+            }
+        }
+        if step.boundary && out >= due {
+            if out - self.last > points::MAX_SPAN {
+                self.failed = true;
+                return;
+            }
+            let window = self.tail[self.tail.len().saturating_sub(points::WINDOW)..].to_vec();
+            self.points.push(Point {
+                out,
+                bit: pos * 8 - u64::from(step.pending_bits),
+                window,
+            });
+            self.last = out;
+            self.tail.clear();
+            if self.points.len() == points::MAX_POINTS {
+                points::thin(&mut self.points);
+                self.spacing *= 2;
+                // Spans that long would be refused when read back.
+                self.failed = self.spacing > points::MAX_SPAN / 2;
+            }
+        }
+    }
+}
+
 fn gzip_error(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.to_owned())
 }
 
+fn byte(r: &mut impl BufRead) -> io::Result<u8> {
+    let mut b = [0u8; 1];
+    r.read_exact(&mut b).map_err(|e| cut_short(e, "header"))?;
+    Ok(b[0])
+}
+
+/// Reads a member header, checking what matters (magic, method, no reserved flags) and
+/// skipping the optional fields; returns its length.
+pub(crate) fn gzip_header(r: &mut impl BufRead) -> io::Result<u64> {
+    let mut h = [0u8; 10];
+    r.read_exact(&mut h).map_err(|e| cut_short(e, "header"))?;
+    if h[..3] != [0x1f, 0x8b, 8] {
+        return Err(gzip_error("not a gzip member (bad magic or method)"));
+    }
+    let mut len = 10;
+    let flags = h[3];
+    if flags & 0xe0 != 0 {
+        return Err(gzip_error("reserved header flags set"));
+    }
+    if flags & 4 != 0 {
+        let xlen = u16::from_le_bytes([byte(r)?, byte(r)?]);
+        let skipped = io::copy(&mut r.take(u64::from(xlen)), &mut io::sink())?;
+        if skipped != u64::from(xlen) {
+            return Err(gzip_error("header cut short"));
+        }
+        len += 2 + skipped;
+    }
+    for field in [8u8, 16] {
+        // FNAME, FCOMMENT: zero-terminated.
+        if flags & field != 0 {
+            len += 1;
+            while byte(r)? != 0 {
+                len += 1;
+            }
+        }
+    }
+    if flags & 2 != 0 {
+        byte(r)?;
+        byte(r)?; // FHCRC
+        len += 2;
+    }
+    Ok(len)
+}
+
+/// Checks a member's trailer against the member's size (modulo 2^32).
+pub(crate) fn gzip_trailer(t: [u8; 8], size: u32) -> io::Result<()> {
+    if u32::from_le_bytes([t[4], t[5], t[6], t[7]]) != size {
+        return Err(gzip_error(
+            "member size in the trailer does not match its data",
+        ));
+    }
+    Ok(())
+}
+
 impl<R: BufRead> Gunzip<R> {
     /// Reads the gzip stream `inner`.
-    pub fn new(inner: R) -> Self {
-        Gunzip {
+    pub fn new(inner: R) -> io::Result<Self> {
+        Ok(Gunzip {
             inner,
-            z: Decompress::new(false),
+            z: RawInflate::new()?,
             size: 0,
             state: GunzipState::First,
-        }
+            pos: 0,
+            out: 0,
+            members: 0,
+            recorder: None,
+        })
     }
 
-    fn byte(&mut self) -> io::Result<u8> {
-        let mut b = [0u8; 1];
-        self.inner
-            .read_exact(&mut b)
-            .map_err(|e| cut_short(e, "header"))?;
-        Ok(b[0])
+    /// Notes access points while reading (see `layer/points.rs`): take them with
+    /// [`Gunzip::points`] at the end.
+    pub fn record(&mut self) {
+        self.recorder = Some(Recorder {
+            points: Vec::new(),
+            last: 0,
+            spacing: points::SPACING,
+            tail: Vec::new(),
+            failed: false,
+        });
     }
 
-    /// Reads a member header, checking what matters (magic, method, no reserved flags) and
-    /// skipping the optional fields.
-    fn header(&mut self) -> io::Result<()> {
-        let mut h = [0u8; 10];
-        self.inner
-            .read_exact(&mut h)
-            .map_err(|e| cut_short(e, "header"))?;
-        if h[..3] != [0x1f, 0x8b, 8] {
-            return Err(gzip_error("not a gzip member (bad magic or method)"));
-        }
-        let flags = h[3];
-        if flags & 0xe0 != 0 {
-            return Err(gzip_error("reserved header flags set"));
-        }
-        if flags & 4 != 0 {
-            let xlen = u16::from_le_bytes([self.byte()?, self.byte()?]);
-            let skipped = io::copy(
-                &mut (&mut self.inner).take(u64::from(xlen)),
-                &mut io::sink(),
-            )?;
-            if skipped != u64::from(xlen) {
-                return Err(gzip_error("header cut short"));
-            }
-        }
-        for field in [8u8, 16] {
-            // FNAME, FCOMMENT: zero-terminated.
-            if flags & field != 0 {
-                while self.byte()? != 0 {}
-            }
-        }
-        if flags & 2 != 0 {
-            self.byte()?;
-            self.byte()?; // FHCRC
-        }
-        Ok(())
+    /// The access points noted, once the whole stream was read, if it has any.
+    pub fn points(&mut self) -> Option<Points> {
+        let r = self.recorder.take()?;
+        let ended = self.state == GunzipState::Between && self.members == 1;
+        (ended && !r.failed && !r.points.is_empty() && self.out - r.last <= points::MAX_SPAN)
+            .then_some(Points {
+                size: self.out,
+                points: r.points,
+            })
     }
 
     /// Reads a member's trailer and checks its size.
@@ -164,12 +264,8 @@ impl<R: BufRead> Gunzip<R> {
         self.inner
             .read_exact(&mut t)
             .map_err(|e| cut_short(e, "trailer"))?;
-        if u32::from_le_bytes([t[4], t[5], t[6], t[7]]) != self.size {
-            return Err(gzip_error(
-                "member size in the trailer does not match its data",
-            ));
-        }
-        Ok(())
+        self.pos += 8;
+        gzip_trailer(t, self.size)
     }
 }
 
@@ -192,9 +288,15 @@ impl<R: BufRead> Read for Gunzip<R> {
                     if self.state == GunzipState::Between && self.inner.fill_buf()?.is_empty() {
                         return Ok(0);
                     }
-                    self.header()?;
-                    self.z.reset(false);
+                    self.pos += gzip_header(&mut self.inner)?;
+                    self.z.reset()?;
                     self.size = 0;
+                    self.members += 1;
+                    if self.members > 1
+                        && let Some(r) = &mut self.recorder
+                    {
+                        r.failed = true;
+                    }
                     self.state = GunzipState::Body;
                 }
                 GunzipState::Body => {
@@ -205,27 +307,53 @@ impl<R: BufRead> Read for Gunzip<R> {
                             "deflate data cut short",
                         ));
                     }
-                    let (i0, o0) = (self.z.total_in(), self.z.total_out());
-                    let status = self
-                        .z
-                        .decompress(input, buf, FlushDecompress::None)
-                        .map_err(|e| gzip_error(&format!("deflate: {e}")))?;
-                    let used = (self.z.total_in() - i0) as usize;
-                    let made = (self.z.total_out() - o0) as usize;
-                    self.inner.consume(used);
-                    self.size = self.size.wrapping_add(made as u32);
-                    if status == Status::StreamEnd {
+                    let step = self.z.inflate(input, buf, self.recorder.is_some())?;
+                    self.inner.consume(step.used);
+                    self.pos += step.used as u64;
+                    self.out += step.made as u64;
+                    self.size = self.size.wrapping_add(step.made as u32);
+                    if let Some(r) = &mut self.recorder {
+                        r.saw(&buf[..step.made], self.out, &step, self.pos);
+                    }
+                    if step.end {
                         self.trailer()?;
                         self.state = GunzipState::Between;
-                    } else if used == 0 && made == 0 {
+                    } else if step.used == 0 && step.made == 0 {
                         return Err(gzip_error("deflate data makes no progress"));
                     }
-                    if made > 0 {
-                        return Ok(made);
+                    if step.made > 0 {
+                        return Ok(step.made);
                     }
                 }
             }
         }
+    }
+}
+
+/// Threads that inflate a gzip layer with access points: 0 = all cores (see
+/// [`set_read_threads`]).
+static READ_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets how many threads inflate a gzip layer that has access points (`--threads`; 0 = all
+/// cores, `$STACKBUILD_THREADS` if set). With 1, every layer is inflated on one thread.
+pub fn set_read_threads(n: usize) {
+    READ_THREADS.store(n, Ordering::Relaxed);
+}
+
+/// The inflating threads: as set, or by default all cores when there are more than two.
+/// On two, the reading pipeline already keeps both busy (a minbase unstash: the inflating
+/// thread 230 ms of CPU, the writing one 203 ms, the blob reader 52 ms), so spreading the
+/// inflate over them cannot shorten a run, and costs a little more CPU in all (see README,
+/// "Benchmarks").
+fn read_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    match READ_THREADS.load(Ordering::Relaxed) {
+        0 if std::env::var_os("STACKBUILD_THREADS").is_some() => {
+            super::compress::available_threads()
+        }
+        0 if cores > 2 => cores,
+        0 => 1,
+        n => n,
     }
 }
 
@@ -241,6 +369,10 @@ impl<R: BufRead> Read for Gunzip<R> {
 /// one; a hash on either made the whole run that much longer. The caller sees the end of
 /// the stream only once every check passed.
 ///
+/// A gzip layer of our store with access points (`cache`, see `layer/points.rs`) is
+/// inflated on several threads ([`set_read_threads`]; `layer/par.rs`), with the same
+/// bytes as one; without them, its first read records them.
+///
 /// `pinned` says the store has already checked that this blob decompresses to `diff_id`
 /// (see `layer/cache.rs`): then the blob's digest, checked as ever, is enough, and the
 /// uncompressed stream is not hashed again (a quarter of the CPU time of a gzip unstash's
@@ -250,21 +382,58 @@ pub fn open_layer<R: Read + Send + 'static>(
     desc: &Descriptor,
     diff_id: &Digest,
     pinned: bool,
+    cache: Option<&PointsCache>,
 ) -> Result<LayerStream> {
     let raw = Prefetch::start(move |tx, recycled| {
         off_the_critical_path();
         let res = pump(blob, tx, recycled).map(drop);
         let _ = tx.send(res.map(|()| (Vec::new(), 0))); // the reader may be gone
     });
-    let decoder = Decoder::new(raw, &desc.media_type)?;
-    let tar = Prefetch::start(move |tx, recycled| {
-        let res = (|| {
-            let decoder = pump(decoder, tx, recycled)?;
-            // The uncompressed stream ended: the rest of the blob, to its end and its check.
-            io::copy(&mut decoder.into_inner(), &mut io::sink()).map(drop)
-        })();
-        let _ = tx.send(res.map(|()| (Vec::new(), 0))); // the reader may be gone
-    });
+    let gzip = matches!(
+        desc.media_type.as_str(),
+        media::LAYER_GZIP | media::DOCKER_LAYER_GZIP
+    );
+    let threads = read_threads();
+    let cache = cache.filter(|_| gzip);
+    let file = cache.map(|c| points::file(&c.cache_dir, &desc.digest));
+    let pts = match (cache, threads) {
+        (Some(c), 2..) => points::load(&c.cache_dir, &desc.digest),
+        _ => None,
+    };
+    let tar = if let (Some(pts), Some(file)) = (pts, file.clone()) {
+        Prefetch::start(move |tx, recycled| {
+            let res = super::par::par_gunzip(raw, pts, threads, &file, tx, recycled)
+                // The end of the member: the rest of the blob, to its end and its check.
+                .and_then(|mut raw| io::copy(&mut raw, &mut io::sink()).map(drop));
+            let _ = tx.send(res.map(|()| (Vec::new(), 0))); // the reader may be gone
+        })
+    } else {
+        let mut decoder = Decoder::new(raw, &desc.media_type)?;
+        // Record access points where there are none yet.
+        let record = cache
+            .zip(file)
+            .filter(|(_, file)| !file.exists())
+            .map(|(c, _)| (c.clone(), desc.digest.clone()));
+        if let (Decoder::Gzip(g), Some(_)) = (&mut decoder, &record) {
+            g.record();
+        }
+        Prefetch::start(move |tx, recycled| {
+            let res = (|| {
+                let mut decoder = pump(decoder, tx, recycled)?;
+                let pts = match &mut decoder {
+                    Decoder::Gzip(g) => g.points(),
+                    _ => None,
+                };
+                // The uncompressed stream ended: the rest of the blob, to its end and its check.
+                io::copy(&mut decoder.into_inner(), &mut io::sink())?;
+                if let (Some(pts), Some((c, digest))) = (pts, record) {
+                    points::save(&c.cache_dir, &c.tmp_dir, &digest, &pts);
+                }
+                Ok(())
+            })();
+            let _ = tx.send(res.map(|()| (Vec::new(), 0))); // the reader may be gone
+        })
+    };
     if pinned {
         return Ok(LayerStream {
             tar: TarReader::new(tar),
@@ -337,7 +506,7 @@ const AHEAD: usize = 3;
 
 /// A chunk of a stream: a buffer and how many of its bytes are data. Zero bytes mean the
 /// end of the stream, with every check passed.
-type Chunk = io::Result<(Vec<u8>, usize)>;
+pub(crate) type Chunk = io::Result<(Vec<u8>, usize)>;
 
 /// A reader fed by a thread of its own, which reads (and checks) ahead of it. Buffers it is
 /// done with go back to that thread, which would otherwise allocate and zero a new one per
@@ -355,7 +524,7 @@ pub struct Prefetch {
 impl Prefetch {
     /// Runs `feed` on a new thread: it sends chunks (the last one empty, or an error) and
     /// may take buffers back from the second channel.
-    fn start(
+    pub(crate) fn start(
         feed: impl FnOnce(&SyncSender<Chunk>, &Receiver<Vec<u8>>) + Send + 'static,
     ) -> Prefetch {
         let (recycle, recycled) = sync_channel(2 * AHEAD + 2);
@@ -382,13 +551,14 @@ fn off_the_critical_path() {
 
 /// Sends `src` in chunks until it ends, and returns it; a read error is sent as the last
 /// chunk (and returned as "stopped"). The caller sends the end.
-fn pump<S: Read>(
+pub(crate) fn pump<S: Read>(
     mut src: S,
     tx: &SyncSender<Chunk>,
     recycled: &Receiver<Vec<u8>>,
 ) -> io::Result<S> {
     loop {
         let mut buf = recycled.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK]);
+        buf.resize(CHUNK, 0); // a no-op but for a buffer of the parallel inflate
         let n = crate::extract::read_full(&mut src, &mut buf)?;
         if n == 0 {
             return Ok(src);
@@ -410,7 +580,7 @@ impl BufRead for Prefetch {
                 Ok(Ok((_, 0))) => self.done = true,
                 Ok(Ok((chunk, n))) => {
                     let used = std::mem::replace(&mut self.cur, chunk);
-                    if used.len() == CHUNK {
+                    if used.capacity() >= CHUNK {
                         let _ = self.recycle.try_send(used); // full or gone: let it drop
                     }
                     self.len = n;
@@ -455,7 +625,7 @@ mod tests {
     fn gunzip(gz: &[u8]) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
         // Small reads too: a member may end anywhere in a caller's buffer.
-        let mut g = Gunzip::new(io::BufReader::with_capacity(4096, gz));
+        let mut g = Gunzip::new(io::BufReader::with_capacity(4096, gz))?;
         let mut buf = [0u8; 1000];
         loop {
             let n = g.read(&mut buf)?;

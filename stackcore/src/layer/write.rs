@@ -68,12 +68,15 @@ impl LayerWriter {
     /// Ends the tar, the compression and the blob.
     pub fn finish(self, store: &Store) -> Result<WrittenLayer> {
         let (comp, diff_id, tar_size) = self.tar.finish()?.finish();
-        let blob = comp
-            .finish()
+        let (blob, points) = comp
+            .finish_with_points()
             .map_err(|x| Error::Other(format!("writing layer: {x}")))?;
         let (digest, size) = blob.commit()?;
         self.index
             .save_cached(&store.cache_dir(), &store.tmp_dir(), &digest, &diff_id);
+        if let Some(points) = points {
+            super::points::save(&store.cache_dir(), &store.tmp_dir(), &digest, &points);
+        }
         Ok(WrittenLayer {
             descriptor: Descriptor::new(self.compression.media_type(), digest, size),
             diff_id,

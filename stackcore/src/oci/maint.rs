@@ -398,35 +398,43 @@ pub fn gc(store: &Store, waiting: &mut dyn FnMut()) -> Result<GcReport> {
     let (n, bytes) = clean_stale_temps(store)?;
     report.temp_removed = n;
     report.temp_bytes = bytes;
-    let cache = store.cache_dir().join("index");
-    match fs::read_dir(&cache) {
-        Ok(items) => {
-            for item in items {
-                let item = item.at(&cache)?;
-                let name = item.file_name();
-                let path = item.path();
-                let keep = Digest::parse(&format!("sha256:{}", name.to_string_lossy()))
-                    .ok()
-                    .filter(|d| store.has_blob(d))
-                    .is_some_and(|d| {
-                        crate::layer::LayerIndex::load_cached(&store.cache_dir(), &d).is_some()
-                    });
-                if keep {
-                    continue;
-                }
-                let size = item.metadata().at(&path)?.len();
-                match fs::remove_file(&path) {
-                    Ok(()) => {
-                        report.caches_removed += 1;
-                        report.cache_bytes += size;
+    // Layer indexes and access points (`layer/points.rs`) of layers no longer here, or
+    // damaged.
+    for kind in ["index", "points"] {
+        let cache = store.cache_dir().join(kind);
+        match fs::read_dir(&cache) {
+            Ok(items) => {
+                for item in items {
+                    let item = item.at(&cache)?;
+                    let name = item.file_name();
+                    let path = item.path();
+                    let keep = Digest::parse(&format!("sha256:{}", name.to_string_lossy()))
+                        .ok()
+                        .filter(|d| store.has_blob(d))
+                        .is_some_and(|d| match kind {
+                            "index" => {
+                                crate::layer::LayerIndex::load_cached(&store.cache_dir(), &d)
+                                    .is_some()
+                            }
+                            _ => crate::layer::points::load(&store.cache_dir(), &d).is_some(),
+                        });
+                    if keep {
+                        continue;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io(&path, e)),
+                    let size = item.metadata().at(&path)?.len();
+                    match fs::remove_file(&path) {
+                        Ok(()) => {
+                            report.caches_removed += 1;
+                            report.cache_bytes += size;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(Error::io(&path, e)),
+                    }
                 }
             }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&cache, e)),
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(&cache, e)),
     }
     Ok(report)
 }
