@@ -156,6 +156,25 @@ pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes `text` to stdout as it is; a closed stdout is an error `run_main` treats as success.
+pub fn print_text(text: &str) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// `--threads N`: a count from 0 (all cores) up to [`crate::layer::compress::MAX_THREADS`].
+pub fn threads_arg(s: &str) -> Result<usize, String> {
+    let max = crate::layer::compress::MAX_THREADS;
+    match s.parse::<usize>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(format!(
+            "expected a thread count from 0 (all cores) to {max}"
+        )),
+    }
+}
+
 /// Prints one line on stdout.
 pub fn print_line(line: impl std::fmt::Display) -> anyhow::Result<()> {
     let mut out = io::stdout().lock();
