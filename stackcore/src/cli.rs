@@ -117,6 +117,40 @@ pub fn store_path(flag: Option<&std::path::Path>) -> std::path::PathBuf {
     flag.map_or_else(crate::oci::default_store_path, std::path::Path::to_path_buf)
 }
 
+/// The flags every tool with a store and a report shares: `--store`, `--json`, `--quiet`,
+/// `--verbose`. Each binary flattens it into its `Cli`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CommonArgs {
+    /// The store (an OCI image layout) of stashes and pulled images; default:
+    /// `$KIWI_STASH_HOME`, else `/var/lib/kiwi-stash` for root, else `$XDG_DATA_HOME/kiwi-stash`.
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<std::path::PathBuf>,
+    /// Print a JSON report on stdout (one line).
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bars or step lines on stderr (warnings and errors still show).
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// More detail on stderr: -v info, -vv debug (caches, plans, skipped blobs), -vvv trace.
+    #[arg(long, short, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl CommonArgs {
+    /// The store: `--store`, else the default place.
+    pub fn store_dir(&self) -> std::path::PathBuf {
+        store_path(self.store.as_deref())
+    }
+
+    /// Step lines and warnings for `tool`, silenced as `--quiet` says.
+    pub fn log(&self, tool: &'static str) -> Log {
+        Log {
+            quiet: self.quiet,
+            tool,
+        }
+    }
+}
+
 /// Messages for people, on stderr: one plain line per step, silenced by `--quiet`.
 #[derive(Debug, Clone, Copy)]
 pub struct Log {

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::Parser;
-use stackcore::cli::{Log, print_json, print_line, print_text, store_path};
+use stackcore::cli::{Log, print_json, print_line, print_text};
 use stackcore::layer::Compression;
 use stackcore::manifest::{PushReport, SCHEMA, StashOutput, StashPushReport, StashReport};
 use stackcore::oci::Store;
@@ -50,10 +50,6 @@ pub struct Cli {
     /// Tag.
     #[arg(long, default_value = "latest")]
     pub tag: String,
-    /// The store (an OCI image layout); default: `$KIWI_STASH_HOME`, else
-    /// `/var/lib/kiwi-stash` for root, else `$XDG_DATA_HOME/kiwi-stash`.
-    #[arg(long, value_name = "DIR")]
-    pub store: Option<PathBuf>,
     /// List the stashes instead (and the original plugin's, from /var/tmp/kiwi-stash).
     #[arg(long, conflicts_with_all = ["root", "container_name"])]
     pub list: bool,
@@ -95,40 +91,30 @@ pub struct Cli {
     /// present with the right sizes. Exits 1 naming each damaged blob. Needs read access only.
     #[arg(long, conflicts_with_all = ["root", "container_name", "list", "push"])]
     pub verify: bool,
-    /// Print a JSON report on stdout instead of the ref.
-    #[arg(long)]
-    pub json: bool,
-    /// No progress bars or step lines on stderr (warnings and errors still show).
-    #[arg(long, short)]
-    pub quiet: bool,
-    /// More detail on stderr: -v info, -vv debug (caches, plans, skipped blobs), -vvv trace.
-    #[arg(long, short, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+    #[command(flatten)]
+    pub common: stackcore::cli::CommonArgs,
 }
 
 /// Runs `stash`.
 #[allow(clippy::needless_pass_by_value)] // the signature `run_main` calls
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    stackui::init(cli.quiet, cli.verbose);
-    let log = Log {
-        quiet: cli.quiet,
-        tool: "stash",
-    };
-    let store_dir = store_path(cli.store.as_deref());
+    stackui::init(cli.common.quiet, cli.common.verbose);
+    let log = cli.common.log("stash");
+    let store_dir = cli.common.store_dir();
     if cli.list {
-        return list(&store_dir, cli.json, log);
+        return list(&store_dir, cli.common.json, log);
     }
     if let Some(r) = &cli.remove {
-        return maint::remove(&store_dir, r, cli.json, log);
+        return maint::remove(&store_dir, r, cli.common.json, log);
     }
     if cli.gc {
-        return maint::gc(&store_dir, cli.json, log);
+        return maint::gc(&store_dir, cli.common.json, log);
     }
     if cli.verify {
-        return maint::verify(&store_dir, cli.json, log);
+        return maint::verify(&store_dir, cli.common.json, log);
     }
     if let Some(names) = &cli.import_legacy {
-        return import_legacy(&store_dir, names, cli.json, log);
+        return import_legacy(&store_dir, names, cli.common.json, log);
     }
     let push_to = cli.push.as_deref().map(target::push_dest).transpose()?;
     let registry: RegistryOptions = cli.registry.options(None, Some(log))?;
@@ -174,7 +160,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         None => None,
     };
-    if cli.json {
+    if cli.common.json {
         print_json(&StashOutput::Stash(StashReport::new(
             &outcome,
             pushed.as_ref().map(|(p, t)| PushReport::new(p, *t)),
@@ -199,7 +185,7 @@ fn push_existing(
     let start = Instant::now();
     let pushed =
         push(&store, &desc, dest, registry).with_context(|| format!("pushing stash {full}"))?;
-    if cli.json {
+    if cli.common.json {
         print_json(&StashOutput::Push(StashPushReport {
             schema: SCHEMA,
             reference: format!("oci:{}:{full}", store.root().display()),
