@@ -109,6 +109,51 @@ mod tests {
         assert!(parse_ref_text("{\"x\":1}").is_err());
         Ok(())
     }
+
+    #[test]
+    fn common_args_parse() {
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[command(flatten)]
+            common: CommonArgs,
+        }
+        // (arguments, store, json, quiet, verbose)
+        let cases: &[(&[&str], Option<&str>, bool, bool, u8)] = &[
+            (&[], None, false, false, 0),
+            (&["--store", "/s", "--json"], Some("/s"), true, false, 0),
+            (&["-q", "-vv"], None, false, true, 2),
+            (
+                &["--quiet", "--verbose", "-v", "--store=/t"],
+                Some("/t"),
+                false,
+                true,
+                2,
+            ),
+        ];
+        for (args, store, json, quiet, verbose) in cases {
+            let cli = Cli::try_parse_from(std::iter::once("tool").chain(args.iter().copied()))
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let c = cli.common;
+            assert_eq!(
+                c.store.as_deref(),
+                store.map(std::path::Path::new),
+                "{args:?}"
+            );
+            assert_eq!(
+                (c.json, c.quiet, c.verbose),
+                (*json, *quiet, *verbose),
+                "{args:?}"
+            );
+            assert_eq!(c.log("tool").quiet, *quiet);
+            if let Some(s) = store {
+                assert_eq!(c.store_dir(), std::path::Path::new(s));
+            }
+        }
+        assert!(
+            Cli::try_parse_from(["tool", "--store"]).is_err(),
+            "--store needs a DIR"
+        );
+    }
 }
 
 /// The store a tool uses: `--store`, else the default place (see

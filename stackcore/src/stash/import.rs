@@ -98,3 +98,88 @@ pub fn report(outcome: &ImportOutcome, store: &Path, legacy_home: &Path) -> Stas
 fn store_ref(store: &Path, full: &str) -> String {
     format!("oci:{}:{full}", store.display())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+    use crate::legacy::{Imported, Skipped};
+
+    fn outcome() -> ImportOutcome {
+        ImportOutcome {
+            imported: vec![Imported {
+                name: "base:v1".into(),
+                archive: "/l/base/base.tar".into(),
+                archive_manifest: Digest::of(b"archive"),
+                manifest: Digest::of(b"store"),
+                layers: 2,
+                bytes: 300,
+            }],
+            skipped: vec![Skipped {
+                name: "app:latest".into(),
+                archive: "/l/app/app.tar".into(),
+                manifest: Digest::of(b"had"),
+            }],
+            bytes: 300,
+        }
+    }
+
+    #[test]
+    fn steps_refs_and_report() {
+        let home = Path::new("/l");
+        let store = Path::new("/s");
+        let o = outcome();
+        assert_eq!(
+            steps(&o, home),
+            [
+                "imported base:v1 from /l/base/base.tar (2 layers, 300 bytes written)".to_owned(),
+                format!(
+                    "skipped app:latest: the store has it already ({}); /l/app/app.tar left alone",
+                    Digest::of(b"had")
+                ),
+            ]
+        );
+        assert_eq!(refs(&o, store), "oci:/s:base:v1\n");
+        let r = report(&o, store, home);
+        assert_eq!(
+            (r.schema, r.store.as_str(), r.legacy_home.as_str(), r.bytes),
+            (SCHEMA, "/s", "/l", 300)
+        );
+        let i = &r.imported[0];
+        assert_eq!(
+            (
+                i.reference.as_str(),
+                i.name.as_str(),
+                i.tag.as_str(),
+                i.archive.as_str()
+            ),
+            ("oci:/s:base:v1", "base", "v1", "/l/base/base.tar")
+        );
+        assert_eq!(i.archive_manifest, Digest::of(b"archive").to_string());
+        assert_eq!(i.manifest, Digest::of(b"store").to_string());
+        assert_eq!((i.layers, i.bytes), (2, 300));
+        let s = &r.skipped[0];
+        assert_eq!(
+            (
+                s.reference.as_str(),
+                s.name.as_str(),
+                s.tag.as_str(),
+                s.archive.as_str()
+            ),
+            ("oci:/s:app:latest", "app", "latest", "/l/app/app.tar")
+        );
+        assert_eq!(s.manifest, Digest::of(b"had").to_string());
+        assert_eq!(s.reason, "already in the store");
+        assert_eq!((r.imported.len(), r.skipped.len()), (1, 1));
+    }
+
+    #[test]
+    fn nothing_to_import_says_where_it_looked() {
+        let none = ImportOutcome::default();
+        assert_eq!(
+            steps(&none, Path::new("/l")),
+            ["no kiwi-ng system stash archives in /l"]
+        );
+        assert_eq!(refs(&none, Path::new("/s")), "");
+    }
+}

@@ -184,3 +184,102 @@ fn table(out: &mut String, rows: &[StashRow]) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stash_row(reference: &str, name: &str, tag: &str, damaged: Option<&str>) -> StashRow {
+        StashRow {
+            reference: reference.into(),
+            name: name.into(),
+            tag: tag.into(),
+            digest: format!("sha256:{}", "ab".repeat(32)),
+            size: 1234,
+            layers: 2,
+            created: Some("2024-01-02T03:04:05Z".into()),
+            damaged: damaged.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn text_tables() {
+        let listing = Listing {
+            store: "/s".into(),
+            stashes: vec![
+                stash_row("oci:/s:base:v1", "base", "v1", None),
+                stash_row("oci:/s:bad:latest", "bad", "latest", Some("blob missing")),
+            ],
+            legacy_home: "/var/tmp/kiwi-stash".into(),
+            legacy: vec![
+                stash_row("oci-archive:/l/base/base.tar:base:v1", "base", "v1", None),
+                stash_row(
+                    "oci-archive:/l/old/old.tar:old:latest",
+                    "old",
+                    "latest",
+                    None,
+                ),
+            ],
+            warnings: Vec::new(),
+        };
+        let text = listing.text();
+        let lines: Vec<&str> = text.lines().collect();
+        let header = "NAME:TAG                                 DIGEST                      SIZE LAYERS  CREATED";
+        // (line, what it must start with, what it must end with)
+        let want: &[(usize, &str, &str)] = &[
+            (0, "# store /s", "/s"),
+            (1, header, "CREATED"),
+            (
+                2,
+                "base:v1 ",
+                "sha256:abababababab         1234      2  2024-01-02T03:04:05Z",
+            ),
+            (3, "bad:latest ", "DAMAGED: blob missing"),
+            (
+                4,
+                "# kiwi-ng system stash archives (/var/tmp/kiwi-stash)",
+                "into the store",
+            ),
+            (5, header, "CREATED"),
+            // the store has base:v1, so the archive's is shown by its whole ref
+            (
+                6,
+                "oci-archive:/l/base/base.tar:base:v1 ",
+                "2024-01-02T03:04:05Z",
+            ),
+            (7, "old:latest ", "2024-01-02T03:04:05Z"),
+        ];
+        assert_eq!(lines.len(), want.len(), "{text}");
+        for (i, start, end) in want {
+            assert!(lines[*i].starts_with(start), "line {i}: {:?}", lines[*i]);
+            assert!(lines[*i].ends_with(end), "line {i}: {:?}", lines[*i]);
+        }
+        let json = listing.to_json();
+        assert_eq!((json.schema, json.store.as_str()), (SCHEMA, "/s"));
+        assert_eq!(json.stashes, listing.stashes);
+        assert_eq!(
+            json.legacy, listing.legacy,
+            "JSON keeps NAME and TAG as they are"
+        );
+    }
+
+    #[test]
+    fn no_legacy_no_second_table() {
+        let listing = Listing {
+            store: "/s".into(),
+            stashes: Vec::new(),
+            legacy_home: "/l".into(),
+            legacy: Vec::new(),
+            warnings: Vec::new(),
+        };
+        assert_eq!(listing.text().lines().count(), 2);
+    }
+
+    #[test]
+    fn nothing_there_lists_nothing() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| crate::Error::io("tempdir", e))?;
+        let l = list(&dir.path().join("no-store"), &dir.path().join("no-home"))?;
+        assert!(l.stashes.is_empty() && l.legacy.is_empty() && l.warnings.is_empty());
+        Ok(())
+    }
+}

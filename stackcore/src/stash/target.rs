@@ -191,3 +191,165 @@ fn check_name_and_tag(name: &str, whence: &str, tag: &str) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a case expects: the name and author, or a usage error containing these words.
+    enum Want {
+        Ok(&'static str, Option<&'static str>),
+        Usage(&'static [&'static str]),
+    }
+
+    const DESC: &str = r#"<?xml version="1.0"?>
+<image schemaversion="7.4" name="from-desc"><description type="system">
+<author>A. Uthor</author></description></image>"#;
+
+    #[test]
+    fn resolve_name_tag_and_author() -> Result<()> {
+        // (case, config.xml, --container-name, --tag, want)
+        let cases: &[(&str, Option<&str>, Option<&str>, &str, Want)] = &[
+            (
+                "name and author from the description",
+                Some(DESC),
+                None,
+                "latest",
+                Want::Ok("from-desc", Some("A. Uthor")),
+            ),
+            (
+                "--container-name wins over the description",
+                Some(DESC),
+                Some("given"),
+                "v1",
+                Want::Ok("given", Some("A. Uthor")),
+            ),
+            (
+                "--container-name without a description",
+                None,
+                Some("given"),
+                "v1",
+                Want::Ok("given", None),
+            ),
+            (
+                "no description, no name",
+                None,
+                None,
+                "latest",
+                Want::Usage(&["has no image/config.xml", "--container-name NAME"]),
+            ),
+            (
+                "a description without a name",
+                Some("<image/>"),
+                None,
+                "latest",
+                Want::Usage(&["no <image name=...>", "config.xml"]),
+            ),
+            (
+                "a bad name from the flag names the flag",
+                None,
+                Some("-bad"),
+                "latest",
+                Want::Usage(&["name \"-bad\" (from --container-name)", "at most 128 bytes"]),
+            ),
+            (
+                "a bad name from the description names the file",
+                Some(r#"<image name="a_b"></image>"#),
+                None,
+                "latest",
+                Want::Usage(&["name \"a_b\" (from ", "image/config.xml)"]),
+            ),
+            (
+                "a bad tag",
+                None,
+                Some("ok"),
+                ".dot",
+                Want::Usage(&["tag \".dot\": must match"]),
+            ),
+            (
+                "a tag too long",
+                None,
+                Some("ok"),
+                &"t".repeat(129),
+                Want::Usage(&["tag \"ttt"]),
+            ),
+        ];
+        for (case, desc, name, tag, want) in cases {
+            let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+            if let Some(xml) = desc {
+                std::fs::create_dir(dir.path().join("image")).map_err(|e| Error::io("image", e))?;
+                std::fs::write(dir.path().join("image/config.xml"), xml)
+                    .map_err(|e| Error::io("config.xml", e))?;
+            }
+            let got = Target::resolve(dir.path(), *name, tag);
+            match (want, got) {
+                (Want::Ok(n, a), Ok(t)) => {
+                    assert_eq!(t.name, *n, "{case}");
+                    assert_eq!(t.tag, *tag, "{case}");
+                    assert_eq!(t.author.as_deref(), *a, "{case}");
+                    assert_eq!(t.root, dir.path(), "{case}");
+                    assert_eq!(t.full_name(), format!("{n}:{tag}"), "{case}");
+                }
+                (Want::Usage(words), Err(Error::Usage(msg))) => {
+                    for w in *words {
+                        assert!(msg.contains(w), "{case}: {msg:?} lacks {w:?}");
+                    }
+                }
+                (_, got) => panic!("{case}: unexpected {got:?}"),
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn root_must_be_a_readable_directory() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").map_err(|e| Error::io("file", e))?;
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).map_err(|e| Error::io("real", e))?;
+        let to_dir = dir.path().join("to-dir");
+        let to_file = dir.path().join("to-file");
+        let dangling = dir.path().join("dangling");
+        for (link, target) in [(&to_dir, &real), (&to_file, &file)] {
+            std::os::unix::fs::symlink(target, link).map_err(|e| Error::io("symlink", e))?;
+        }
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling)
+            .map_err(|e| Error::io("symlink", e))?;
+        // (root, None when accepted, else words of the usage error)
+        let cases: &[(&Path, Option<&[&str]>)] = &[
+            (&real, None),
+            (&to_dir, None), // a symlink to a directory is accepted, as for --store
+            (&file, Some(&["not a directory"])),
+            (
+                &to_file,
+                Some(&["a symlink to", "which is not a directory"]),
+            ),
+            (&dangling, Some(&["(a symlink to", "nowhere)"])),
+            (&dir.path().join("missing"), Some(&["--root", "missing"])),
+        ];
+        for (root, want) in cases {
+            match (want, Target::resolve(root, Some("nn"), "latest")) {
+                (None, Ok(t)) => assert_eq!(t.name, "nn"),
+                (Some(words), Err(Error::Usage(msg))) => {
+                    for w in *words {
+                        assert!(msg.contains(w), "{}: {msg:?} lacks {w:?}", root.display());
+                    }
+                }
+                (_, got) => panic!("{}: unexpected {got:?}", root.display()),
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn push_dest_takes_docker_refs_only() {
+        assert!(push_dest("docker://127.0.0.1:5000/os/base:v1").is_ok());
+        for bad in ["oci:/s:a:b", "127.0.0.1:5000/os/base", "base:v1", ""] {
+            assert!(
+                matches!(push_dest(bad), Err(Error::Usage(m)) if m.contains("expected docker://")),
+                "{bad}"
+            );
+        }
+    }
+}
