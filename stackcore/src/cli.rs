@@ -118,7 +118,8 @@ mod tests {
             common: CommonArgs,
         }
         // (arguments, store, json, quiet, verbose)
-        let cases: &[(&[&str], Option<&str>, bool, bool, u8)] = &[
+        type Case<'a> = (&'a [&'a str], Option<&'a str>, bool, bool, u8);
+        let cases: &[Case<'_>] = &[
             (&[], None, false, false, 0),
             (&["--store", "/s", "--json"], Some("/s"), true, false, 0),
             (&["-q", "-vv"], None, false, true, 2),

@@ -209,7 +209,8 @@ mod tests {
     #[test]
     fn resolve_name_tag_and_author() -> Result<()> {
         // (case, config.xml, --container-name, --tag, want)
-        let cases: &[(&str, Option<&str>, Option<&str>, &str, Want)] = &[
+        type Case<'a> = (&'a str, Option<&'a str>, Option<&'a str>, &'a str, Want);
+        let cases: &[Case<'_>] = &[
             (
                 "name and author from the description",
                 Some(DESC),
