@@ -55,9 +55,6 @@ pub struct Cli {
     /// skipped) instead of keeping the last stash's; with --description, overlay that on them.
     #[arg(long)]
     pub merge: bool,
-    /// The store.
-    #[arg(long, value_name = "DIR")]
-    pub store: Option<PathBuf>,
     /// Pull each stash as URI/NAME from this registry first (`HOST[:PORT]/NAMESPACE`, or with
     /// `docker://`), and build from exactly what was pulled, by digest.
     #[arg(long, value_name = "URI")]
@@ -84,15 +81,8 @@ pub struct Cli {
     /// packages) and `--strict`.
     #[command(flatten)]
     pub packages: stackcore::packages::PackagesArgs,
-    /// Print a JSON summary (steps, times, result files) on stdout.
-    #[arg(long)]
-    pub json: bool,
-    /// No progress bars or step lines on stderr (warnings and errors still show).
-    #[arg(long, short)]
-    pub quiet: bool,
-    /// More detail on stderr: -v info, -vv debug (caches, plans, skipped blobs), -vvv trace.
-    #[arg(long, short, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+    #[command(flatten)]
+    pub common: stackcore::cli::CommonArgs,
     /// Arguments for kiwi-ng's system build/create, after `--`.
     #[arg(last = true, value_name = "KIWI_ARGS")]
     pub kiwi_args: Vec<String>,
@@ -108,13 +98,13 @@ struct StashInfo {
 /// Runs `stackbuild`.
 #[allow(clippy::needless_pass_by_value)] // the signature `run_main` calls
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    stackui::init(cli.quiet, cli.verbose);
+    stackui::init(cli.common.quiet, cli.common.verbose);
     let log = Log {
-        quiet: cli.quiet,
+        quiet: cli.common.quiet,
         tool: "stackbuild",
     };
     let start = Instant::now();
-    let store = store_path(cli.store.as_deref());
+    let store = store_path(cli.common.store.as_deref());
     let target = std::path::absolute(&cli.target_dir)?;
     let image_root = target.join("build/image-root");
     if image_root.exists() {
@@ -250,7 +240,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let _ = writeln!(plan, "packages: write {} (merged)", w.path.display());
         }
         let _ = writeln!(plan, "run: {}", shell_words(&kiwi_command));
-        if cli.json {
+        if cli.common.json {
             return print_json(&StackbuildReport {
                 schema: SCHEMA,
                 target_dir: target,
@@ -360,7 +350,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         summary.seconds = start.elapsed().as_secs_f64();
-        if cli.json {
+        if cli.common.json {
             print_json(&summary)?;
         } else {
             print_line(shell_words(&kiwi_command))?;
@@ -392,7 +382,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     });
     summary.result_files = result_files(&target);
     summary.seconds = start.elapsed().as_secs_f64();
-    if cli.json {
+    if cli.common.json {
         print_json(&summary)?;
     }
     if !status.success() {

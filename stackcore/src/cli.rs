@@ -109,12 +109,92 @@ mod tests {
         assert!(parse_ref_text("{\"x\":1}").is_err());
         Ok(())
     }
+
+    #[test]
+    fn common_args_parse() {
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[command(flatten)]
+            common: CommonArgs,
+        }
+        // (arguments, store, json, quiet, verbose)
+        type Case<'a> = (&'a [&'a str], Option<&'a str>, bool, bool, u8);
+        let cases: &[Case<'_>] = &[
+            (&[], None, false, false, 0),
+            (&["--store", "/s", "--json"], Some("/s"), true, false, 0),
+            (&["-q", "-vv"], None, false, true, 2),
+            (
+                &["--quiet", "--verbose", "-v", "--store=/t"],
+                Some("/t"),
+                false,
+                true,
+                2,
+            ),
+        ];
+        for (args, store, json, quiet, verbose) in cases {
+            let cli = Cli::try_parse_from(std::iter::once("tool").chain(args.iter().copied()))
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let c = cli.common;
+            assert_eq!(
+                c.store.as_deref(),
+                store.map(std::path::Path::new),
+                "{args:?}"
+            );
+            assert_eq!(
+                (c.json, c.quiet, c.verbose),
+                (*json, *quiet, *verbose),
+                "{args:?}"
+            );
+            assert_eq!(c.log("tool").quiet, *quiet);
+            if let Some(s) = store {
+                assert_eq!(c.store_dir(), std::path::Path::new(s));
+            }
+        }
+        assert!(
+            Cli::try_parse_from(["tool", "--store"]).is_err(),
+            "--store needs a DIR"
+        );
+    }
 }
 
 /// The store a tool uses: `--store`, else the default place (see
 /// [`crate::oci::default_store_path`]).
 pub fn store_path(flag: Option<&std::path::Path>) -> std::path::PathBuf {
     flag.map_or_else(crate::oci::default_store_path, std::path::Path::to_path_buf)
+}
+
+/// The flags every tool with a store and a report shares: `--store`, `--json`, `--quiet`,
+/// `--verbose`. Each binary flattens it into its `Cli`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CommonArgs {
+    /// The store (an OCI image layout) of stashes and pulled images; default:
+    /// `$KIWI_STASH_HOME`, else `/var/lib/kiwi-stash` for root, else `$XDG_DATA_HOME/kiwi-stash`.
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<std::path::PathBuf>,
+    /// Print a JSON report on stdout (one line).
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bars or step lines on stderr (warnings and errors still show).
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// More detail on stderr: -v info, -vv debug (caches, plans, skipped blobs), -vvv trace.
+    #[arg(long, short, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl CommonArgs {
+    /// The store: `--store`, else the default place.
+    pub fn store_dir(&self) -> std::path::PathBuf {
+        store_path(self.store.as_deref())
+    }
+
+    /// Step lines and warnings for `tool`, silenced as `--quiet` says.
+    pub fn log(&self, tool: &'static str) -> Log {
+        Log {
+            quiet: self.quiet,
+            tool,
+        }
+    }
 }
 
 /// Messages for people, on stderr: one plain line per step, silenced by `--quiet`.
@@ -154,6 +234,25 @@ pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     serde_json::to_writer(&mut out, value)?;
     writeln!(out)?;
     Ok(())
+}
+
+/// Writes `text` to stdout as it is; a closed stdout is an error `run_main` treats as success.
+pub fn print_text(text: &str) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// `--threads N`: a count from 0 (all cores) up to [`crate::layer::compress::MAX_THREADS`].
+pub fn threads_arg(s: &str) -> Result<usize, String> {
+    let max = crate::layer::compress::MAX_THREADS;
+    match s.parse::<usize>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(format!(
+            "expected a thread count from 0 (all cores) to {max}"
+        )),
+    }
 }
 
 /// Prints one line on stdout.

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | [`apply`] | writing an image or a stack of sources into a directory, once per entry |
 //! | [`atomic`] | output files that appear whole or not at all (temporary file, then rename) |
-//! | [`cli`] | `run_main`: error printing, exit codes, reading a ref from stdin |
+//! | [`cli`] | `run_main`: error printing, exit codes, reading a ref from stdin; the shared flags (`CommonArgs`) |
 //! | [`error`] | the typed [`Error`] and [`Result`] |
 //! | [`digest`] | `sha256:` digests, hashing writers, verifying readers |
 //! | [`entry`] | one file-system entry and its metadata |
@@ -26,7 +26,7 @@
 //! | [`progress`] | progress of long work, reported to the sink a binary installs |
 //! | [`registry`] | `docker://` refs; pulling and pushing over the OCI distribution API (feature `registry`) |
 //! | [`legacy`] | the original plugin's stash archives: by name, listed, imported |
-//! | [`stash`] | stashing a tree: full the first time, the difference after that |
+//! | [`stash`] | stashing a tree: full the first time, the difference after that; the root, name and tag checks, the store listing, the import report |
 //! | [`space`] | free-space checks before writing a tree |
 //! | [`description`] | name and author from a root's `image/config.xml` |
 //! | [`timefmt`] | RFC 3339 timestamps |

@@ -44,6 +44,11 @@ pub const PREPARER: &str = concat!(
 
 pub use crate::imageref::{MAX_NAME, valid_name, valid_tag};
 
+pub mod import;
+pub mod listing;
+pub mod notes;
+pub mod target;
+
 /// What to stash.
 #[derive(Debug, Clone)]
 pub struct StashOptions {

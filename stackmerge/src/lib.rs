@@ -50,9 +50,6 @@ pub struct Cli {
     /// stdin.
     #[arg(value_name = "SOURCE", required = true)]
     pub sources: Vec<String>,
-    /// The store for `NAME[:TAG]` refs, and where `docker://` refs are pulled to.
-    #[arg(long, value_name = "DIR")]
-    pub store: Option<PathBuf>,
     #[command(flatten)]
     pub registry: stackcore::registry::RegistryArgs,
     /// `--packages` (default `report`: no file changed, as rsync would) and `--strict`.
@@ -61,23 +58,16 @@ pub struct Cli {
     /// Do not restore xattrs whose names match GLOB (`*` wildcard); repeatable.
     #[arg(long, value_name = "GLOB")]
     pub xattrs_exclude: Vec<String>,
-    /// Print the JSON report on stdout.
-    #[arg(long)]
-    pub json: bool,
     /// Also write the JSON report to FILE.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
     /// Threads that inflate a gzip layer which has access points in the store's cache
     /// (default: all cores where there are more than 2, else 1; the result is the same at any
-    /// count).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    /// count; at most 256).
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = stackcore::cli::threads_arg)]
     pub threads: usize,
-    /// No progress bars or step lines on stderr (warnings and errors still show).
-    #[arg(long, short)]
-    pub quiet: bool,
-    /// More detail on stderr: -v info, -vv debug (caches, plans, skipped blobs), -vvv trace.
-    #[arg(long, short, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+    #[command(flatten)]
+    pub common: stackcore::cli::CommonArgs,
 }
 
 /// How many conflict lines the human summary shows before it says "and N more".
@@ -106,14 +96,14 @@ fn open_source(arg: &str, opts: &OpenOptions, stdin_used: &mut bool) -> anyhow::
 /// Runs `stackmerge`.
 #[allow(clippy::needless_pass_by_value)] // the signature `run_main` calls
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    stackui::init(cli.quiet, cli.verbose);
+    stackui::init(cli.common.quiet, cli.common.verbose);
     stackcore::layer::read::set_read_threads(cli.threads);
     let log = Log {
-        quiet: cli.quiet,
+        quiet: cli.common.quiet,
         tool: "stackmerge",
     };
     let opts = OpenOptions {
-        store: store_path(cli.store.as_deref()),
+        store: store_path(cli.common.store.as_deref()),
         registry: cli.registry.options(Some(log))?,
     };
     let mut stdin_used = false;
@@ -213,7 +203,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         bytes.push(b'\n');
         std::fs::write(file, bytes).with_context(|| format!("writing {}", file.display()))?;
     }
-    if cli.json {
+    if cli.common.json {
         print_json(&report)?;
     }
     Ok(())

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use stackcore::Error;
 use stackcore::apply::{unstash_to_dir, unstash_to_tar};
-use stackcore::cli::{Log, print_json, ref_arg, store_path};
+use stackcore::cli::{print_json, ref_arg};
 use stackcore::extract::ExtractOptions;
 use stackcore::image::ImageRef;
 use stackcore::manifest::UnstashReport;
@@ -46,42 +46,29 @@ pub struct Cli {
     /// Write the merged tree as one uncompressed tar to FILE, or - for stdout.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// The store for `NAME[:TAG]` refs, and where `docker://` refs are pulled to.
-    #[arg(long, value_name = "DIR")]
-    pub store: Option<PathBuf>,
     #[command(flatten)]
     pub registry: stackcore::registry::RegistryArgs,
     /// Do not restore xattrs whose names match GLOB (`*` wildcard); repeatable.
     #[arg(long, value_name = "GLOB")]
     pub xattrs_exclude: Vec<String>,
-    /// Print a JSON report on stdout.
-    #[arg(long)]
-    pub json: bool,
     /// Threads that inflate a gzip layer which has access points in the store's cache
     /// (default: all cores where there are more than 2, else 1; the result is the same at any
-    /// count).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    /// count; at most 256).
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = stackcore::cli::threads_arg)]
     pub threads: usize,
-    /// No progress bars or step lines on stderr (warnings and errors still show).
-    #[arg(long, short)]
-    pub quiet: bool,
-    /// More detail on stderr: -v info, -vv debug (caches, plans, skipped blobs), -vvv trace.
-    #[arg(long, short, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+    #[command(flatten)]
+    pub common: stackcore::cli::CommonArgs,
 }
 
 /// Runs `unstash`.
 #[allow(clippy::needless_pass_by_value)] // the signature `run_main` calls
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    stackui::init(cli.quiet, cli.verbose);
+    stackui::init(cli.common.quiet, cli.common.verbose);
     stackcore::layer::read::set_read_threads(cli.threads);
-    let log = Log {
-        quiet: cli.quiet,
-        tool: "unstash",
-    };
+    let log = cli.common.log("unstash");
     let text = ref_arg(&cli.image)?;
     let r = ImageRef::parse(&text)?;
-    let store = store_path(cli.store.as_deref());
+    let store = cli.common.store_dir();
     let opts = stackcore::open::OpenOptions {
         store,
         registry: cli.registry.options(Some(log))?,
@@ -105,7 +92,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     } else {
         let output = cli.output.clone().expect("clap requires --to or --output");
         if output.as_os_str() == "-" {
-            if cli.json {
+            if cli.common.json {
                 return Err(Error::Usage("--json and --output - both want stdout".into()).into());
             }
             let scratch = std::env::temp_dir();
@@ -142,7 +129,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         outcome.stats.hardlinks,
         outcome.stats.bytes
     ));
-    if cli.json {
+    if cli.common.json {
         let mut report =
             UnstashReport::new(r.to_string(), digest.to_string(), layers, &outcome, secs);
         report.pulled = pulled;
