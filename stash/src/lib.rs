@@ -54,7 +54,7 @@ pub struct Cli {
     #[arg(long, conflicts_with_all = ["root", "container_name"])]
     pub list: bool,
     /// Copy the original plugin's stashes (`kiwi-ng system stash` archives in
-    /// /var/tmp/kiwi-stash) into the store, tags kept: each NAME[:TAG] given, or all of them.
+    /// /var/tmp/kiwi-stash) into the store, tags kept: each `NAME[:TAG]` given, or all of them.
     /// A NAME:TAG the store has already is skipped. The archives stay where they are.
     #[arg(long, value_name = "NAME", num_args = 0..,
           conflicts_with_all = ["root", "container_name", "list", "remove", "gc", "verify", "push"])]

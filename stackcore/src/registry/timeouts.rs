@@ -51,7 +51,7 @@ const FLAGS: [&str; 4] = [
 
 impl Timeouts {
     /// `flags` are `--connect-timeout`, `--idle-timeout` (seconds), `--speed-limit` (bytes
-    /// per second), `--speed-time` (seconds); each one not given is read from its [`ENV`]
+    /// per second), `--speed-time` (seconds); each one not given is read from its `ENV`
     /// variable through `env`, else defaults. A 0 timeout means none.
     pub fn from_flags_and_env(
         flags: [Option<u64>; 4],
