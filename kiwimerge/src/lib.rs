@@ -94,31 +94,6 @@ pub struct Cli {
     pub registry: stackcore::registry::RegistryArgs,
 }
 
-/// The description file for `path`: the file itself, or the one kiwi would pick in a
-/// directory.
-fn find_description(path: &Path) -> stackcore::Result<PathBuf> {
-    if !path.is_dir() {
-        return Ok(path.to_path_buf());
-    }
-    for cand in [path.join("config.xml"), path.join("image/config.xml")] {
-        if cand.is_file() {
-            return Ok(cand);
-        }
-    }
-    let mut kiwis: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "kiwi") && p.is_file())
-        .collect();
-    kiwis.sort();
-    kiwis.into_iter().next().ok_or_else(|| {
-        Error::Usage(format!(
-            "{}: no config.xml, image/config.xml or *.kiwi in this directory",
-            path.display()
-        ))
-    })
-}
-
 fn load(
     arg: &str,
     store: &Path,
@@ -127,7 +102,7 @@ fn load(
     if !stackcore::image::is_path_arg(arg) {
         return load_from_image(arg, store, registry);
     }
-    let file = find_description(Path::new(arg))?;
+    let file = kiwi::description_file(Path::new(arg))?;
     let bytes =
         std::fs::read(&file).map_err(|e| Error::Usage(format!("{}: {e}", file.display())))?;
     let dir = file.parent().map(|p| {

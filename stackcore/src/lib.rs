@@ -6,6 +6,7 @@
 //! | module | what it owns |
 //! |---|---|
 //! | [`apply`] | writing an image or a stack of sources into a directory, once per entry |
+//! | [`build`] | the `stackbuild` workflow: a plan (stashes by digest, stacking, description merge, packages, the kiwi-ng command), then its execution |
 //! | [`atomic`] | output files that appear whole or not at all (temporary file, then rename) |
 //! | [`cli`] | `run_main`: error printing, exit codes, reading a ref from stdin; the shared flags (`CommonArgs`) |
 //! | [`error`] | the typed [`Error`] and [`Result`] |
@@ -30,6 +31,7 @@
 //! | [`space`] | free-space checks before writing a tree |
 //! | [`description`] | name and author from a root's `image/config.xml` |
 //! | [`timefmt`] | RFC 3339 timestamps |
+//! | [`process`] | other programs: found on `PATH`, their command lines shown as a shell reads them |
 //! | [`failpoint`] | named crash points for tests |
 //! | [`kiwi`] | KIWI description parsing, merging, upgrading and linting (`kiwimerge`) |
 #![warn(missing_docs)]
@@ -37,6 +39,7 @@
 pub mod apply;
 pub mod archive;
 pub mod atomic;
+pub mod build;
 pub mod cli;
 pub mod description;
 pub mod digest;
@@ -54,6 +57,7 @@ pub mod oci;
 pub mod open;
 pub mod packages;
 pub mod platform;
+pub mod process;
 pub mod progress;
 pub mod registry;
 pub mod space;

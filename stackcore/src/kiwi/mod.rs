@@ -26,7 +26,9 @@
 //! | [`upgrade`] | schema versions 7.4 → 8.5 (§7) |
 //! | [`lint`] | E1, W1–W9 (§8) |
 //! | [`select`] | `--select-arch/-profiles/-type` (§9) |
+//! | [`build`](mod@build) | what `stackbuild` needs: the kiwi-ng command, the stashes' descriptions merged, the usr-merge lint |
 
+pub mod build;
 pub mod include;
 pub mod lint;
 pub mod merge;
@@ -39,6 +41,7 @@ pub mod xml;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use build::{bootstrap_over_usr_merge, kiwi_command, merge_descriptions};
 pub use select::Selection;
 pub use upgrade::Version;
 
@@ -108,6 +111,37 @@ pub fn load_description(
         doc,
         origin: origin.to_owned(),
         include_dir: include_dir.map(Path::to_path_buf),
+    })
+}
+
+/// The description file for `path`: the file itself, or in a directory the one kiwi picks
+/// (`config.xml`, then `image/config.xml`, then the first `*.kiwi` by name).
+pub fn description_file(path: &Path) -> Result<PathBuf> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    for cand in [path.join("config.xml"), path.join("image/config.xml")] {
+        if cand.is_file() {
+            return Ok(cand);
+        }
+    }
+    let mut kiwis = Vec::new();
+    for e in
+        std::fs::read_dir(path).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?
+    {
+        let p = e
+            .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?
+            .path();
+        if p.extension().is_some_and(|x| x == "kiwi") && p.is_file() {
+            kiwis.push(p);
+        }
+    }
+    kiwis.sort();
+    kiwis.into_iter().next().ok_or_else(|| {
+        Error::Usage(format!(
+            "{}: no config.xml, image/config.xml or *.kiwi in this directory",
+            path.display()
+        ))
     })
 }
 
