@@ -173,30 +173,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         ));
     }
 
-    // The stashes' package databases: read, reported, and (by default) merged after the
-    // stack; with --strict, a stack with problems stops here.
-    let t = Instant::now();
+    // The stashes' package databases: read as the stack reads the layers, reported, and (by
+    // default) merged into the stacked root before it is renamed into place; with --strict,
+    // a stack with problems leaves nothing. A dry run reads them on their own, to report.
     let sources: Vec<Source> = stashes
         .iter_mut()
         .map(|s| Source::Image(Box::new(s.image.take().expect("opened once"))))
         .collect();
-    let packages = stackcore::packages::run_checks(
-        &sources,
-        cli.packages
+    let checks = stackcore::packages::Checks {
+        mode: cli
+            .packages
             .mode
             .unwrap_or(stackcore::packages::Mode::Merge),
-        cli.packages.strict,
-        &log,
-    )?;
-    steps.push(StepReport {
-        name: "packages".into(),
-        seconds: t.elapsed().as_secs_f64(),
-        detail: Some(format!(
-            "{} ({} database files to merge)",
-            packages.report.mode,
-            packages.writes.len()
-        )),
-    });
+        strict: cli.packages.strict,
+        log,
+    };
 
     let merged_desc_dir = target.join("build/description");
     let description = match (&cli.description, cli.merge) {
@@ -207,6 +198,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let kiwi_command = kiwi_command(&cli, &target, &image_root, description.as_deref());
 
     if cli.dry_run {
+        let t = Instant::now();
+        let packages = stackcore::packages::run_checks(&sources, checks.mode, checks.strict, &log)?;
+        steps.push(StepReport {
+            name: "packages".into(),
+            seconds: t.elapsed().as_secs_f64(),
+            detail: Some(format!(
+                "{} ({} database files to merge)",
+                packages.report.mode,
+                packages.writes.len()
+            )),
+        });
         let mut plan = String::new();
         let _ = writeln!(plan, "# stackbuild plan (nothing is written)");
         for (i, StashInfo { report: s, .. }) in stashes.iter().enumerate() {
@@ -274,12 +276,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         image_root.display()
     ));
     let task = stackcore::progress::task("stacking", None);
-    let stacked = stack_to_dir(&sources, &image_root, &ExtractOptions::default())
-        .context("stacking the stashes")?;
+    let mut stacked = stack_to_dir(
+        &sources,
+        &image_root,
+        &ExtractOptions::default(),
+        Some(&checks),
+    )
+    .context("stacking the stashes")?;
     drop(task);
-    stackcore::packages::write_merged(&image_root, &packages.writes)
-        .context("writing the merged package databases")?;
-    let mut packages = packages;
+    let mut packages =
+        std::mem::replace(&mut stacked.packages, stackcore::packages::Analysis::off());
     packages.note_conflicts(&stacked.conflicts, &log);
     let stats = &stacked.stats;
     for w in stats.warnings() {
