@@ -98,6 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             .mode
             .unwrap_or(stackcore::packages::Mode::Merge),
         strict: cli.packages.strict,
+        dry_run: cli.dry_run,
     };
     let plan = Plan::new(&opts, &log)?;
     if cli.dry_run {

@@ -197,8 +197,15 @@ fn open_early(s: u32, src: &Source) -> Result<Early> {
 /// Writes `sources` into `target` as `model` (their plan) says: the directories, then each
 /// final inode once, in the order the sources and layers hold them. The model must not be
 /// `complex`. `early` is used if the plan needs it; without one, the first layer to read is
-/// opened before the directories are made.
-pub fn write(sources: &[&Source], model: &Model, target: &mut Target, early: Early) -> Result<()> {
+/// opened before the directories are made. With `capture`, the package files it wants are
+/// kept as their layers are read, and layers holding only such files are read for them.
+pub fn write(
+    sources: &[&Source],
+    model: &Model,
+    target: &mut Target,
+    early: Early,
+    mut capture: Option<&mut crate::packages::Capture>,
+) -> Result<()> {
     if model.complex {
         return Err(Error::Other(
             "a source writes through a symlink or links to nothing; it must be applied in \
@@ -207,7 +214,10 @@ pub fn write(sources: &[&Source], model: &Model, target: &mut Target, early: Ear
         ));
     }
     let inodes = final_inodes(model);
-    let layers: HashSet<(u32, u32)> = inodes.keys().map(|o| (o.0, o.1)).collect();
+    let mut layers: HashSet<(u32, u32)> = inodes.keys().map(|o| (o.0, o.1)).collect();
+    if let Some(c) = &capture {
+        layers.extend(c.layers());
+    }
     let mut early = match early {
         Some(e) if layers.contains(&(e.0, e.1)) => Some(e),
         _ => sources
@@ -249,11 +259,28 @@ pub fn write(sources: &[&Source], model: &Model, target: &mut Target, early: Ear
                         .map_err(|e| Error::layer(&digest, e))?
                     {
                         let change = classify(h.entry).map_err(|e| Error::layer(&digest, e))?;
-                        if let Change::Put(e, _) = change
-                            && e.kind != Kind::Dir
-                            && let Some(inode) = inodes.get(&(s, l, i))
-                        {
-                            put_inode(target, inode, &mut stream.tar.data())?;
+                        let inode = match change {
+                            Change::Put(e, _) if e.kind != Kind::Dir => inodes.get(&(s, l, i)),
+                            _ => None,
+                        };
+                        match capture.as_deref_mut() {
+                            Some(c) if c.wants(s, l, i) => {
+                                let mut bytes = Vec::new();
+                                stream
+                                    .tar
+                                    .data()
+                                    .read_to_end(&mut bytes)
+                                    .map_err(|e| Error::layer(&digest, e))?;
+                                if let Some(inode) = inode {
+                                    put_inode(target, inode, &mut bytes.as_slice())?;
+                                }
+                                c.keep(s, l, i, bytes);
+                            }
+                            _ => {
+                                if let Some(inode) = inode {
+                                    put_inode(target, inode, &mut stream.tar.data())?;
+                                }
+                            }
                         }
                         i += 1;
                     }
@@ -383,7 +410,13 @@ fn write_layers(img: Image, target: &mut Target) -> Result<bool> {
         return Ok(false);
     }
     let [source] = &sources;
-    write(&[source], &model, target, first.take().map(|f| (0, 0, f)))?;
+    write(
+        &[source],
+        &model,
+        target,
+        first.take().map(|f| (0, 0, f)),
+        None,
+    )?;
     Ok(true)
 }
 
@@ -485,6 +518,8 @@ pub struct StackOutcome {
     pub totals: StackTotals,
     /// What was written and what could not be restored.
     pub stats: ExtractStats,
+    /// What the stack did to the sources' package databases (mode `off` without checks).
+    pub packages: crate::packages::Analysis,
 }
 
 fn show_path(p: &[u8]) -> String {
@@ -503,10 +538,17 @@ fn show_path(p: &[u8]) -> String {
 /// An image the model cannot plan (a layer writes through a symlink, a hardlink points at
 /// nothing) is unstashed layer after layer into a scratch directory beside `dest` first,
 /// and stacked from there.
+///
+/// With `packages` (not `--packages off`), the sources' package files are kept as the stack
+/// reads their layers; the analysis is said and checked (`--strict`) once the tree is
+/// complete, and with `--packages merge` the merged database files are written into it, all
+/// before the staging directory is renamed into place: a refused or failed run leaves
+/// nothing behind.
 pub fn stack_to_dir(
     sources: &[Source],
     dest: &Path,
     opts: &ExtractOptions,
+    packages: Option<&crate::packages::Checks>,
 ) -> Result<StackOutcome> {
     let staging = Staging::new(dest)?;
     let dest_name = dest
@@ -522,9 +564,15 @@ pub fn stack_to_dir(
         Some(src) => open_early(0, src)?,
         None => None,
     };
+    let mut capture = packages
+        .filter(|c| c.mode != crate::packages::Mode::Off)
+        .map(|_| crate::packages::Capture::default());
     for (s, src) in sources.iter().enumerate() {
         let s = s as u32;
         let mut model = src.model(s)?;
+        if let Some(c) = &mut capture {
+            c.add(s, src, &model);
+        }
         let mut fallback = None;
         let mut report = SourceReport {
             name: src.name(),
@@ -572,9 +620,17 @@ pub fn stack_to_dir(
         .map(|(src, f)| f.as_ref().unwrap_or(src))
         .collect();
     let mut target = Target::open(staging.path(), opts.clone())?;
-    write(&used, &plan.model, &mut target, early)?;
+    write(&used, &plan.model, &mut target, early, capture.as_mut())?;
     let mut stats = target.finish()?;
     add_skipped(&mut stats, &skipped);
+    let packages = match (packages, capture) {
+        (Some(checks), Some(capture)) => {
+            let analysis = checks.finish(capture)?;
+            crate::packages::write_merged(staging.path(), &analysis.writes)?;
+            analysis
+        }
+        _ => crate::packages::Analysis::off(),
+    };
     let dest = staging.commit()?;
     drop(fallbacks);
     drop(scratch);
@@ -620,6 +676,7 @@ pub fn stack_to_dir(
         conflicts,
         totals,
         stats,
+        packages,
     })
 }
 

@@ -1,12 +1,13 @@
 //! The `stackbuild` workflow: plan, then execute.
 //!
-//! [`Plan::new`] resolves every stash (pulling with `--from-registry`) and reads the
-//! stashes' package databases before anything is written; the plan names the stashes by
+//! [`Plan::new`] resolves every stash (pulling with `--from-registry`) before anything is
+//! written (for a dry run it also reads the stashes' package databases); the plan names the stashes by
 //! digest, where they are stacked, how the descriptions are merged, what the packages step
 //! writes and the exact kiwi-ng command. `--dry-run` prints it ([`Plan::text`],
 //! [`Plan::report`]); [`execute`] runs it:
-//! 1. stack the stashes into `TARGET/build/image-root` with the one-pass writer, and write
-//!    the merged package databases;
+//! 1. stack the stashes into `TARGET/build/image-root` with the one-pass writer, keeping
+//!    the package database files as the layers are read, and write the merged databases
+//!    before the root is renamed into place (`--strict` refusals leave no root);
 //! 2. with `--merge`, merge the stashes' descriptions (and overlay `--description` on them,
 //!    into a copy of that directory);
 //! 3. run kiwi-ng (unless told to stop once the root is prepared, or kiwi-ng is not on
@@ -26,9 +27,9 @@ use crate::cli::Log;
 use crate::extract::ExtractOptions;
 use crate::image::{BlobSource, Image, ImageRef};
 use crate::kiwi;
-use crate::manifest::{SCHEMA, StackbuildReport, StackedStash, StepReport};
+use crate::manifest::{PackagesReport, SCHEMA, StackbuildReport, StackedStash, StepReport};
 use crate::open::{OpenOptions, open_ref, open_registry};
-use crate::packages::{Analysis, Mode};
+use crate::packages::{Analysis, Checks, Mode};
 use crate::process::{shell_words, which};
 use crate::registry::{RegistryOptions, RegistryRef};
 
@@ -53,8 +54,11 @@ pub struct BuildOptions {
     pub kiwi_args: Vec<String>,
     /// What to do with the stashes' package databases.
     pub packages: Mode,
-    /// Refuse a stack with package problems before anything is written.
+    /// Refuse a stack with package problems: no root is left.
     pub strict: bool,
+    /// Only the plan is wanted (`--dry-run`): the package databases are read up front to
+    /// report them, instead of as the stack reads the layers.
+    pub dry_run: bool,
     /// The store.
     pub store: PathBuf,
     /// How to reach a registry.
@@ -72,8 +76,10 @@ pub struct Plan {
     pub stashes: Vec<StackedStash>,
     /// The opened stashes, in the same order.
     pub sources: Vec<Source>,
-    /// The packages step: what was found, and what will be written.
-    pub packages: Analysis,
+    /// `--packages` and `--strict`, for the stack.
+    pub checks: Checks,
+    /// For a dry run: what the packages step found, and what it would write.
+    pub packages: Option<Analysis>,
     /// Merge the stashes' descriptions.
     pub merge: bool,
     /// The user's `--description` directory.
@@ -110,7 +116,8 @@ pub struct Outcome {
 }
 
 impl Plan {
-    /// Resolves every stash and runs the package checks; writes nothing. Bad usage (an
+    /// Resolves every stash (and, for a dry run, reads the package databases); writes
+    /// nothing. Bad usage (an
     /// existing image root, a `--description` that is not a directory) is
     /// [`Error::Usage`].
     pub fn new(opts: &BuildOptions, log: &Log) -> anyhow::Result<Plan> {
@@ -154,19 +161,21 @@ impl Plan {
             ));
         }
 
-        // The stashes' package databases: read, reported, and (by default) merged after the
-        // stack; with --strict, a stack with problems stops here.
-        let t = Instant::now();
-        let packages = crate::packages::run_checks(&sources, opts.packages, opts.strict, log)?;
-        steps.push(step(
-            "packages",
-            t,
-            Some(format!(
-                "{} ({} database files to merge)",
-                packages.report.mode,
-                packages.writes.len()
-            )),
-        ));
+        // The stashes' package databases are read as the stack reads the layers; a dry run
+        // has no stack, so it reads them here, to report (and refuse, with --strict).
+        let checks = Checks {
+            mode: opts.packages,
+            strict: opts.strict,
+            log: *log,
+        };
+        let packages = if opts.dry_run {
+            let t = Instant::now();
+            let packages = crate::packages::run_checks(&sources, opts.packages, opts.strict, log)?;
+            steps.push(packages_step(t, &packages));
+            Some(packages)
+        } else {
+            None
+        };
 
         let merged_description_dir = target.join("build/description");
         let description = match (&opts.description, opts.merge) {
@@ -187,6 +196,7 @@ impl Plan {
             image_root,
             stashes,
             sources,
+            checks,
             packages,
             merge: opts.merge,
             overlay: opts.description.clone(),
@@ -226,11 +236,19 @@ impl Plan {
         } else if self.overlay.is_none() {
             let _ = writeln!(plan, "description: the last stash's image/config.xml");
         }
-        for line in self.packages.summary() {
-            let _ = writeln!(plan, "{line}");
-        }
-        for w in &self.packages.writes {
-            let _ = writeln!(plan, "packages: write {} (merged)", w.path.display());
+        if let Some(packages) = &self.packages {
+            for line in packages.summary() {
+                let _ = writeln!(plan, "{line}");
+            }
+            for w in &packages.writes {
+                let _ = writeln!(plan, "packages: write {} (merged)", w.path.display());
+            }
+        } else {
+            let _ = writeln!(
+                plan,
+                "packages: {} (read as the stack reads the layers)",
+                self.checks.mode.as_str()
+            );
         }
         let _ = writeln!(plan, "run: {}", shell_words(&self.kiwi_command));
         plan
@@ -250,13 +268,17 @@ impl Plan {
             kiwi_exit: None,
             steps: self.steps.clone(),
             result_files: Vec::new(),
-            packages: self.packages.report.clone(),
+            packages: self.packages.as_ref().map_or_else(
+                || PackagesReport::empty(self.checks.mode.as_str()),
+                |p| p.report.clone(),
+            ),
             seconds: self.started.elapsed().as_secs_f64(),
         }
     }
 }
 
-/// Runs `plan`: stacks, writes the merged package databases, merges the descriptions and,
+/// Runs `plan`: stacks (reading, checking and merging the package databases on the way),
+/// merges the descriptions and,
 /// unless `prepare_only` or kiwi-ng is not on `PATH`, runs kiwi-ng. A kiwi-ng that fails is
 /// in the outcome ([`KiwiRun::Ran`]), not an error: the report is still due.
 pub fn execute(plan: Plan, prepare_only: bool, log: &Log) -> anyhow::Result<Outcome> {
@@ -265,7 +287,8 @@ pub fn execute(plan: Plan, prepare_only: bool, log: &Log) -> anyhow::Result<Outc
         image_root,
         stashes,
         sources,
-        mut packages,
+        checks,
+        packages: _,
         merge,
         overlay,
         merged_description_dir,
@@ -285,11 +308,15 @@ pub fn execute(plan: Plan, prepare_only: bool, log: &Log) -> anyhow::Result<Outc
         image_root.display()
     ));
     let task = crate::progress::task("stacking", None);
-    let stacked = stack_to_dir(&sources, &image_root, &ExtractOptions::default())
-        .context("stacking the stashes")?;
+    let mut stacked = stack_to_dir(
+        &sources,
+        &image_root,
+        &ExtractOptions::default(),
+        Some(&checks),
+    )
+    .context("stacking the stashes")?;
     drop(task);
-    crate::packages::write_merged(&image_root, &packages.writes)
-        .context("writing the merged package databases")?;
+    let mut packages = std::mem::replace(&mut stacked.packages, Analysis::off());
     packages.note_conflicts(&stacked.conflicts, log);
     let stats = &stacked.stats;
     for w in stats.warnings() {
@@ -425,6 +452,19 @@ fn stacked_stash(name: &str, img: &Image, store: &Path) -> StackedStash {
         digest: img.digest().to_string(),
         layers: img.manifest.layers.len() as u64,
     }
+}
+
+/// The dry run's packages step: what was found and how many files a stack would write.
+fn packages_step(since: Instant, packages: &Analysis) -> StepReport {
+    step(
+        "packages",
+        since,
+        Some(format!(
+            "{} ({} database files to merge)",
+            packages.report.mode,
+            packages.writes.len()
+        )),
+    )
 }
 
 fn step(name: &str, since: Instant, detail: Option<String>) -> StepReport {

@@ -116,14 +116,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         xattrs_exclude: cli.xattrs_exclude.clone(),
     };
     let start = Instant::now();
-    let packages = stackcore::packages::run_checks(
-        &sources,
-        cli.packages
+    // The package databases are read as the stack reads the layers, reported (and merged,
+    // or refused with --strict) before the result is renamed into place.
+    let checks = stackcore::packages::Checks {
+        mode: cli
+            .packages
             .mode
             .unwrap_or(stackcore::packages::Mode::Report),
-        cli.packages.strict,
-        &log,
-    )?;
+        strict: cli.packages.strict,
+        log,
+    };
     log.step(format_args!(
         "stacking {} sources into {}",
         sources.len(),
@@ -131,15 +133,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     ));
     let task =
         stackcore::progress::task(format_args!("stacking into {}", cli.into.display()), None);
-    let outcome = stack_to_dir(&sources, &cli.into, &opts)
+    let mut outcome = stack_to_dir(&sources, &cli.into, &opts, Some(&checks))
         .with_context(|| format!("stacking into {}", cli.into.display()))?;
     drop(task);
-    stackcore::packages::write_merged(&outcome.dest, &packages.writes).with_context(|| {
-        format!(
-            "writing the merged package databases into {}",
-            cli.into.display()
-        )
-    })?;
     let secs = start.elapsed().as_secs_f64();
     for s in &outcome.sources {
         let how = if s.planned {
@@ -194,10 +190,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         outcome.stats.files,
         outcome.stats.bytes
     ));
-    let mut packages = packages;
-    packages.note_conflicts(&outcome.conflicts, &log);
+    outcome.packages.note_conflicts(&outcome.conflicts, &log);
     let mut report = StackmergeReport::new(&outcome, secs);
-    report.packages = packages.report;
+    report.packages = outcome.packages.report.clone();
     if let Some(file) = &cli.report {
         let mut bytes = serde_json::to_vec_pretty(&report)?;
         bytes.push(b'\n');

@@ -4,9 +4,11 @@
 //!
 //! Without a merge a stack behaves as a sequence of `rsync` does: the uppermost source's
 //! database file replaces the others whole, and packages installed only below are on disk but
-//! unknown to the package manager (`lost` in the report). The report is computed from the
-//! sources alone (image layers are read where the files are, nothing is unpacked), before
-//! anything is written, so `--dry-run` shows it too.
+//! unknown to the package manager (`lost` in the report). A stack keeps the database files
+//! as it reads the layers that hold them ([`Capture`]: every layer still read once, its
+//! digests checked, nothing unpacked twice) and reports, checks and merges before its result
+//! is renamed into place; [`run_checks`] reads them on their own, for a report before
+//! anything is written (`stackbuild --dry-run`).
 //!
 //! | manager | database read | merged |
 //! |---|---|---|
@@ -107,81 +109,104 @@ fn wanted(path: &[u8]) -> bool {
             && (path.ends_with(b"/desc") || path.ends_with(b"/files")))
 }
 
+/// An image source's package files to read: (layer, change number) -> their paths.
+type Wants = BTreeMap<(u32, u32), Vec<Vec<u8>>>;
+
 impl Tree {
     /// Reads what this module needs of `src`: an image's files from the layers that hold
     /// their final versions (each such layer read once), a directory's from disk.
     pub fn read(src: &Source) -> Result<Tree> {
+        let Source::Image(img) = src else {
+            return Tree::from_dir(src);
+        };
+        let (mut t, wants) = Tree::plan(src.name(), &img.model(0)?)?;
+        let mut by_layer: BTreeMap<u32, HashMap<u32, &[Vec<u8>]>> = BTreeMap::new();
+        for ((layer, change), paths) in &wants {
+            by_layer.entry(*layer).or_default().insert(*change, paths);
+        }
+        for (layer, want) in by_layer {
+            let mut stream = img.open_layer(layer as usize)?;
+            let digest = stream.digest.clone();
+            let err = |e: std::io::Error| crate::layer::read::layer_error(&digest, &e);
+            let mut i = 0u32;
+            while stream.tar.next_header().map_err(err)?.is_some() {
+                if let Some(paths) = want.get(&i) {
+                    let mut bytes = Vec::new();
+                    stream.tar.data().read_to_end(&mut bytes).map_err(err)?;
+                    t.keep(paths, bytes);
+                }
+                i += 1;
+            }
+            // Read to the end: the bytes count only once the digests check out.
+            stream.finish()?;
+        }
+        Ok(t)
+    }
+
+    /// An image source's tree without file contents, from its plan (`model`), and which
+    /// entries of which layers hold the files this module reads.
+    fn plan(name: String, model: &crate::layer::model::Model) -> Result<(Tree, Wants)> {
+        let mut t = Tree {
+            name,
+            ..Tree::default()
+        };
+        if model.complex {
+            return Err(Error::Other(format!(
+                "{}: its layers write through symlinks; its package database is not read",
+                t.name
+            )));
+        }
+        let mut wants = Wants::new();
+        for (path, node) in &model.nodes {
+            t.kinds
+                .insert(path.clone(), (node.entry.kind, node.entry.link.clone()));
+            if node.entry.kind == Kind::File && wanted(path) {
+                if node.entry.size > FILE_LIMIT {
+                    return Err(Error::Other(format!(
+                        "{}: {} is {} bytes, too big for a package database",
+                        t.name,
+                        String::from_utf8_lossy(path),
+                        node.entry.size
+                    )));
+                }
+                let (_, layer, change) = node.data_origin;
+                wants.entry((layer, change)).or_default().push(path.clone());
+            }
+        }
+        Ok((t, wants))
+    }
+
+    /// A directory source's tree, its files read from disk.
+    fn from_dir(src: &Source) -> Result<Tree> {
         let mut t = Tree {
             name: src.name(),
             ..Tree::default()
         };
-        match src {
-            Source::Image(img) => {
-                let model = img.model(0)?;
-                if model.complex {
-                    return Err(Error::Other(format!(
-                        "{}: its layers write through symlinks; its package database is not read",
-                        t.name
-                    )));
-                }
-                // layer -> change number -> paths
-                let mut by_layer: BTreeMap<u32, HashMap<u32, Vec<Vec<u8>>>> = BTreeMap::new();
-                for (path, node) in &model.nodes {
-                    t.kinds
-                        .insert(path.clone(), (node.entry.kind, node.entry.link.clone()));
-                    if node.entry.kind == Kind::File && wanted(path) {
-                        if node.entry.size > FILE_LIMIT {
-                            return Err(Error::Other(format!(
-                                "{}: {} is {} bytes, too big for a package database",
-                                t.name,
-                                String::from_utf8_lossy(path),
-                                node.entry.size
-                            )));
-                        }
-                        let (_, layer, change) = node.data_origin;
-                        by_layer
-                            .entry(layer)
-                            .or_default()
-                            .entry(change)
-                            .or_default()
-                            .push(path.clone());
-                    }
-                }
-                for (layer, want) in by_layer {
-                    let mut stream = img.open_layer(layer as usize)?;
-                    let digest = stream.digest.clone();
-                    let err = |e: std::io::Error| crate::layer::read::layer_error(&digest, &e);
-                    let mut i = 0u32;
-                    while stream.tar.next_header().map_err(err)?.is_some() {
-                        if let Some(paths) = want.get(&i) {
-                            let mut bytes = Vec::new();
-                            stream.tar.data().read_to_end(&mut bytes).map_err(err)?;
-                            for p in paths {
-                                t.files.insert(p.clone(), bytes.clone());
-                            }
-                        }
-                        i += 1;
-                    }
-                    // Read to the end: the bytes count only once the digests check out.
-                    stream.finish()?;
-                }
-            }
-            Source::Dir { entries, .. } => {
-                for (e, disk) in entries {
-                    let kind = if e.kind == Kind::Hardlink {
-                        Kind::File
-                    } else {
-                        e.kind
-                    };
-                    t.kinds.insert(e.path.clone(), (kind, e.link.clone()));
-                    if kind == Kind::File && wanted(&e.path) {
-                        let bytes = std::fs::read(disk).map_err(|err| Error::io(disk, err))?;
-                        t.files.insert(e.path.clone(), bytes);
-                    }
+        if let Source::Dir { entries, .. } = src {
+            for (e, disk) in entries {
+                let kind = if e.kind == Kind::Hardlink {
+                    Kind::File
+                } else {
+                    e.kind
+                };
+                t.kinds.insert(e.path.clone(), (kind, e.link.clone()));
+                if kind == Kind::File && wanted(&e.path) {
+                    let bytes = std::fs::read(disk).map_err(|err| Error::io(disk, err))?;
+                    t.files.insert(e.path.clone(), bytes);
                 }
             }
         }
         Ok(t)
+    }
+
+    /// Keeps `bytes` as the contents of `paths`.
+    fn keep(&mut self, paths: &[Vec<u8>], bytes: Vec<u8>) {
+        if let Some((last, rest)) = paths.split_last() {
+            for p in rest {
+                self.files.insert(p.clone(), bytes.clone());
+            }
+            self.files.insert(last.clone(), bytes);
+        }
     }
 
     /// A regular file's contents.
@@ -465,32 +490,125 @@ impl Analysis {
     }
 }
 
-/// What both tools do before stacking: [`analyze`], say what it found on stderr (a few
-/// lines, warnings even with `--quiet`), and with `strict` refuse a stack with problems
-/// (see [`Analysis::strict_problems`]) before anything is written.
+/// How a stack treats package databases: `--packages`, `--strict`, and where it says what
+/// it found.
+#[derive(Debug, Clone, Copy)]
+pub struct Checks {
+    /// `--packages`.
+    pub mode: Mode,
+    /// `--strict`.
+    pub strict: bool,
+    /// Where the few lines go.
+    pub log: crate::cli::Log,
+}
+
+impl Checks {
+    /// Says what `analysis` found on stderr (a few lines, warnings even with `--quiet`), and
+    /// with `strict` refuses a stack with problems (see [`Analysis::strict_problems`]).
+    fn tell(&self, analysis: Analysis) -> Result<Analysis> {
+        for line in analysis.summary() {
+            self.log.step(line);
+        }
+        for w in &analysis.report.warnings {
+            self.log.warn(format_args!("packages: {}", w.detail));
+        }
+        if self.strict {
+            let problems = analysis.strict_problems();
+            if !problems.is_empty() {
+                return Err(Error::Other(format!(
+                    "--strict: {}; nothing written (see the lines above, or --packages report --json)",
+                    problems.join(", ")
+                )));
+            }
+        }
+        Ok(analysis)
+    }
+
+    /// The analysis of the files a stack kept in `capture` (see [`Capture`]), said and
+    /// checked as [`run_checks`] does.
+    pub fn finish(&self, capture: Capture) -> Result<Analysis> {
+        let mut report = PackagesReport::empty(self.mode.as_str());
+        report.warnings = capture.warnings;
+        self.tell(analyze_trees(&capture.trees, self.mode, report)?)
+    }
+}
+
+/// What a run that must report before it writes (`stackbuild --dry-run`) does: [`analyze`]
+/// the sources, reading the layers that hold their package files, then say what it found
+/// and check it as [`Checks`] does. A stack does better with a [`Capture`]: it keeps the
+/// files from the layer reads it makes anyway.
 pub fn run_checks(
     sources: &[Source],
     mode: Mode,
     strict: bool,
     log: &crate::cli::Log,
 ) -> Result<Analysis> {
-    let analysis = analyze(sources, mode)?;
-    for line in analysis.summary() {
-        log.step(line);
+    let checks = Checks {
+        mode,
+        strict,
+        log: *log,
+    };
+    checks.tell(analyze(sources, mode)?)
+}
+
+/// The package files of a stack's sources, kept while the stack reads the layers that hold
+/// them (that read checks every digest), so that no layer is inflated a second time: also
+/// the files a later layer or source replaces, from layers the stack then reads only for
+/// them. A directory source's files are read from disk when it is added.
+#[derive(Debug, Default)]
+pub struct Capture {
+    /// Each source's tree, lowest first.
+    trees: Vec<Tree>,
+    /// (source, layer, change number) -> the paths whose contents that entry holds.
+    wants: HashMap<(u32, u32, u32), Vec<Vec<u8>>>,
+    /// Sources whose database is not read, as warnings.
+    warnings: Vec<PackageWarning>,
+}
+
+impl Capture {
+    /// Adds the next source, `model` its plan (numbered as source `s`).
+    pub fn add(&mut self, s: u32, src: &Source, model: &crate::layer::model::Model) {
+        let tree = match src {
+            Source::Image(_) => Tree::plan(src.name(), model).map(|(t, wants)| {
+                for ((layer, change), paths) in wants {
+                    self.wants.insert((s, layer, change), paths);
+                }
+                t
+            }),
+            Source::Dir { .. } => Tree::from_dir(src),
+        };
+        let tree = tree.unwrap_or_else(|e| {
+            self.warnings.push(PackageWarning {
+                kind: "backend".into(),
+                detail: e.to_string(),
+            });
+            Tree {
+                name: src.name(),
+                ..Tree::default()
+            }
+        });
+        self.trees.push(tree);
     }
-    for w in &analysis.report.warnings {
-        log.warn(format_args!("packages: {}", w.detail));
+
+    /// The (source, layer) pairs that hold a wanted file.
+    pub fn layers(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.wants.keys().map(|&(s, l, _)| (s, l))
     }
-    if strict {
-        let problems = analysis.strict_problems();
-        if !problems.is_empty() {
-            return Err(Error::Other(format!(
-                "--strict: {}; nothing written (see the lines above, or --packages report --json)",
-                problems.join(", ")
-            )));
+
+    /// Whether entry `change` of `layer` of source `s` holds a wanted file.
+    pub fn wants(&self, s: u32, layer: u32, change: u32) -> bool {
+        self.wants.contains_key(&(s, layer, change))
+    }
+
+    /// Keeps the contents of that entry.
+    pub fn keep(&mut self, s: u32, layer: u32, change: u32, bytes: Vec<u8>) {
+        if let (Some(paths), Some(tree)) = (
+            self.wants.get(&(s, layer, change)),
+            self.trees.get_mut(s as usize),
+        ) {
+            tree.keep(paths, bytes);
         }
     }
-    Ok(analysis)
 }
 
 /// Reads every source's package databases and works out what the stack does to them in
