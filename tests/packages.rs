@@ -259,6 +259,47 @@ fn privileged_packages_dpkg_merge_report_and_strict() -> Result<()> {
     assert_eq!(report["packages"]["mode"], "merge");
     let m = manager(&report, "dpkg")?;
     assert_eq!(m["result"]["merged"], true);
+
+    // --dry-run says the same before anything is written: the same sources, conflicts and
+    // package changes, the database file it would write, and no target.
+    let dry = json(&run(w.bin("stackmerge").args([
+        "--store",
+        "store",
+        "--into",
+        "dry",
+        "deb-low",
+        "deb-high",
+        "--json",
+        "--packages",
+        "merge",
+        "--dry-run",
+    ]))?)?;
+    ensure!(!w.path("dry").exists(), "--dry-run wrote the target");
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(report["dry_run"], false);
+    assert_eq!(dry["totals"], report["totals"]);
+    assert_eq!(dry["conflicts"], report["conflicts"]);
+    assert_eq!(dry["packages"], report["packages"]);
+    assert_eq!(dry["stats"]["files"], 0);
+    let text = run(w.bin("stackmerge").args([
+        "--store",
+        "store",
+        "--into",
+        "dry",
+        "deb-low",
+        "deb-high",
+        "--packages",
+        "merge",
+        "--dry-run",
+    ]))?;
+    ensure!(
+        text.starts_with("# stackmerge plan (nothing is written)\n")
+            && text.contains("source 2: deb-high:latest image sha256:")
+            && text.contains("packages (dpkg, var/lib/dpkg/status)")
+            && text.contains("packages: write var/lib/dpkg/status (merged)"),
+        "{text}"
+    );
+    ensure!(!w.path("dry").exists(), "--dry-run wrote the target");
     assert_eq!(
         change(m, "probe-low").context("probe-low")?["change"],
         "kept"

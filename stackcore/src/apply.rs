@@ -574,16 +574,8 @@ pub fn stack_to_dir(
             c.add(s, src, &model);
         }
         let mut fallback = None;
-        let mut report = SourceReport {
-            name: src.name(),
-            kind: "dir",
-            digest: None,
-            entries: 0,
-            planned: true,
-        };
+        let mut report = source_report(src);
         if let Source::Image(img) = src {
-            report.kind = "image";
-            report.digest = Some(img.digest().to_string());
             if model.complex {
                 tracing::debug!(source = %report.name, "the plan cannot predict this image: unstashing it first");
                 let nominal = dest.with_file_name(format!(".{dest_name}.stackmerge-source-{s}"));
@@ -634,12 +626,69 @@ pub fn stack_to_dir(
     let dest = staging.commit()?;
     drop(fallbacks);
     drop(scratch);
+    let (conflicts, totals) = summarize(&plan, &mut reports);
+    Ok(StackOutcome {
+        dest,
+        sources: reports,
+        conflicts,
+        totals,
+        stats,
+        packages,
+    })
+}
 
-    for (r, n) in reports.iter_mut().zip(plan.provided(sources.len())) {
-        r.entries = n;
+/// What [`stack_to_dir`] would do with `sources`, with nothing written: each source's
+/// entries, the conflicts and the totals (`stats` empty, `packages` off: a dry run reads
+/// the package databases with [`crate::packages::run_checks`]). `dest` is checked as the
+/// stack checks it. An image the model cannot plan exactly (a layer writes through a
+/// symlink, a hardlink points at nothing) is reported `planned: false`, its entries and
+/// conflicts those of its layers as listed; the stack unstashes it first.
+pub fn plan_stack(sources: &[Source], dest: &Path) -> Result<StackOutcome> {
+    let dest = crate::extract::check_dest(dest)?;
+    let mut reports = Vec::with_capacity(sources.len());
+    let mut models = Vec::with_capacity(sources.len());
+    for (s, src) in sources.iter().enumerate() {
+        let model = src.model(s as u32)?;
+        let mut report = source_report(src);
+        report.planned = !model.complex;
+        models.push(model);
+        reports.push(report);
+    }
+    let plan = Plan::from_models(models);
+    let (conflicts, totals) = summarize(&plan, &mut reports);
+    Ok(StackOutcome {
+        dest,
+        sources: reports,
+        conflicts,
+        totals,
+        stats: ExtractStats::default(),
+        packages: crate::packages::Analysis::off(),
+    })
+}
+
+/// A source as the stack reports it, its entries not yet counted.
+fn source_report(src: &Source) -> SourceReport {
+    let (kind, digest) = match src {
+        Source::Image(img) => ("image", Some(img.digest().to_string())),
+        Source::Dir { .. } => ("dir", None),
+    };
+    SourceReport {
+        name: src.name(),
+        kind,
+        digest,
+        entries: 0,
+        planned: true,
+    }
+}
+
+/// Each source's entries (into `reports`), and the plan's conflicts and totals, named.
+fn summarize(plan: &Plan, reports: &mut [SourceReport]) -> (Vec<ConflictReport>, StackTotals) {
+    let n = reports.len();
+    for (r, count) in reports.iter_mut().zip(plan.provided(n)) {
+        r.entries = count;
     }
     let mut totals = StackTotals {
-        sources: sources.len(),
+        sources: n,
         entries: plan.model.nodes.values().filter(|n| !n.implicit).count() as u64,
         ..StackTotals::default()
     };
@@ -670,14 +719,7 @@ pub fn stack_to_dir(
             }
         })
         .collect();
-    Ok(StackOutcome {
-        dest,
-        sources: reports,
-        conflicts,
-        totals,
-        stats,
-        packages,
-    })
+    (conflicts, totals)
 }
 
 /// Adds what a scratch unstash could not restore to the run's counts (it is said once).

@@ -102,38 +102,48 @@ pub struct Staging {
     done: bool,
 }
 
+/// Checks that `dest` can become a tree we write: it does not exist (its parent does) or is
+/// an empty directory. Returns it absolute. Bad usage is [`Error::Usage`].
+pub fn check_dest(dest: &Path) -> Result<PathBuf> {
+    let dest = std::path::absolute(dest).at(dest)?;
+    match fs::symlink_metadata(&dest) {
+        Ok(m) if m.is_dir() => {
+            if fs::read_dir(&dest).at(&dest)?.next().is_some() {
+                return Err(Error::Usage(format!(
+                    "{}: exists and is not empty; give a new or empty directory",
+                    dest.display()
+                )));
+            }
+        }
+        Ok(_) => {
+            return Err(Error::Usage(format!(
+                "{}: exists and is not a directory",
+                dest.display()
+            )));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(&dest, e)),
+    }
+    let parent = dest
+        .parent()
+        .ok_or_else(|| Error::Usage("cannot write to /".into()))?;
+    if !parent.is_dir() {
+        return Err(Error::Usage(format!(
+            "{}: parent directory does not exist",
+            dest.display()
+        )));
+    }
+    Ok(dest)
+}
+
 impl Staging {
     /// Checks that `dest` is absent or an empty directory, and creates the staging directory
     /// beside it. Nothing is written to `dest` itself until commit.
     pub fn new(dest: &Path) -> Result<Staging> {
-        let dest = std::path::absolute(dest).at(dest)?;
-        match fs::symlink_metadata(&dest) {
-            Ok(m) if m.is_dir() => {
-                if fs::read_dir(&dest).at(&dest)?.next().is_some() {
-                    return Err(Error::Usage(format!(
-                        "{}: exists and is not empty; give a new or empty directory",
-                        dest.display()
-                    )));
-                }
-            }
-            Ok(_) => {
-                return Err(Error::Usage(format!(
-                    "{}: exists and is not a directory",
-                    dest.display()
-                )));
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&dest, e)),
-        }
+        let dest = check_dest(dest)?;
         let parent = dest
             .parent()
             .ok_or_else(|| Error::Usage("cannot write to /".into()))?;
-        if !parent.is_dir() {
-            return Err(Error::Usage(format!(
-                "{}: parent directory does not exist",
-                dest.display()
-            )));
-        }
         let name = dest
             .file_name()
             .map_or_else(|| "target".into(), |n| n.to_string_lossy().into_owned());

@@ -552,6 +552,8 @@ pub struct StackmergeReport {
     pub stats: WriteStats,
     /// What the stack does to the sources' package databases.
     pub packages: PackagesReport,
+    /// `--dry-run`: nothing was written, `stats` are all zero.
+    pub dry_run: bool,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -595,6 +597,7 @@ impl StackmergeReport {
             },
             stats: WriteStats::from(&o.stats),
             packages: PackagesReport::default(),
+            dry_run: false,
             seconds,
         }
     }

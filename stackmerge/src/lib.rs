@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Parser;
 use stackcore::Error;
-use stackcore::apply::{Source, stack_to_dir};
-use stackcore::cli::{Log, print_json, ref_arg, store_path};
+use stackcore::apply::{Source, StackOutcome, plan_stack, stack_to_dir};
+use stackcore::cli::{Log, print_json, print_text, ref_arg, store_path};
 use stackcore::extract::ExtractOptions;
 use stackcore::image::{ImageRef, is_path_arg};
 use stackcore::layer::model::ConflictKind;
@@ -22,6 +22,7 @@ Examples:
   stackmerge --into root oci:/srv/layout:os:1 ./overlay-dir --json
   stash --root r --json | stackmerge --into out base -  # the ref on stdin as the top
   stackmerge --into root docker://registry.example.org/os/base:v1 ./site  # pulled first
+  stackmerge --into root --dry-run --packages merge base extra  # the plan, nothing written
 
 A SOURCE that starts with /, ./ or ../, or names an existing path, is a directory; anything
 else is an image ref. Where rsync would fail (a file or symlink over a non-empty directory,
@@ -58,6 +59,10 @@ pub struct Cli {
     /// Do not restore xattrs whose names match GLOB (`*` wildcard); repeatable.
     #[arg(long, value_name = "GLOB")]
     pub xattrs_exclude: Vec<String>,
+    /// Print the plan (sources, conflicts, what the stack does to the package databases)
+    /// and write nothing; with `--json`, the report with `dry_run: true` and no `stats`.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Also write the JSON report to FILE.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
@@ -116,13 +121,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         xattrs_exclude: cli.xattrs_exclude.clone(),
     };
     let start = Instant::now();
+    let mode = cli
+        .packages
+        .mode
+        .unwrap_or(stackcore::packages::Mode::Report);
+    if cli.dry_run {
+        return dry_run(&cli, &sources, mode, &log);
+    }
     // The package databases are read as the stack reads the layers, reported (and merged,
     // or refused with --strict) before the result is renamed into place.
     let checks = stackcore::packages::Checks {
-        mode: cli
-            .packages
-            .mode
-            .unwrap_or(stackcore::packages::Mode::Report),
+        mode,
         strict: cli.packages.strict,
         log,
     };
@@ -145,30 +154,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         };
         log.step(format_args!("  {}: {} entries{how}", s.name, s.entries));
     }
-    // Type and content conflicts are worth a line each; metadata ones (a directory's mtime,
-    // mostly) only in the totals and the JSON.
-    let notable: Vec<_> = outcome
-        .conflicts
-        .iter()
-        .filter(|c| c.kind != ConflictKind::Metadata)
-        .collect();
-    for c in notable.iter().take(SHOWN_CONFLICTS) {
-        log.step(format_args!(
-            "  conflict {}: {} ({} over {}, {})",
-            c.path,
-            stackcore::manifest::serde_name(&c.kind),
-            c.upper,
-            c.lower,
-            stackcore::manifest::serde_name(&c.resolution)
-        ));
+    for line in conflict_lines(&outcome) {
+        log.step(format_args!("  {line}"));
     }
     let t = &outcome.totals;
-    if notable.len() > SHOWN_CONFLICTS {
-        log.step(format_args!(
-            "  ... and {} more type and content conflicts (--json lists them all)",
-            notable.len() - SHOWN_CONFLICTS
-        ));
-    }
     if t.rsync_fails > 0 {
         log.warn(format_args!(
             "{} paths where rsync would fail (a non-directory over a non-empty directory): \
@@ -193,13 +182,111 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     outcome.packages.note_conflicts(&outcome.conflicts, &log);
     let mut report = StackmergeReport::new(&outcome, secs);
     report.packages = outcome.packages.report.clone();
+    write_report(&cli, &report)
+}
+
+/// `--dry-run`: the plan on stdout (or the report, `--json`), nothing written. With
+/// `--strict`, package problems fail it as they would fail the stack.
+fn dry_run(
+    cli: &Cli,
+    sources: &[Source],
+    mode: stackcore::packages::Mode,
+    log: &Log,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let outcome = plan_stack(sources, &cli.into)?;
+    let mut packages = stackcore::packages::run_checks(sources, mode, cli.packages.strict, log)?;
+    packages.note_conflicts(&outcome.conflicts, log);
+    let mut report = StackmergeReport::new(&outcome, start.elapsed().as_secs_f64());
+    report.packages = packages.report.clone();
+    report.dry_run = true;
+    if cli.report.is_some() || cli.common.json {
+        return write_report(cli, &report);
+    }
+    let mut plan = String::from("# stackmerge plan (nothing is written)\n");
+    for (i, s) in outcome.sources.iter().enumerate() {
+        let digest = s
+            .digest
+            .as_deref()
+            .map_or(String::new(), |d| format!(" {d}"));
+        let unplanned = if s.planned {
+            ""
+        } else {
+            " (unstashed layer by layer first: a layer writes through a symlink)"
+        };
+        plan += &format!(
+            "source {}: {} {}{digest}, {} entries{unplanned}\n",
+            i + 1,
+            s.name,
+            s.kind,
+            s.entries
+        );
+    }
+    let t = &outcome.totals;
+    plan += &format!(
+        "into: {}\nentries: {}, conflicts: {} ({} type, {} content, {} metadata), {} where \
+         rsync would fail\n",
+        outcome.dest.display(),
+        t.entries,
+        t.conflicts,
+        t.type_,
+        t.content,
+        t.metadata,
+        t.rsync_fails
+    );
+    for line in conflict_lines(&outcome)
+        .into_iter()
+        .chain(packages.summary())
+    {
+        plan += &line;
+        plan.push('\n');
+    }
+    for w in &packages.writes {
+        plan += &format!("packages: write {} (merged)\n", w.path.display());
+    }
+    print_text(&plan)
+}
+
+/// Type and content conflicts, a line each up to [`SHOWN_CONFLICTS`]; metadata ones (a
+/// directory's mtime, mostly) are only in the totals and the JSON.
+fn conflict_lines(outcome: &StackOutcome) -> Vec<String> {
+    let notable: Vec<_> = outcome
+        .conflicts
+        .iter()
+        .filter(|c| c.kind != ConflictKind::Metadata)
+        .collect();
+    let mut lines: Vec<String> = notable
+        .iter()
+        .take(SHOWN_CONFLICTS)
+        .map(|c| {
+            format!(
+                "conflict {}: {} ({} over {}, {})",
+                c.path,
+                stackcore::manifest::serde_name(&c.kind),
+                c.upper,
+                c.lower,
+                stackcore::manifest::serde_name(&c.resolution)
+            )
+        })
+        .collect();
+    if notable.len() > SHOWN_CONFLICTS {
+        lines.push(format!(
+            "... and {} more type and content conflicts (--json lists them all)",
+            notable.len() - SHOWN_CONFLICTS
+        ));
+    }
+    lines
+}
+
+/// The report to `--report FILE` and, with `--json`, stdout.
+fn write_report(cli: &Cli, report: &StackmergeReport) -> anyhow::Result<()> {
     if let Some(file) = &cli.report {
         let mut bytes = serde_json::to_vec_pretty(&report)?;
         bytes.push(b'\n');
         std::fs::write(file, bytes).with_context(|| format!("writing {}", file.display()))?;
     }
     if cli.common.json {
-        print_json(&report)?;
+        print_json(report)?;
     }
     Ok(())
 }

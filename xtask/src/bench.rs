@@ -38,8 +38,8 @@ pub struct BenchArgs {
     /// Also measure on a bigger tree: DIR, or without one a Debian 12 of the standard
     /// variant with build-essential (about 900 MB) made with scripts/debian-toolchain.sh
     /// and cached in /var/cache/stackbuild. Its rows are named `big: ...`.
-    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "")]
-    pub big_root: Option<PathBuf>,
+    #[arg(long, value_name = "DIR", num_args = 0..=1)]
+    pub big_root: Option<Option<PathBuf>>,
     /// Rounds per measurement (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
@@ -240,8 +240,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         None => made_tree("scripts/debian-minbase.sh")?,
     };
     let big = match &args.big_root {
-        Some(r) if r.as_os_str().is_empty() => Some(made_tree("scripts/debian-toolchain.sh")?),
-        Some(r) => Some(std::path::absolute(r)?),
+        Some(None) => Some(made_tree("scripts/debian-toolchain.sh")?),
+        Some(Some(r)) => Some(std::path::absolute(r)?),
         None => None,
     };
     sh(cargo().args(["build", "--release", "--bins", "--all-features"]))?;
