@@ -575,31 +575,31 @@ pub fn stack_to_dir(
         }
         let mut fallback = None;
         let mut report = source_report(src);
-        if let Source::Image(img) = src {
-            if model.complex {
-                tracing::debug!(source = %report.name, "the plan cannot predict this image: unstashing it first");
-                let nominal = dest.with_file_name(format!(".{dest_name}.stackmerge-source-{s}"));
-                let dir = Staging::new(&nominal)?;
-                let mut t = Target::open(dir.path(), opts.clone())?;
-                let first = early.take_if(|e| e.0 == s).map(|e| e.2);
-                sequential(img, &mut t, first)
-                    .map_err(|e| Error::Other(format!("{}: {e}", report.name)))?;
-                add_skipped(&mut skipped, &t.finish()?);
-                let implicit = model
-                    .nodes
-                    .iter()
-                    .filter(|(_, n)| n.implicit)
-                    .map(|(p, _)| p.clone())
-                    .collect();
-                let mut walked = Source::dir(dir.path().to_path_buf())?;
-                if let Source::Dir { implicit: i, .. } = &mut walked {
-                    *i = implicit;
-                }
-                model = walked.model(s)?;
-                fallback = Some(walked);
-                scratch.push(dir);
-                report.planned = false;
+        if let Source::Image(img) = src
+            && model.complex
+        {
+            tracing::debug!(source = %report.name, "the plan cannot predict this image: unstashing it first");
+            let nominal = dest.with_file_name(format!(".{dest_name}.stackmerge-source-{s}"));
+            let dir = Staging::new(&nominal)?;
+            let mut t = Target::open(dir.path(), opts.clone())?;
+            let first = early.take_if(|e| e.0 == s).map(|e| e.2);
+            sequential(img, &mut t, first)
+                .map_err(|e| Error::Other(format!("{}: {e}", report.name)))?;
+            add_skipped(&mut skipped, &t.finish()?);
+            let implicit = model
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.implicit)
+                .map(|(p, _)| p.clone())
+                .collect();
+            let mut walked = Source::dir(dir.path().to_path_buf())?;
+            if let Source::Dir { implicit: i, .. } = &mut walked {
+                *i = implicit;
             }
+            model = walked.model(s)?;
+            fallback = Some(walked);
+            scratch.push(dir);
+            report.planned = false;
         }
         models.push(model);
         reports.push(report);

@@ -2,6 +2,7 @@
 //! directory, as a sequence of `rsync -aHAX SRC/ DIR/` would, in one pass, and report the
 //! conflicts.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -214,8 +215,9 @@ fn dry_run(
         } else {
             " (unstashed layer by layer first: a layer writes through a symlink)"
         };
-        plan += &format!(
-            "source {}: {} {}{digest}, {} entries{unplanned}\n",
+        let _ = writeln!(
+            plan,
+            "source {}: {} {}{digest}, {} entries{unplanned}",
             i + 1,
             s.name,
             s.kind,
@@ -223,9 +225,10 @@ fn dry_run(
         );
     }
     let t = &outcome.totals;
-    plan += &format!(
+    let _ = writeln!(
+        plan,
         "into: {}\nentries: {}, conflicts: {} ({} type, {} content, {} metadata), {} where \
-         rsync would fail\n",
+         rsync would fail",
         outcome.dest.display(),
         t.entries,
         t.conflicts,
@@ -238,11 +241,10 @@ fn dry_run(
         .into_iter()
         .chain(packages.summary())
     {
-        plan += &line;
-        plan.push('\n');
+        let _ = writeln!(plan, "{line}");
     }
     for w in &packages.writes {
-        plan += &format!("packages: write {} (merged)\n", w.path.display());
+        let _ = writeln!(plan, "packages: write {} (merged)", w.path.display());
     }
     print_text(&plan)
 }

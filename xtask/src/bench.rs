@@ -39,6 +39,7 @@ pub struct BenchArgs {
     /// variant with build-essential (about 900 MB) made with scripts/debian-toolchain.sh
     /// and cached in /var/cache/stackbuild. Its rows are named `big: ...`.
     #[arg(long, value_name = "DIR", num_args = 0..=1)]
+    #[allow(clippy::option_option)] // clap's shape for a flag whose value may be left out
     pub big_root: Option<Option<PathBuf>>,
     /// Rounds per measurement (the median is reported).
     #[arg(long, default_value_t = 3)]
